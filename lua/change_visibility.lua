@@ -1,0 +1,45 @@
+--[[ change_visibility: hide received messages for a new timeout, counted
+from now, each only by its latest receipt. 0 makes a message visible at once.
+
+KEYS[1] meta   hash: attributes and counters
+KEYS[2] vis    zset: id -> visible-at
+KEYS[3] state  hash: id -> '<token>:<receive_count>:<first_received_at>'
+KEYS[4] wake   list: wake-up token for waiting receivers
+
+ARGV[1] timeout in ms (0..12 h)
+ARGV[2..2n+1] id, token pairs taken from the receipts
+
+Reply: one integer per receipt: 1 changed, 0 stale or unknown receipt.
+Errors: RQ_NOQUEUE.
+]]
+local meta_key, vis_key, state_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+if redis.call('EXISTS', meta_key) == 0 then
+  return redis.error_reply('RQ_NOQUEUE')
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local visible_at = now + tonumber(ARGV[1])
+local n = (#ARGV - 1) / 2
+local ids = {}
+for i = 1, n do ids[i] = ARGV[2 * i] end
+local states = redis.call('HMGET', state_key, unpack(ids))
+local out, z = {}, {}
+for i = 1, n do
+  local st = states[i]
+  local prefix = ARGV[2 * i + 1] .. ':'
+  if st and string.sub(st, 1, #prefix) == prefix then
+    out[i] = 1
+    z[#z + 1] = visible_at
+    z[#z + 1] = ids[i]
+  else
+    out[i] = 0
+  end
+end
+if #z > 0 then
+  redis.call('ZADD', vis_key, 'XX', unpack(z))
+  if tonumber(ARGV[1]) == 0 and redis.call('LLEN', wake_key) == 0 then
+    redis.call('RPUSH', wake_key, 1)
+  end
+end
+return out

@@ -1,0 +1,48 @@
+--[[ create_queue: create a queue and its dead-letter queue, or check that an
+existing queue has the same attributes.
+
+KEYS[1] meta      hash: the queue's attributes and counters
+KEYS[2] dlq_meta  hash: the dead-letter queue's attributes and counters
+KEYS[3] seq       string: id/receipt counter shared by the queue and its DLQ
+
+ARGV[1] visibility_timeout (ms)
+ARGV[2] delay (ms)
+ARGV[3] retention (ms)
+ARGV[4] max_message_size (bytes)
+ARGV[5] max_receive_count ('' = none)
+ARGV[6] dlq retention (ms)
+
+Reply: 1 when created, 0 when it existed with the same attributes.
+Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
+        when it exists with other attributes.
+]]
+local meta_key, dlq_meta_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
+local vt, delay, retention, max_size, mrc, dlq_retention =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+local cur = redis.call('HMGET', meta_key, 'vt', 'delay', 'retention', 'max_size', 'mrc')
+if cur[1] then
+  local cur_mrc = cur[5] or ''
+  if cur[1] == vt and cur[2] == delay and cur[3] == retention and cur[4] == max_size
+      and cur_mrc == mrc then
+    return 0
+  end
+  return redis.error_reply(string.format('RQ_EXISTS %s %s %s %s %s',
+    cur[1], cur[2], cur[3], cur[4], cur_mrc == '' and '-' or cur_mrc))
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', meta_key, 'vt', vt, 'delay', delay, 'retention', retention,
+  'max_size', max_size, 'created_at', now)
+if mrc ~= '' then
+  redis.call('HSET', meta_key, 'mrc', mrc)
+end
+redis.call('HSET', dlq_meta_key, 'vt', vt, 'delay', 0, 'retention', dlq_retention,
+  'max_size', max_size, 'created_at', now, 'dlq', 1)
+-- Ids and receipt tokens start at the server's time in microseconds, so a
+-- queue deleted and created again never reissues a token of its past life.
+if redis.call('EXISTS', seq_key) == 0 then
+  redis.call('SET', seq_key, string.format('%d', now * 1000))
+end
+return 1

@@ -1,0 +1,18 @@
+--[[ purge: delete every message of one queue (not its dead-letter queue),
+in flight or not. Attributes and counters stay.
+
+KEYS[1] meta   hash: attributes and counters
+KEYS[2] msgs   hash: id -> message
+KEYS[3] vis    zset: id -> visible-at
+KEYS[4] state  hash: receipt state
+KEYS[5] why    hash: dead-letter records
+
+Reply: the number of messages deleted.
+Errors: RQ_NOQUEUE.
+]]
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('RQ_NOQUEUE')
+end
+local n = redis.call('HLEN', KEYS[2])
+redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+return n

@@ -1,0 +1,151 @@
+--[[ receive: take up to N visible messages, oldest first, and hide them.
+
+In the same call, a message past its retention or past max_receive_count is
+not delivered: it moves to the dead-letter queue (reason 'expired' or
+'max_receives'); one already in a dead-letter queue that expires is dropped.
+
+KEYS[1]  meta      hash: attributes (vt, retention, mrc, dlq) and counters
+KEYS[2]  msgs      hash: id -> sent_at (13 digits) .. encoded message
+KEYS[3]  vis       zset: id scored by visible-at (ms)
+KEYS[4]  state     hash: id -> '<token>:<receive_count>:<first_received_at>'
+KEYS[5]  seq       string: id and receipt-token counter
+KEYS[6]  wake      list: wake-up token for waiting receivers
+KEYS[7]  why       hash: id -> '<dead_at>|<reason>|<detail>' (dead-letter queues)
+KEYS[8]  dlq_meta  } the dead-letter queue's meta, msgs, vis, why and wake;
+KEYS[9]  dlq_msgs  } for a dead-letter queue itself these are never touched
+KEYS[10] dlq_vis   }
+KEYS[11] dlq_why   }
+KEYS[12] dlq_wake  }
+
+ARGV[1] max messages (1..1000)
+ARGV[2] visibility timeout in ms, or '' for the queue's
+
+Reply: {ids, encoded messages, states, whys, next_ms}; whys is empty unless
+this is a dead-letter queue. next_ms is -1 when nothing is hidden, 0 when a
+message is still visible, else ms until the next hidden message is visible;
+it is computed only when nothing was delivered.
+Errors: RQ_NOQUEUE.
+]]
+local meta_key, msgs_key, vis_key, state_key, seq_key, wake_key, why_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key =
+  KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+
+local cfg = redis.call('HMGET', meta_key, 'vt', 'retention', 'mrc', 'dlq')
+if not cfg[1] then
+  return redis.error_reply('RQ_NOQUEUE')
+end
+local max = tonumber(ARGV[1])
+local vt = tonumber(ARGV[2] ~= '' and ARGV[2] or cfg[1])
+local mrc = tonumber(cfg[3])
+local is_dlq = cfg[4] == '1'
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cutoff = now - tonumber(cfg[2])
+
+local out_ids, out_msgs, out_states, out_whys = {}, {}, {}, {}
+local dead_n, expired_n, dropped_n = 0, 0, 0
+
+local function bury(id, msg, reason, detail)
+  redis.call('HSET', dlq_msgs_key, id, msg)
+  redis.call('ZADD', dlq_vis_key, now, id)
+  redis.call('HSET', dlq_why_key, id, string.format('%d|%s|%s', now, reason, detail))
+end
+
+for _ = 1, 10 do
+  local want = max - #out_ids
+  if want <= 0 then break end
+  local ids = redis.call('ZRANGE', vis_key, '-inf', now, 'BYSCORE', 'LIMIT', 0, want)
+  if #ids == 0 then break end
+  local msgs = redis.call('HMGET', msgs_key, unpack(ids))
+  local states = redis.call('HMGET', state_key, unpack(ids))
+  local whys = is_dlq and redis.call('HMGET', why_key, unpack(ids)) or {}
+  local gone, deliver = {}, {}
+  for i, id in ipairs(ids) do
+    local msg, st = msgs[i], states[i]
+    local rc, first = 0, nil
+    if st then
+      local _, r, f = string.match(st, '^(%d+):(%d+):(%d+)$')
+      rc, first = tonumber(r), f
+    end
+    local born
+    if not msg then
+      born = nil -- an index entry without a message: drop it
+    elseif is_dlq then
+      born = tonumber(string.match(whys[i] or '', '^(%d+)')) or now
+    else
+      born = tonumber(string.sub(msg, 1, 13))
+    end
+    if not born then
+      gone[#gone + 1] = id
+    elseif born <= cutoff then
+      gone[#gone + 1] = id
+      if is_dlq then
+        dropped_n = dropped_n + 1
+      else
+        expired_n = expired_n + 1
+        bury(id, msg, 'expired', rc)
+      end
+    elseif mrc and rc >= mrc then
+      gone[#gone + 1] = id
+      dead_n = dead_n + 1
+      bury(id, msg, 'max_receives', rc)
+    else
+      deliver[#deliver + 1] = {id, msg, rc + 1, first or now, whys[i]}
+    end
+  end
+  if #gone > 0 then
+    redis.call('ZREM', vis_key, unpack(gone))
+    redis.call('HDEL', msgs_key, unpack(gone))
+    redis.call('HDEL', state_key, unpack(gone))
+    if is_dlq then redis.call('HDEL', why_key, unpack(gone)) end
+  end
+  if #deliver > 0 then
+    local last = redis.call('INCRBY', seq_key, #deliver)
+    local base = last - #deliver
+    local hs, zs = {}, {}
+    local hidden_until = now + vt
+    for i, d in ipairs(deliver) do
+      local st = string.format('%d:%d:%d', base + i, d[3], d[4])
+      hs[2 * i - 1] = d[1]
+      hs[2 * i] = st
+      zs[2 * i - 1] = hidden_until
+      zs[2 * i] = d[1]
+      local k = #out_ids + 1
+      out_ids[k], out_msgs[k], out_states[k] = d[1], d[2], st
+      if is_dlq then out_whys[k] = d[5] or '' end
+    end
+    redis.call('HSET', state_key, unpack(hs))
+    redis.call('ZADD', vis_key, unpack(zs))
+  end
+  if #gone == 0 then break end
+end
+
+if #out_ids > 0 then
+  redis.call('HINCRBY', meta_key, 'received_total', #out_ids)
+end
+if dead_n + expired_n > 0 then
+  if dead_n > 0 then redis.call('HINCRBY', meta_key, 'dead_lettered_total', dead_n) end
+  if expired_n > 0 then redis.call('HINCRBY', meta_key, 'expired_total', expired_n) end
+  redis.call('HINCRBY', dlq_meta_key, 'sent_total', dead_n + expired_n)
+  if redis.call('LLEN', dlq_wake_key) == 0 then redis.call('RPUSH', dlq_wake_key, 1) end
+end
+if dropped_n > 0 then
+  redis.call('HINCRBY', meta_key, 'expired_total', dropped_n)
+end
+
+local next_ms = -1
+if #out_ids == 0 then
+  local head = redis.call('ZRANGE', vis_key, 0, 0, 'WITHSCORES')
+  if #head > 0 then
+    next_ms = math.max(0, tonumber(head[2]) - now)
+  end
+elseif #out_ids == max then
+  -- Batch full: if more is visible, pass the wake-up on to the next waiter.
+  local more = redis.call('ZRANGE', vis_key, '-inf', now, 'BYSCORE', 'LIMIT', 0, 1)
+  if #more > 0 and redis.call('LLEN', wake_key) == 0 then
+    redis.call('RPUSH', wake_key, 1)
+  end
+end
+return {out_ids, out_msgs, out_states, out_whys, next_ms}

@@ -1,0 +1,54 @@
+--[[ redrive: move dead letters that are not in flight back to their source
+queue, visible at once, with receive_count 0.
+
+KEYS[1]  meta       } the source queue
+KEYS[2]  msgs       }
+KEYS[3]  vis        }
+KEYS[4]  state      }
+KEYS[5]  wake       }
+KEYS[6]  dlq_meta   } its dead-letter queue
+KEYS[7]  dlq_msgs   }
+KEYS[8]  dlq_vis    }
+KEYS[9]  dlq_state  }
+KEYS[10] dlq_why    }
+
+ARGV[1] the most messages to move in this call (the client calls again until
+        a call moves fewer, so no single call blocks the server for long)
+
+Reply: the number of messages moved.
+Errors: RQ_NOQUEUE.
+]]
+local meta_key, msgs_key, vis_key, state_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_state_key, dlq_why_key =
+  KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+
+if redis.call('EXISTS', meta_key) == 0 then
+  return redis.error_reply('RQ_NOQUEUE')
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGE', dlq_vis_key, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[1]))
+if #ids == 0 then
+  return 0
+end
+local msgs = redis.call('HMGET', dlq_msgs_key, unpack(ids))
+local h, z = {}, {}
+for i, id in ipairs(ids) do
+  if msgs[i] then
+    h[#h + 1] = id
+    h[#h + 1] = msgs[i]
+    z[#z + 1] = now
+    z[#z + 1] = id
+  end
+end
+redis.call('ZREM', dlq_vis_key, unpack(ids))
+redis.call('HDEL', dlq_msgs_key, unpack(ids))
+redis.call('HDEL', dlq_state_key, unpack(ids))
+redis.call('HDEL', dlq_why_key, unpack(ids))
+if #h > 0 then
+  redis.call('HSET', msgs_key, unpack(h))
+  redis.call('HDEL', state_key, unpack(ids))
+  redis.call('ZADD', vis_key, unpack(z))
+  if redis.call('LLEN', wake_key) == 0 then redis.call('RPUSH', wake_key, 1) end
+end
+return #ids

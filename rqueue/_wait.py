@@ -1,0 +1,107 @@
+"""Waiting for a queue's wake-up token with millisecond precision.
+
+A server times out a blocked BLPOP only on its periodic tick (100 ms at the
+default ``hz 10``), far too coarse for "return as soon as a delayed message
+becomes visible". So a waiter takes its own connection from the pool (other
+calls of the client are never stalled), sends ``CLIENT ID`` and ``BLPOP``
+together, waits on the socket for exactly its timeout, and if nothing came
+releases itself with ``CLIENT UNBLOCK`` from another connection. The server
+timeout stays as a backstop where ACLs forbid CLIENT UNBLOCK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+
+def _server_timeout(timeout: float) -> float:
+    # 0 would mean "forever"; the server counts whole milliseconds.
+    return max(0.001, math.ceil(timeout * 1000) / 1000)
+
+
+class SyncWaiter:
+    """Blocking waits for a sync ``Redis`` or ``RedisCluster``."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._cluster = hasattr(client, "get_node_from_key")
+
+    def _node(self, key: str) -> Any:
+        if self._cluster:
+            return self._client.get_node_from_key(key).redis_connection
+        return self._client
+
+    def wait(self, key: str, timeout: float) -> bool:
+        """True when a token was popped, False on timeout."""
+        node = self._node(key)
+        pool = node.connection_pool
+        conn = pool.get_connection()
+        healthy = False
+        try:
+            conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), ("BLPOP", key, _server_timeout(timeout))]))
+            client_id = conn.read_response()
+            if not conn.can_read(timeout):
+                with contextlib.suppress(ResponseError):
+                    node.execute_command("CLIENT", "UNBLOCK", client_id)
+            try:
+                reply = conn.read_response()
+            except ResponseError:  # MOVED/ASK during a resharding: look again
+                reply = True
+            healthy = True
+            return reply is not None
+        finally:
+            if not healthy:
+                conn.disconnect()
+            pool.release(conn)
+
+
+class AsyncWaiter:
+    """Blocking waits for an asyncio ``Redis`` or ``RedisCluster``."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._cluster = hasattr(client, "get_node_from_key")
+
+    async def wait(self, key: str, timeout: float) -> bool:
+        """True when a token was popped, False on timeout."""
+        if self._cluster:
+            node = self._client.get_node_from_key(key)
+            conn = node.acquire_connection()
+            unblock = node.execute_command
+        else:
+            node = None
+            conn = await self._client.connection_pool.get_connection()
+            unblock = self._client.execute_command
+        healthy = False
+        reader: asyncio.Future[Any] | None = None
+        try:
+            await conn.send_packed_command(
+                conn.pack_commands([("CLIENT", "ID"), ("BLPOP", key, _server_timeout(timeout))])
+            )
+            client_id = await conn.read_response()
+            reader = asyncio.ensure_future(conn.read_response())
+            done, _ = await asyncio.wait({reader}, timeout=timeout)
+            if not done:
+                with contextlib.suppress(ResponseError):
+                    await unblock("CLIENT", "UNBLOCK", client_id)
+            try:
+                reply = await reader
+            except ResponseError:
+                reply = True
+            healthy = True
+            return reply is not None
+        finally:
+            if not healthy:
+                if reader is not None and not reader.done():
+                    reader.cancel()
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+            if node is not None:
+                node.release(conn)
+            else:
+                await self._client.connection_pool.release(conn)

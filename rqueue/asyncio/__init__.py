@@ -1,0 +1,8 @@
+"""rqueue for asyncio: ``client = await rqueue.asyncio.connect(url)``."""
+
+from ._client import AsyncClient, AsyncQueue, connect
+
+Client = AsyncClient
+Queue = AsyncQueue
+
+__all__ = ["AsyncClient", "AsyncQueue", "Client", "Queue", "connect"]

@@ -1,0 +1,216 @@
+"""The asyncio client: the sync client's methods, awaited."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from typing import Any, TypeVar
+
+from redis import exceptions as rx
+
+from .. import _core
+from .._backends import Backend, check_policy, factory_for, resolve_url
+from .._base import QueueHandle, policy_from, raise_mapped
+from .._codec import Attributes
+from .._core import Call, Wait
+from .._errors import QueueDoesNotExist
+from .._keys import QueueKeys, check_name, check_prefix, registry
+from .._models import Message, QueueAttributes, QueueStats
+from .._wait import AsyncWaiter
+
+T = TypeVar("T")
+
+
+async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -> AsyncClient:
+    """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost)."""
+    url = resolve_url(url)
+    backend = factory_for(url)(url, is_async=True, **options)
+    client = AsyncClient(backend, prefix=prefix)
+    try:
+        await client._check_server()
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+class AsyncClient:
+    """An asyncio connection to one server or cluster; makes ``AsyncQueue`` handles."""
+
+    def __init__(self, backend: Backend, *, prefix: str = "rqueue") -> None:
+        self._backend = backend
+        self.redis: Any = backend.client
+        self.url = backend.url
+        self.prefix = check_prefix(prefix)
+        self._waiter = AsyncWaiter(self.redis)
+
+    def __repr__(self) -> str:
+        return f"<rqueue.asyncio.AsyncClient {self.url}>"
+
+    async def _check_server(self) -> None:
+        if hasattr(self.redis, "initialize"):
+            try:
+                await self.redis.initialize()
+            except Exception as e:  # noqa: BLE001
+                raise_mapped(e, self.url, "")
+        try:
+            reply = await self.redis.config_get("maxmemory-policy")
+        except rx.ResponseError:
+            return
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+        check_policy(policy_from(reply), self.url)
+
+    async def run(self, call: Call[T]) -> T:
+        """Run one script call and parse its reply."""
+        try:
+            try:
+                reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            except rx.NoScriptError:
+                await self.redis.script_load(call.script.source)
+                reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, call.queue)
+        return call.parse(reply)
+
+    async def wait(self, key: str, timeout: float) -> bool:
+        """Wait until a token is pushed on ``key`` or ``timeout`` seconds pass."""
+        try:
+            return await self._waiter.wait(key, timeout)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+
+    async def drive(self, flow: Generator[Call[Any] | Wait, Any, T]) -> T:
+        """Run a flow of the core (calls and waits) to its result."""
+        try:
+            op = next(flow)
+            while True:
+                result = await (self.run(op) if isinstance(op, Call) else self.wait(op.key, op.timeout))
+                op = flow.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def create_queue(
+        self,
+        name: str,
+        *,
+        visibility_timeout: float = 30,
+        delay: float = 0,
+        retention: float = _core.DEFAULT_RETENTION,
+        max_message_size: int = 256 * 1024,
+        max_receive_count: int | None = None,
+    ) -> AsyncQueue:
+        """Create a queue (and its dead-letter queue); a no-op if it exists alike."""
+        keys = QueueKeys.for_queue(self.prefix, name)
+        await self.run(
+            _core.create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
+        )
+        try:
+            await self.redis.sadd(registry(self.prefix), keys.name)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, name)
+        return AsyncQueue(self, keys)
+
+    def queue(self, name: str) -> AsyncQueue:
+        """A handle to an existing queue; no round trip."""
+        return AsyncQueue(self, QueueKeys.for_queue(self.prefix, name))
+
+    async def list_queues(self) -> list[str]:
+        """Names of all queues, sorted (dead-letter queues not included)."""
+        try:
+            members = await self.redis.smembers(registry(self.prefix))
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+        return sorted(n.decode() for n in members)
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete a queue, its dead-letter queue and all their messages."""
+        keys = QueueKeys.for_queue(self.prefix, check_name(name))
+        existed = await self.run(_core.delete_queue(keys))
+        try:
+            await self.redis.srem(registry(self.prefix), keys.name)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, name)
+        if not existed:
+            raise QueueDoesNotExist(f"queue {name!r} does not exist")
+
+    async def aclose(self) -> None:
+        """Close connections (and stop an embedded server)."""
+        try:
+            await self.redis.aclose()
+        finally:
+            for stop in self._backend.on_close:
+                stop()
+            self._backend.on_close.clear()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncQueue(QueueHandle):
+    """A handle to one queue; the methods of ``rqueue.Queue``, awaited."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: AsyncClient, keys: QueueKeys) -> None:
+        super().__init__(keys)
+        self.client = client
+
+    async def send(self, body: Any, *, delay: float | None = None, attributes: Attributes | None = None) -> str:
+        """Store one message; returns its id."""
+        return (await self.send_batch([body], delay=delay, attributes=attributes))[0]
+
+    async def send_batch(
+        self, bodies: Iterable[Any], *, delay: float | None = None, attributes: Attributes | None = None
+    ) -> list[str]:
+        """Store 1-1000 messages atomically; returns their ids."""
+        return await self.client.run(_core.send(self._keys, _core.encode_batch(bodies, attributes), delay))
+
+    async def receive(
+        self, max_messages: int = 1, *, visibility_timeout: float | None = None, wait_time: float = 0
+    ) -> list[Message]:
+        """Receive up to ``max_messages`` and hide them; wait up to ``wait_time`` s for one."""
+        return await self.client.drive(_core.receive_flow(self._keys, max_messages, visibility_timeout, wait_time))
+
+    async def delete(self, receipt: str) -> bool:
+        """Delete by the latest receipt; False if stale."""
+        return (await self.delete_batch([receipt]))[0]
+
+    async def delete_batch(self, receipts: Iterable[str]) -> list[bool]:
+        """Delete many; one bool per receipt."""
+        return await self.client.run(_core.delete(self._keys, receipts))
+
+    async def change_visibility(self, receipt: str, seconds: float) -> bool:
+        """Hide for ``seconds`` from now; False if the receipt is stale."""
+        return (await self.change_visibility_batch([receipt], seconds))[0]
+
+    async def change_visibility_batch(self, receipts: Iterable[str], seconds: float) -> list[bool]:
+        """change_visibility for many receipts in one call."""
+        return await self.client.run(_core.change_visibility(self._keys, receipts, seconds))
+
+    async def stats(self) -> QueueStats:
+        """Counts and counters."""
+        return await self.client.run(_core.stats(self._keys))
+
+    async def attributes(self) -> QueueAttributes:
+        """The queue's stored attributes."""
+        return await self.client.run(_core.attributes(self._keys))
+
+    async def purge(self) -> int:
+        """Delete every message (not the dead letters); returns how many."""
+        return await self.client.run(_core.purge(self._keys))
+
+    @property
+    def dead_letter_queue(self) -> AsyncQueue:
+        """This queue's dead-letter queue."""
+        return AsyncQueue(self.client, self._keys.dlq())
+
+    async def redrive(self) -> int:
+        """Move every dead letter not in flight back here; returns how many."""
+        moved = total = await self.client.run(_core.redrive(self._keys))
+        while moved == _core.REDRIVE_CHUNK:
+            moved = await self.client.run(_core.redrive(self._keys))
+            total += moved
+        return total
