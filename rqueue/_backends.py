@@ -32,7 +32,8 @@ class Backend:
 
     client: Any
     url: str
-    on_close: list[Callable[[], None]] = field(default_factory=list)
+    #: Called on close after the client; an asyncio backend's may return awaitables.
+    on_close: list[Callable[[], Any]] = field(default_factory=list)
 
 
 BackendFactory = Callable[..., Backend]
@@ -113,12 +114,16 @@ def _sentinel(url: str, *, is_async: bool, **options: Any) -> Backend:
     if is_async:
         from redis.asyncio.sentinel import Sentinel as ASentinel
 
-        client = ASentinel(hosts, sentinel_kwargs=sentinel_kwargs).master_for(path[0], **kwargs)  # type: ignore[no-untyped-call]
+        asentinel = ASentinel(hosts, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        client = asentinel.master_for(path[0], **kwargs)
+        closers: list[Callable[[], Any]] = [s.aclose for s in asentinel.sentinels]
     else:
         from redis.sentinel import Sentinel
 
-        client = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs).master_for(path[0], **kwargs)  # type: ignore[no-untyped-call]
-    return Backend(client, mask_url(url))
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        client = sentinel.master_for(path[0], **kwargs)  # type: ignore[no-untyped-call]
+        closers = [s.close for s in sentinel.sentinels]
+    return Backend(client, mask_url(url), closers)
 
 
 def _cluster(url: str, *, is_async: bool, **options: Any) -> Backend:

@@ -39,11 +39,14 @@ def server_binary() -> str:
     return str(get_binary_path())
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(below: int = 65536) -> int:
+    """A TCP port on 127.0.0.1 under ``below`` that was free a moment ago."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < below:
+            return port
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -71,12 +74,14 @@ class ServerProcess:
         binary: str | None = None,
     ) -> None:
         self.binary = binary or server_binary()
-        self.port = port or free_port()
+        self.extra = list(extra or [])
+        # A cluster node also listens on port + 10000, so it must stay under 55536.
+        self._port_below = 55536 if "--cluster-enabled" in self.extra else 65536
+        self.port = port or free_port(self._port_below)
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="rqueue-server-")
         self.data_dir = Path(data_dir) if data_dir else Path(self._tmp.name)  # type: ignore[union-attr]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.persistent = persistent
-        self.extra = list(extra or [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / f"server-{self.port}.log"
 
@@ -118,7 +123,7 @@ class ServerProcess:
             if self._wait_ready():
                 return self
             if attempt < 2 and "in use" in self.log_tail():
-                self.port = free_port()
+                self.port = free_port(self._port_below)
                 continue
             break
         raise ConnectionError(f"server {self.binary} did not start on port {self.port}:\n{self.log_tail()}")

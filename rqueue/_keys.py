@@ -40,7 +40,7 @@ class QueueKeys:
     @classmethod
     def for_queue(cls, prefix: str, name: str) -> QueueKeys:
         """Keys of the queue ``name``, or of its DLQ for ``name:dlq``."""
-        if name.endswith(DLQ_SUFFIX):
+        if isinstance(name, str) and name.endswith(DLQ_SUFFIX):
             return cls.for_queue(prefix, check_name(name[: -len(DLQ_SUFFIX)])).dlq()
         return cls(check_name(name), f"{prefix}:{{{name}}}")
 

@@ -84,7 +84,8 @@ class AsyncWaiter:
                 conn.pack_commands([("CLIENT", "ID"), ("BLPOP", key, _server_timeout(timeout))])
             )
             client_id = await conn.read_response()
-            reader = asyncio.ensure_future(conn.read_response())
+            # Our own deadline, not the client's socket_timeout, bounds this read.
+            reader = asyncio.ensure_future(conn.read_response(timeout=timeout + 5.0))
             done, _ = await asyncio.wait({reader}, timeout=timeout)
             if not done:
                 with contextlib.suppress(ResponseError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Generator, Iterable
 from typing import Any, TypeVar
 
@@ -139,7 +140,9 @@ class AsyncClient:
             await self.redis.aclose()
         finally:
             for stop in self._backend.on_close:
-                stop()
+                result = stop()
+                if inspect.isawaitable(result):
+                    await result
             self._backend.on_close.clear()
 
     async def __aenter__(self) -> AsyncClient:

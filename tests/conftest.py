@@ -1,0 +1,126 @@
+"""Fixtures: real servers, and one client fixture over sync/asyncio x backends."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+import rqueue
+import rqueue.asyncio as rqa
+
+from .bridge import AsyncBridge, LoopThread
+from .servers import Cluster, Sentinel, standalone
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    with standalone() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    cluster = Cluster().start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def sentinel_url() -> Iterator[str]:
+    sentinel = Sentinel().start()
+    try:
+        yield sentinel.url
+    finally:
+        sentinel.close()
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+BACKENDS = [
+    pytest.param("standalone", id="standalone"),
+    pytest.param("cluster", id="cluster", marks=pytest.mark.cluster),
+    pytest.param("sentinel", id="sentinel", marks=pytest.mark.sentinel),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url" if request.param != "standalone" else "server_url"))
+
+
+def raw_client(url: str) -> Any:
+    """A plain redis-py client for looking at what is stored."""
+    if url.startswith("redis+cluster://"):
+        hosts = url.removeprefix("redis+cluster://").split(",")
+        return RedisCluster(startup_nodes=[ClusterNode(h.split(":")[0], int(h.split(":")[1])) for h in hosts])
+    if url.startswith("redis+sentinel://"):
+        from redis.sentinel import Sentinel as RSentinel
+
+        hostport, service = url.removeprefix("redis+sentinel://").split("/")[:2]
+        host, port = hostport.split(":")
+        return RSentinel([(host, int(port))]).master_for(service)
+    return redis.Redis.from_url(url)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def raw(backend_url: str, prefix: str) -> Iterator[Any]:
+    r = raw_client(backend_url)
+    yield r
+    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+        r.unlink(key)
+    r.close()
+
+
+Connect = Callable[..., Any]
+
+
+@pytest.fixture(params=["sync", "async"])
+def connect(request: pytest.FixtureRequest, backend_url: str, prefix: str, raw: Any) -> Iterator[Connect]:
+    """connect(**options) -> a sync Client, or an AsyncClient behind AsyncBridge."""
+    opened: list[Any] = []
+
+    def make(url: str | None = None, **options: Any) -> Any:
+        options.setdefault("prefix", prefix)
+        if request.param == "sync":
+            c: Any = rqueue.connect(url or backend_url, **options)
+        else:
+            lt: LoopThread = request.getfixturevalue("loop_thread")
+            c = AsyncBridge(lt.run(rqa.connect(url or backend_url, **options)), lt)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.close()
+
+
+@pytest.fixture
+def client(connect: Connect) -> Any:
+    return connect()
+
+
+@pytest.fixture
+def q(client: Any) -> Any:
+    return client.create_queue("orders", visibility_timeout=30)
+
+
+def stored_keys(raw: Any, prefix: str) -> list[str]:
+    """Every key under the test's prefix."""
+    return sorted(k.decode() for k in raw.scan_iter(match=f"{prefix}:*", count=1000))

