@@ -204,6 +204,14 @@ class Queue(QueueHandle):
         """change_visibility for many receipts in one call."""
         return self.client.run(_core.change_visibility(self._keys, receipts, seconds))
 
+    def reject(self, receipt: str, reason: str = "") -> bool:
+        """Move a received message to the dead-letter queue now, keeping ``reason``."""
+        return (self.reject_batch([receipt], reason))[0]
+
+    def reject_batch(self, receipts: Iterable[str], reason: str = "") -> list[bool]:
+        """reject for many receipts in one call; one bool per receipt."""
+        return self.client.run(_core.reject(self._keys, receipts, reason))
+
     def stats(self) -> QueueStats:
         """Counts (visible, in flight, delayed, dead) and counters."""
         return self.client.run(_core.stats(self._keys))

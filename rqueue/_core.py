@@ -266,6 +266,22 @@ def change_visibility(keys: QueueKeys, receipts: Iterable[str], seconds: float) 
     )
 
 
+def reject(keys: QueueKeys, receipts: Iterable[str], reason: str) -> Call[list[bool]]:
+    """Dead-letter received messages now, keeping ``reason``; False for a stale receipt."""
+    if keys.is_dlq:
+        raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; delete its messages or redrive them")
+    if not isinstance(reason, str) or len(reason) > 4096:
+        raise InvalidParameter(f"reason must be a string of at most 4096 characters, got {reason!r:.80}")
+    d = keys.dlq()
+    return Call(
+        script("reject"),
+        [keys.meta, keys.msgs, keys.vis, keys.state, d.meta, d.msgs, d.vis, d.why, d.wake],
+        [reason, *_receipt_args(receipts)],
+        _flags,
+        keys.name,
+    )
+
+
 def purge(keys: QueueKeys) -> Call[int]:
     """Delete every message of the queue."""
     return Call(script("purge"), [keys.meta, keys.msgs, keys.vis, keys.state, keys.why], [], int, keys.name)

@@ -193,6 +193,14 @@ class AsyncQueue(QueueHandle):
         """change_visibility for many receipts in one call."""
         return await self.client.run(_core.change_visibility(self._keys, receipts, seconds))
 
+    async def reject(self, receipt: str, reason: str = "") -> bool:
+        """Move a received message to the dead-letter queue now, keeping ``reason``."""
+        return (await self.reject_batch([receipt], reason))[0]
+
+    async def reject_batch(self, receipts: Iterable[str], reason: str = "") -> list[bool]:
+        """reject for many receipts in one call; one bool per receipt."""
+        return await self.client.run(_core.reject(self._keys, receipts, reason))
+
     async def stats(self) -> QueueStats:
         """Counts and counters."""
         return await self.client.run(_core.stats(self._keys))
