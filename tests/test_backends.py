@@ -115,11 +115,13 @@ async def test_embedded_asyncio() -> None:
 
 def test_unix_socket(tmp_path: Path) -> None:
     sock = tmp_path / "r.sock"
-    with ServerProcess(extra=["--unixsocket", str(sock), "--unixsocketperm", "700"]):
-        with rqueue.connect(f"unix://{sock}", prefix="ux") as c:
-            q = c.create_queue("orders")
-            q.send("via unix")
-            assert q.receive(wait_time=1)[0].body == "via unix"
+    with (
+        ServerProcess(extra=["--unixsocket", str(sock), "--unixsocketperm", "700"]),
+        rqueue.connect(f"unix://{sock}", prefix="ux") as c,
+    ):
+        q = c.create_queue("orders")
+        q.send("via unix")
+        assert q.receive(wait_time=1)[0].body == "via unix"
 
 
 @pytest.fixture
