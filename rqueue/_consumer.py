@@ -10,6 +10,7 @@ I/O-free ``Tracker`` (``_consumer_core``), guarded by one lock.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import signal
 import threading
@@ -24,7 +25,7 @@ from ._consumer_core import Flush, Job, Outage, Settings, Tracker, flush_problem
 from ._core import Call
 from ._errors import ConnectionError, InvalidParameter
 from ._handlers import Router, all_async, resolver
-from ._metrics import HandlerResult, Hook, emit
+from ._metrics import HandlerResult, Hook, Outcome, emit
 
 log = logging.getLogger("rqueue.consumer")
 
@@ -101,6 +102,7 @@ class Consumer:
         self._halt_event = threading.Event()
         self._exit_event = threading.Event()
         self._unblockers: dict[int, Callable[[], None]] = {}
+        self._poked: set[int] = set()
         self._outage = Outage()
         self._receivers: list[threading.Thread] = []
         self._maintainer: threading.Thread | None = None
@@ -267,7 +269,17 @@ class Consumer:
         if flush:
             for line in flush_problems(flush, results[:n], self._names):
                 log.warning("%s", line)
+            self._poke({qi for qi, _r, _s in flush.retries})
         return results[n:]
+
+    def _poke(self, queues: set[int]) -> None:
+        """A retry may be visible sooner than a receiver's long poll ends: make it look again."""
+        if queues:
+            with self._lock:
+                self._poked |= queues
+                unblockers = [self._unblockers[qi] for qi in queues if qi in self._unblockers]
+            for unblock in unblockers:
+                unblock()
 
     def _send_once(self, flush: Flush) -> None:
         try:
@@ -280,12 +292,12 @@ class Consumer:
 
     # ------------------------------------------------------------ receivers
 
-    def _on_block(self, unblock: Callable[[], None]) -> None:
+    def _on_block(self, qi: int, unblock: Callable[[], None]) -> None:
         with self._lock:
-            if self._halting:
+            if self._halting or qi in self._poked:
                 unblock()
             else:
-                self._unblockers[threading.get_ident()] = unblock
+                self._unblockers[qi] = unblock
 
     def _receive_loop(self, qi: int) -> None:
         tracker = self._tracker
@@ -301,11 +313,13 @@ class Consumer:
                     return
                 n = tracker.reserve()
                 flush = tracker.take()
+                self._poked.discard(qi)
             got = self._exchange(flush, [_core.receive(keys, n, vt)], self._halt_event)
             result = got[0] if got else None
             if not isinstance(result, tuple):
                 with self._lock:
                     tracker.unreserve(n)
+                    self._slot_cv.notify_all()
                 if isinstance(result, Exception):
                     delay, starts = errors.failed()
                     if starts:
@@ -317,13 +331,19 @@ class Consumer:
             messages, next_ms = result
             with self._lock:
                 tracker.unreserve(n - len(messages))
+                if len(messages) < n and len(self._receivers) > 1:
+                    self._slot_cv.notify_all()  # slots this receiver did not fill
                 if messages:
-                    self._dispatch(tracker.received(qi, messages, time.monotonic()))
+                    now = time.monotonic()
+                    self._dispatch(tracker.received(qi, messages, now))
+                    due = tracker.heartbeat_in(now)
+                    if due is not None and now + due < self._maint_wake_at:
+                        self._maint_cv.notify()
             if messages or next_ms == 0:
                 continue
             timeout = _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
             try:
-                self._client.wait(keys.wake, timeout, on_block=self._on_block)
+                self._client.wait(keys.wake, timeout, on_block=functools.partial(self._on_block, qi))
             except ConnectionError as e:
                 with self._lock:
                     delay, starts = self._outage.failed()
@@ -332,7 +352,7 @@ class Consumer:
                 self._halt_event.wait(delay)
             finally:
                 with self._lock:
-                    self._unblockers.pop(threading.get_ident(), None)
+                    self._unblockers.pop(qi, None)
 
     # ------------------------------------------------------------ workers
 
@@ -348,6 +368,17 @@ class Consumer:
         self._threads += 1
         threading.Thread(target=self._worker, name="rqueue-worker", daemon=True).start()
 
+    def _take(self) -> Job:
+        """Pop the next job (lock held); wake or start another worker if more wait."""
+        job = self._work.popleft()
+        job.started = True
+        if self._work:
+            if self._idle:
+                self._work_cv.notify()
+            elif self._threads < self.settings.concurrency:
+                self._spawn()
+        return job
+
     def _worker(self) -> None:
         tracker = self._tracker
         assert tracker is not None
@@ -358,6 +389,7 @@ class Consumer:
         name = ""
         seconds = 0.0
         while True:
+            finished = None
             with self._lock:
                 if job is not None:
                     decision = tracker.finish(job, reply, error, time.monotonic())
@@ -369,35 +401,22 @@ class Consumer:
                     if self._halting:
                         self._slot_cv.notify_all()
                     finished, outcome = job, decision.outcome
-                else:
-                    finished = None
-                job = None
-                if not self._work or self._halting:
-                    while not self._work or self._halting:
-                        if self._closing:
-                            self._threads -= 1
-                            break
-                        self._idle += 1
-                        woke = self._work_cv.wait(IDLE_TIMEOUT)
-                        self._idle -= 1
-                        if not woke and not self._work:
-                            self._threads -= 1
-                            break
-                    else:
-                        job = self._work.popleft()
-                else:
-                    job = self._work.popleft()
-                if job is not None:
-                    job.started = True
-                    if self._work:
-                        if self._idle:
-                            self._work_cv.notify()
-                        elif self._threads < self.settings.concurrency:
-                            self._spawn()
+                job = self._take() if self._work and not self._halting else None
             if finished is not None:
                 self._report(finished, name, outcome, seconds, error)
             if job is None:
-                return
+                with self._lock:
+                    while not self._work or self._halting:
+                        if self._closing:
+                            self._threads -= 1
+                            return
+                        self._idle += 1
+                        woke = self._work_cv.wait(IDLE_TIMEOUT)
+                        self._idle -= 1
+                        if not woke and (not self._work or self._halting):
+                            self._threads -= 1
+                            return
+                    job = self._take()
             t0 = time.perf_counter()
             reply = error = None
             try:
@@ -408,7 +427,7 @@ class Consumer:
                 error = e
             seconds = time.perf_counter() - t0
 
-    def _report(self, job: Job, handler: str, outcome: Any, seconds: float, error: BaseException | None) -> None:
+    def _report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
         if error is not None:
             m = job.message
             log.warning(
