@@ -23,9 +23,9 @@ def note(event: str, m: rqueue.Message) -> None:
     os.write(_fd, f"{event} {m.body['i']} {m.receive_count} {os.getpid()}\n".encode())
 
 
-def fails(i: int, receive_count: int) -> bool:
+def fails(i: int, receive_count: int, rate: float | None = None) -> bool:
     """Deterministic 'random' failure, seeded per message and attempt."""
-    return random.Random(f"{i}:{receive_count}").random() < FAIL_RATE
+    return random.Random(f"{i}:{receive_count}").random() < (FAIL_RATE if rate is None else rate)
 
 
 def record(m: rqueue.Message) -> None:
