@@ -307,8 +307,17 @@ class Consumer:
         errors = Outage(first=0.5, cap=30.0)
         while True:
             with self._lock:
-                while not self._halting and tracker.free == 0:
-                    self._slot_cv.wait()
+                gather_until = None
+                while not self._halting and tracker.free < tracker.want:
+                    if tracker.free == 0:
+                        self._slot_cv.wait()
+                        continue
+                    # Some slots are free: wait a moment for more, so one round trip carries a batch.
+                    now = time.monotonic()
+                    gather_until = gather_until or now + self.settings.flush_interval
+                    if now >= gather_until:
+                        break
+                    self._slot_cv.wait(gather_until - now)
                 if self._halting:
                     return
                 n = tracker.reserve()

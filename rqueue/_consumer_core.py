@@ -166,6 +166,8 @@ class Tracker:
         self.vts = list(vts)
         self.mrcs = list(mrcs)
         self.free = settings.concurrency
+        #: A busy receiver waits (briefly) for this many free slots, so a round trip carries a batch.
+        self.want = max(1, min(settings.batch_size, settings.concurrency) // 2)
         self.jobs: dict[str, Job] = {}
         self.pending = Flush()
         self.pending_count = 0

@@ -245,9 +245,19 @@ class Consumer:
         assert me is not None
         wait: asyncio.Future[bool] | None = None
         while True:
-            while not self._halting and tracker.free == 0:
+            gather_until = None
+            while not self._halting and tracker.free < tracker.want:
                 self._slot.clear()
-                await self._slot.wait()
+                if tracker.free == 0:
+                    await self._slot.wait()
+                    continue
+                # Some slots are free: wait a moment for more, so one round trip carries a batch.
+                now = time.monotonic()
+                gather_until = gather_until or now + self.settings.flush_interval
+                if now >= gather_until:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot.wait(), gather_until - now)
             if self._halting:
                 return
             n = tracker.reserve()
