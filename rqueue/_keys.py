@@ -83,6 +83,15 @@ class QueueKeys:
         """The id counter, shared by a queue and its DLQ so receipts never collide."""
         return (self.source() if self.is_dlq else self).base + ":seq"
 
+    @property
+    def events(self) -> str:
+        """The pub/sub channel of tracked messages' events (carries the hash tag)."""
+        return self.base + ":events"
+
+    def reply(self, message_id: str) -> str:
+        """The list a request's sender blocks on for message ``message_id``'s reply."""
+        return f"{self.base}:reply:{message_id}"
+
     def own(self) -> list[str]:
         """Every key of this one queue except the shared seq."""
         return [self.meta, self.msgs, self.vis, self.state, self.wake, self.why]

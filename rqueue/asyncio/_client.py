@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis import exceptions as rx
@@ -12,7 +12,7 @@ from .. import _core
 from .._backends import Backend, check_policy, factory_for, resolve_url
 from .._base import QueueHandle, policy_from, raise_mapped
 from .._codec import Attributes
-from .._core import Call, Wait
+from .._core import Call, Op, Pop
 from .._errors import QueueDoesNotExist
 from .._keys import QueueKeys, check_name, check_prefix, registry
 from .._models import Message, QueueAttributes, QueueStats
@@ -80,12 +80,24 @@ class AsyncClient:
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
 
-    async def drive(self, flow: Generator[Call[Any] | Wait, Any, T]) -> T:
+    async def pop(self, key: str, timeout: float) -> bytes | None:
+        """Pop the value pushed on ``key``, or None after ``timeout`` seconds."""
+        try:
+            return await self._waiter.pop(key, timeout)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+
+    async def drive(self, flow: Generator[Op, Any, T]) -> T:
         """Run a flow of the core (calls and waits) to its result."""
         try:
             op = next(flow)
             while True:
-                result = await (self.run(op) if isinstance(op, Call) else self.wait(op.key, op.timeout))
+                if isinstance(op, Call):
+                    result = await self.run(op)
+                elif isinstance(op, Pop):
+                    result = await self.pop(op.key, op.timeout)
+                else:
+                    result = await self.wait(op.key, op.timeout)
                 op = flow.send(result)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
@@ -177,13 +189,29 @@ class AsyncQueue(QueueHandle):
         """Receive up to ``max_messages`` and hide them; wait up to ``wait_time`` s for one."""
         return await self.client.drive(_core.receive_flow(self._keys, max_messages, visibility_timeout, wait_time))
 
-    async def delete(self, receipt: str) -> bool:
+    async def delete(self, receipt: str, *, reply: Any = None) -> bool:
         """Delete by the latest receipt; False if stale."""
-        return (await self.delete_batch([receipt]))[0]
+        return (await self.delete_batch([receipt], replies=[reply]))[0]
 
-    async def delete_batch(self, receipts: Iterable[str]) -> list[bool]:
-        """Delete many; one bool per receipt."""
-        return await self.client.run(_core.delete(self._keys, receipts))
+    async def delete_batch(self, receipts: Iterable[str], *, replies: Sequence[Any] | None = None) -> list[bool]:
+        """Delete many; one bool per receipt. ``replies``: one per receipt, see ``delete``."""
+        return await self.client.run(_core.delete(self._keys, receipts, replies))
+
+    async def request(
+        self,
+        body: Any,
+        *,
+        timeout: float,
+        attributes: Attributes | None = None,
+        delay: float | None = None,
+    ) -> Any:
+        """Send ``body`` and block until a consumer deletes it; return its reply.
+
+        Raises RequestTimeout (a TimeoutError) after ``timeout`` seconds, having
+        withdrawn the message if no consumer had received it yet, and
+        MessageDeadLettered if it was dead-lettered meanwhile.
+        """
+        return await self.client.drive(_core.request_flow(self._keys, body, attributes, delay, timeout))
 
     async def change_visibility(self, receipt: str, seconds: float) -> bool:
         """Hide for ``seconds`` from now; False if the receipt is stale."""
