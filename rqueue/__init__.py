@@ -20,8 +20,10 @@ from ._errors import (
     RequestFailed,
     RequestTimeout,
     RQueueError,
+    WaitTimeout,
 )
-from ._models import DeadLetter, Message, QueueAttributes, QueueStats
+from ._listen import Tracker
+from ._models import DeadLetter, Event, Message, QueueAttributes, QueueStats
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ __all__ = [
     "Client",
     "ConnectionError",
     "DeadLetter",
+    "Event",
     "InvalidParameter",
     "InvalidQueueName",
     "Message",
@@ -44,6 +47,8 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "RQueueWarning",
+    "Tracker",
+    "WaitTimeout",
     "connect",
     "mask_url",
     "register_backend",

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis import exceptions as rx
 
-from . import _core
+from . import _codec, _core
 from ._backends import Backend, check_policy, factory_for, resolve_url
 from ._base import QueueHandle, policy_from, raise_mapped
 from ._codec import Attributes
 from ._core import Call, Op, Pop
-from ._errors import QueueDoesNotExist
+from ._errors import InvalidParameter, QueueDoesNotExist
 from ._keys import QueueKeys, check_name, check_prefix, registry
-from ._models import Message, QueueAttributes, QueueStats
+from ._listen import SyncListener, Tracker
+from ._models import Event, Message, QueueAttributes, QueueStats
 from ._wait import SyncWaiter
 
 T = TypeVar("T")
@@ -49,6 +50,7 @@ class Client:
         self.redis: Any = backend.client
         self.url = backend.url
         self.prefix = check_prefix(prefix)
+        self._listener: SyncListener | None = None
         self._waiter = SyncWaiter(self.redis)
 
     def __repr__(self) -> str:
@@ -90,6 +92,12 @@ class Client:
             return self._waiter.pop(key, timeout)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
+
+    def listener(self) -> SyncListener:
+        """The client's one event listener (started on the first tracked send)."""
+        if self._listener is None:
+            self._listener = SyncListener(self.redis, self.url)
+        return self._listener
 
     def drive(self, flow: Generator[Op, Any, T]) -> T:
         """Run a flow of the core (calls and waits) to its result."""
@@ -162,6 +170,8 @@ class Client:
     def close(self) -> None:
         """Close connections (and stop an embedded server)."""
         try:
+            if self._listener is not None:
+                self._listener.close()
             self.redis.close()
         finally:
             for stop in self._backend.on_close:
@@ -184,9 +194,48 @@ class Queue(QueueHandle):
         super().__init__(keys)
         self.client = client
 
-    def send(self, body: Any, *, delay: float | None = None, attributes: Attributes | None = None) -> str:
-        """Store one message; returns its id. ``delay`` None uses the queue's."""
+    def send(
+        self,
+        body: Any,
+        *,
+        delay: float | None = None,
+        attributes: Attributes | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+    ) -> str:
+        """Store one message; returns its id. ``delay`` None uses the queue's.
+
+        With ``on_event``, the message is tracked: ``on_event(Event)`` runs on
+        the client's listener thread for each of its events (see ``send_tracked``).
+        """
+        if on_event is not None:
+            return self.send_tracked(body, delay=delay, attributes=attributes, on_event=on_event).message_id
         return self.send_batch([body], delay=delay, attributes=attributes)[0]
+
+    def send_tracked(
+        self,
+        body: Any,
+        *,
+        delay: float | None = None,
+        attributes: Attributes | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+    ) -> Tracker:
+        """Store one message whose events (received, processed with the reply,
+        dead_lettered, expired) are published; returns its tracker.
+
+        The client's listener subscribes to this queue's events before the
+        send, so no event is lost; untracked sends publish nothing.
+        """
+        keys = self._keys
+        if keys.is_dlq:
+            raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; track messages of its source queue")
+        encoded = _core.encode_batch([body], attributes)
+        listener = self.client.listener()
+        generation = listener.ensure(keys.events)
+        (message_id,) = self.client.run(_core.send(keys, encoded, delay, _codec.EVENTS))
+        tracker = Tracker(message_id, on_event)
+        for sink, event in listener.router.register(keys.events, message_id, tracker._deliver, generation):
+            sink(event)
+        return tracker
 
     def send_batch(
         self, bodies: Iterable[Any], *, delay: float | None = None, attributes: Attributes | None = None

@@ -68,6 +68,10 @@ class MessageDeadLettered(RequestFailed):
         self.detail = detail
 
 
+class WaitTimeout(RQueueError, builtins.TimeoutError):
+    """A tracker's ``wait()`` saw no matching event in time."""
+
+
 def from_lua(message: str, queue: str) -> RQueueError | None:
     """Map an error reply of a script (``RQ_<CODE> args...``) to a typed exception.
 

@@ -1,8 +1,9 @@
 """rqueue for asyncio: ``client = await rqueue.asyncio.connect(url)``."""
 
+from .._listen import AsyncTracker
 from ._client import AsyncClient, AsyncQueue, connect
 
 Client = AsyncClient
 Queue = AsyncQueue
 
-__all__ = ["AsyncClient", "AsyncQueue", "Client", "Queue", "connect"]
+__all__ = ["AsyncClient", "AsyncQueue", "AsyncTracker", "Client", "Queue", "connect"]
