@@ -23,7 +23,8 @@ from ._errors import (
     WaitTimeout,
 )
 from ._listen import Tracker
-from ._models import DeadLetter, Event, Message, QueueAttributes, QueueStats
+from ._models import DeadLetter, Event, Message, QueueAttributes, QueueStats, SubscriptionInfo
+from ._topic import Subscription, Topic
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,9 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "RQueueWarning",
+    "Subscription",
+    "SubscriptionInfo",
+    "Topic",
     "Tracker",
     "WaitTimeout",
     "connect",

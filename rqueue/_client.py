@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import exceptions as rx
 
@@ -13,10 +13,13 @@ from ._base import QueueHandle, policy_from, raise_mapped
 from ._codec import Attributes
 from ._core import Call, Op, Pop
 from ._errors import InvalidParameter, QueueDoesNotExist
-from ._keys import QueueKeys, check_name, check_prefix, registry
+from ._keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
 from ._listen import SyncListener, Tracker
 from ._models import Event, Message, QueueAttributes, QueueStats
 from ._wait import SyncWaiter
+
+if TYPE_CHECKING:
+    from ._topic import Topic
 
 T = TypeVar("T")
 
@@ -147,6 +150,12 @@ class Client:
         No round trip: using a queue that does not exist raises QueueDoesNotExist.
         """
         return Queue(self, QueueKeys.for_queue(self.prefix, name))
+
+    def topic(self, name: str) -> Topic:
+        """A handle to the topic ``name`` (created by its first subscription); no round trip."""
+        from ._topic import Topic
+
+        return Topic(self, TopicKeys.for_topic(self.prefix, name))
 
     def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""

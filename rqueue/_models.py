@@ -88,3 +88,14 @@ class Event:
     reply: Any = None
     reason: str = ""
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionInfo:
+    """A live subscription of a topic: its name, how many messages it holds
+    (visible, delayed and in flight) and seconds until it expires unless
+    refreshed."""
+
+    name: str
+    depth: int
+    expires_in: float

@@ -2,8 +2,9 @@
 
 from .._listen import AsyncTracker
 from ._client import AsyncClient, AsyncQueue, connect
+from ._topic import AsyncSubscription, AsyncTopic
 
 Client = AsyncClient
 Queue = AsyncQueue
 
-__all__ = ["AsyncClient", "AsyncQueue", "AsyncTracker", "Client", "Queue", "connect"]
+__all__ = ["AsyncClient", "AsyncQueue", "AsyncSubscription", "AsyncTopic", "AsyncTracker", "Client", "Queue", "connect"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import exceptions as rx
 
@@ -14,10 +14,13 @@ from .._base import QueueHandle, policy_from, raise_mapped
 from .._codec import Attributes
 from .._core import Call, Op, Pop
 from .._errors import InvalidParameter, QueueDoesNotExist
-from .._keys import QueueKeys, check_name, check_prefix, registry
+from .._keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
 from .._listen import AsyncListener, AsyncTracker
 from .._models import Event, Message, QueueAttributes, QueueStats
 from .._wait import AsyncWaiter
+
+if TYPE_CHECKING:
+    from ._topic import AsyncTopic
 
 T = TypeVar("T")
 
@@ -134,6 +137,12 @@ class AsyncClient:
     def queue(self, name: str) -> AsyncQueue:
         """A handle to an existing queue; no round trip."""
         return AsyncQueue(self, QueueKeys.for_queue(self.prefix, name))
+
+    def topic(self, name: str) -> AsyncTopic:
+        """A handle to the topic ``name`` (created by its first subscription); no round trip."""
+        from ._topic import AsyncTopic
+
+        return AsyncTopic(self, TopicKeys.for_topic(self.prefix, name))
 
     async def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""
