@@ -312,6 +312,8 @@ class Consumer:
                     if tracker.free == 0:
                         self._slot_cv.wait()
                         continue
+                    if tracker.pending_count >= self.settings.batch_size:
+                        break  # a batch of acks waits: carry it now
                     # Some slots are free: wait a moment for more, so one round trip carries a batch.
                     now = time.monotonic()
                     gather_until = gather_until or now + self.settings.flush_interval
@@ -323,7 +325,14 @@ class Consumer:
                 n = tracker.reserve()
                 flush = tracker.take()
                 self._poked.discard(qi)
-            got = self._exchange(flush, [_core.receive(keys, n, vt)], self._halt_event)
+                tracker.receiving += 1
+            try:
+                got = self._exchange(flush, [_core.receive(keys, n, vt)], self._halt_event)
+            finally:
+                with self._lock:
+                    tracker.receiving -= 1
+                    if tracker.full:
+                        self._maint_cv.notify()
             result = got[0] if got else None
             if not isinstance(result, tuple):
                 with self._lock:

@@ -172,6 +172,9 @@ class Tracker:
         self.pending = Flush()
         self.pending_count = 0
         self.pending_since: float | None = None
+        #: Receivers with a receive round trip under way: each takes the pending acks when it
+        #: sends its next receive, so reaching batch_size need not cost a round trip of its own.
+        self.receiving = 0
 
     # -- slots
 
@@ -223,7 +226,14 @@ class Tracker:
         first = self.pending_since is None
         if first:
             self.pending_since = now
-        return Decision(outcome, first or self.pending_count >= self.settings.batch_size)
+        return Decision(outcome, first or self.full)
+
+    @property
+    def full(self) -> bool:
+        """Pending work must go out now: batch_size reached and no receive round trip will
+        carry it (one is under way: its receiver takes it next; one more ack and it goes anyway)."""
+        count, batch = self.pending_count, self.settings.batch_size
+        return count > batch or (count == batch and not self.receiving)
 
     def take(self) -> Flush:
         """Everything waiting to be sent; the caller sends it (or gives it back)."""
@@ -251,7 +261,7 @@ class Tracker:
         """Seconds until the pending work must go out (0: now); None if nothing is pending."""
         if self.pending_since is None:
             return None
-        if self.pending_count >= self.settings.batch_size:
+        if self.full:
             return 0.0
         return max(0.0, self.pending_since + self.settings.flush_interval - now)
 

@@ -261,6 +261,8 @@ class Consumer:
                 if tracker.free == 0:
                     await self._slot.wait()
                     continue
+                if tracker.pending_count >= self.settings.batch_size:
+                    break  # a batch of acks waits: carry it now
                 # Some slots are free: wait a moment for more, so one round trip carries a batch.
                 now = time.monotonic()
                 gather_until = gather_until or now + self.settings.flush_interval
@@ -272,7 +274,11 @@ class Consumer:
                 return
             n = tracker.reserve()
             self._poked.discard(qi)
-            got = await self._exchange(tracker.take(), [_core.receive(keys, n, vt)])
+            tracker.receiving += 1
+            try:
+                got = await self._exchange(tracker.take(), [_core.receive(keys, n, vt)])
+            finally:
+                tracker.receiving -= 1
             result = got[0] if got else None
             if not isinstance(result, tuple):
                 tracker.unreserve(n)
