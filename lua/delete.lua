@@ -11,7 +11,9 @@ KEYS[6..] reply keys (lists), one per request receipt ('r' below), in order
 
 ARGV[1] the queue's events channel ('' when no receipt is an events one)
 ARGV[2] reply key TTL in ms
-ARGV[3] '1' when the receipts come as triples, '' for plain pairs
+ARGV[3] '1' when the receipts come as triples, '' for plain pairs, 'j' when
+        ARGV[4] holds every (untracked) receipt joined by spaces: one
+        argument instead of 2n keeps the client's command packing cheap
 ARGV[4..] id, token pairs taken from the receipts; or id, token, tracked
           triples where tracked is '' (untracked), 'r' .. reply (a request:
           RPUSH 'p' .. reply on its reply key) or 'e' .. reply (publish
@@ -28,15 +30,25 @@ if redis.call('EXISTS', meta_key) == 0 then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local stride = tracked and 3 or 2
-local n = (#ARGV - 3) / stride
-local ids = {}
-for i = 1, n do ids[i] = ARGV[stride * (i - 1) + 4] end
+local ids, tokens = {}, {}
+if ARGV[3] == 'j' then
+  for id, token in string.gmatch(ARGV[4], '(%d+)%.(%d+)') do
+    ids[#ids + 1] = id
+    tokens[#tokens + 1] = token
+  end
+else
+  for i = 1, (#ARGV - 3) / stride do
+    ids[i] = ARGV[stride * (i - 1) + 4]
+    tokens[i] = ARGV[stride * (i - 1) + 5]
+  end
+end
+local n = #ids
 local states = redis.call('HMGET', state_key, unpack(ids))
 local out, hit, seen = {}, {}, {}
 local k = 5
 for i = 1, n do
   local st, id = states[i], ids[i]
-  local prefix = ARGV[stride * (i - 1) + 5] .. ':'
+  local prefix = tokens[i] .. ':'
   local ok = st and not seen[id] and string.sub(st, 1, #prefix) == prefix
   if ok then
     out[i] = 1

@@ -9,6 +9,7 @@ it, so the two differ only by ``await``.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -103,6 +104,10 @@ def batch(name: str, items: Iterable[T]) -> list[T]:
 # ``<id>.<token>``, plus ``r`` for a request's message or ``e`` for one whose
 # events are published: the client then knows which reply keys to pass.
 _SUFFIX = {"": "", _codec.REQUEST: "r", _codec.EVENTS: "e"}
+
+
+#: Untracked receipts joined by spaces, as the delete script takes them in one argument.
+_PLAIN_RECEIPTS = re.compile(r"\d{1,20}\.\d{1,20}(?: \d{1,20}\.\d{1,20})*", re.ASCII)
 
 
 def parse_receipt(receipt: object) -> tuple[str, str, str]:
@@ -305,13 +310,17 @@ def delete(keys: QueueKeys, receipts: Iterable[str], replies: Sequence[Any] | No
     ``replies`` (aligned with ``receipts``) go to the senders of tracked
     messages; for untracked ones they are dropped here and never sent.
     """
-    parsed = [parse_receipt(r) for r in batch("receipts", receipts)]
+    receipts = batch("receipts", receipts)
     if replies is not None:
         if isinstance(replies, str | bytes) or not isinstance(replies, Sequence):
             raise InvalidParameter(f"replies must be a list aligned with receipts, got {type(replies).__name__}")
-        if len(replies) != len(parsed):
-            raise InvalidParameter(f"replies must hold one value per receipt ({len(parsed)}), got {len(replies)}")
+        if len(replies) != len(receipts):
+            raise InvalidParameter(f"replies must hold one value per receipt ({len(receipts)}), got {len(replies)}")
     key_list = [keys.meta, keys.msgs, keys.vis, keys.state, keys.why]
+    joined = " ".join(receipts) if all(isinstance(r, str) for r in receipts) else ""
+    if _PLAIN_RECEIPTS.fullmatch(joined):  # the common case, checked and sent as one string
+        return Call(script("delete"), key_list, ["", "", "j", joined], _flags, keys.name)
+    parsed = [parse_receipt(r) for r in receipts]
     if not any(t for _, _, t in parsed):
         args: list[bytes | str | int] = ["", "", ""]
         for mid, token, _ in parsed:
