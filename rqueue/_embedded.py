@@ -137,7 +137,9 @@ class ServerProcess:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    reply = s.recv(64)
+                    # Any answer but LOADING means it serves (NOAUTH: a password is set).
+                    if reply and not reply.startswith(b"-LOADING"):
                         return True
             except OSError:
                 pass

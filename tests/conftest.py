@@ -57,6 +57,7 @@ BACKENDS = [
 
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the backend a test runs on (parametrise indirectly to pick some)."""
     return str(request.getfixturevalue(f"{request.param}_url" if request.param != "standalone" else "server_url"))
 
 
