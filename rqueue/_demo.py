@@ -47,7 +47,7 @@ TOPIC = "demo-events"
 SUBSCRIPTIONS = {"audit": "rqueue.demo_handlers:audit", "email": "rqueue.demo_handlers:email"}
 HANDLER = "rqueue.demo_handlers:process_order"
 #: How long the end of a bounded run waits for the queues to empty.
-DRAIN_SECONDS = 6.0
+DRAIN_SECONDS = 5.0
 STOP_SECONDS = 15.0
 
 
@@ -223,15 +223,20 @@ class Demo:
         c = self._counts()
         lines = [self._requests_line(c), self._tracked_line(c)]
         alive = sum(1 for p in self.children.values() if p.poll() is None)
-        lines.append(f"processes: {alive} of {len(self.children)} running (logs in {self.logdir})")
+        lines.append(f"worker processes: {alive} of {len(self.children)} running")
+        lines += [f"note: {n}" for n in self.notes if "exited" in n]
         parts: list[Any] = [table, Text("\n".join(line for line in lines if line))]
         elapsed = time.monotonic() - self.started
+        hint = "Ctrl-C to stop" if self.phase == "running" else self.phase
+        bar = Table.grid(padding=(0, 1))
         if self.seconds:
             done = min(elapsed, self.seconds)
-            parts.append(ProgressBar(total=self.seconds, completed=done, width=50))
-            parts.append(Text(f"{done:.0f} s of {self.seconds:g} s — Ctrl-C to stop"))
+            bar.add_row(
+                ProgressBar(total=self.seconds, completed=done, width=40), f"{done:.0f} s of {self.seconds:g} s", hint
+            )
         else:
-            parts.append(Text(f"{elapsed:.0f} s — Ctrl-C to stop"))
+            bar.add_row(f"{elapsed:.0f} s", hint)
+        parts.append(bar)
         return Group(*parts)
 
     def _requests_line(self, c: LoadCounts) -> str:
