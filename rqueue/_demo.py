@@ -208,7 +208,7 @@ class Demo:
             table.add_column(col, justify="right")
         for row in self.rows.values():
             s = row.stats
-            sent_rate, done_rate = row.rates()
+            sent_rate, done_rate = row.rates() if self.phase != "stopped" else (0.0, 0.0)
             table.add_row(
                 row.label,
                 f"{s.sent_total:,}",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import redis
 
 import rqueue
 
-from .cli_helpers import assert_user_error, run_cli, snapshot
+from .cli_helpers import assert_user_error, cli_env, run_cli, snapshot
 
 
 @pytest.fixture
@@ -191,5 +193,39 @@ def test_url_from_option_beats_environment(server_url: str, prefix: str, rawc: A
 def test_help_lists_every_command(rq: Any) -> None:
     r = rq("--help")
     assert r.rc == 0
-    for cmd in ("create", "list", "stats", "send", "receive", "delete", "purge", "redrive", "dlq", "worker", "demo"):
-        assert cmd in r.out, cmd
+    listed = {line.split()[0] for line in r.out.partition("Commands:")[2].splitlines() if line.strip()}
+    wanted = {"create", "list", "stats", "send", "receive", "delete", "purge", "redrive", "dlq", "worker", "demo"}
+    assert wanted | {"bench", "produce", "request", "publish", "subscribe", "delete-queue"} <= listed
+
+
+def test_bench_measures_and_leaves_nothing(rq: Any, rawc: Any, prefix: str) -> None:
+    r = rq("bench", "-n", "2000", "--batch", "100", "--json")
+    assert r.rc == 0, r.err
+    data = r.json()
+    assert data["messages"] == 2000 and data["send_per_s"] > 0 and data["receive_delete_per_s"] > 0
+    assert snapshot(rawc, prefix) == {}  # the throwaway queue is gone
+    human = rq("bench", "-n", "500")
+    assert "receive+delete" in human.out and "msgs/s" in human.out
+
+
+PRODUCE_ARGS = ["--rate", "200", "--seconds", "1", "--poison", "10", "--report-every", "0.2"]
+
+
+def test_produce_sends_at_a_rate_and_logs_json(server_url: str, prefix: str, rq: Any, lib: rqueue.Client) -> None:
+    q = lib.create_queue("orders")
+    p = subprocess.run(
+        [sys.executable, "-m", "rqueue", "--log-format", "json", "produce", "orders", *PRODUCE_ARGS],
+        capture_output=True,
+        env=cli_env(server_url, prefix),
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    s = q.stats()
+    assert 150 <= s.sent_total <= 201  # one second at 200/s
+    logs = [json.loads(line) for line in p.stderr.decode().splitlines()]
+    assert logs[0]["msg"] == "producing" and logs[0]["queue"] == "orders" and logs[0]["level"] == "info"
+    assert logs[-1]["msg"] == "sent" and logs[-1]["sent"] == s.sent_total
+    bodies = [m.body for m in q.receive(1000)]
+    assert [b["order"] for b in bodies] == list(range(s.sent_total))
+    poison = sum(1 for b in bodies if b.get("poison"))
+    assert abs(poison - s.sent_total / 10) <= 2
