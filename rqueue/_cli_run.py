@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import click
 
@@ -19,11 +20,13 @@ from ._cli_base import (
     env,
     import_target,
     log,
+    one_line,
     queue_name,
     read_body,
     session,
     stop_on_signals,
 )
+from ._errors import RQueueError
 
 # ---------------------------------------------------------------- senders and topics
 
@@ -60,10 +63,15 @@ def request(
             t0 = time.perf_counter()
             try:
                 reply = q.request(value, timeout=timeout)  # type: ignore[attr-defined]
-            except TimeoutError:
+            except TimeoutError as err:  # not a mistake of the user's: exit code 1
                 if every is None:
-                    raise UserError(f"no reply within {timeout:g} s; the request was withdrawn") from None
-                log.warning("no reply", extra={"queue": name, "timeout": timeout})
+                    click.echo(f"rqueue: {one_line(err)}", err=True)
+                    click.get_current_context().exit(1)
+                log.warning("no reply: %s", one_line(err), extra={"queue": name, "timeout": timeout})
+            except RQueueError as err:
+                if every is None:
+                    raise
+                log.warning("request failed: %s", one_line(err), extra={"queue": name})
             else:
                 ms = (time.perf_counter() - t0) * 1000
                 if every is None:
@@ -121,7 +129,23 @@ def subscribe(
 
         sub = client.topic(topic).subscribe(subscription, ttl=ttl)  # type: ignore[attr-defined]
         log.info("subscribed", extra={"topic": topic, "subscription": subscription, "queue": sub.name})
-        Consumer(sub, handler, concurrency=concurrency, batch_size=batch_size).run()
+        done = threading.Event()
+        keeper = threading.Thread(target=keep_alive, args=(sub, ttl, done), name="rqueue-subscription", daemon=True)
+        keeper.start()
+        try:
+            Consumer(sub, handler, concurrency=concurrency, batch_size=batch_size).run()
+        finally:
+            done.set()
+            keeper.join()
+
+
+def keep_alive(sub: Any, ttl: float, done: threading.Event) -> None:
+    """Refresh a subscription three times per TTL while its consumer runs, so it is not removed."""
+    while not done.wait(ttl / 3):
+        try:
+            sub.refresh()
+        except RQueueError as err:  # an outage: the consumer logs it too; try again next period
+            log.warning("cannot refresh subscription: %s", one_line(err), extra={"queue": sub.name})
 
 
 # ---------------------------------------------------------------- workers and load

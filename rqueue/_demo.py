@@ -49,6 +49,7 @@ HANDLER = "rqueue.demo_handlers:process_order"
 #: How long the end of a bounded run waits for the queues to empty.
 DRAIN_SECONDS = 5.0
 STOP_SECONDS = 15.0
+SUBSCRIPTION_TTL = 60
 
 
 def has_worker() -> bool:
@@ -161,9 +162,8 @@ class Demo:
         if supports_topics(client):
             topic = client.topic(TOPIC)  # type: ignore[attr-defined]
             for name in SUBSCRIPTIONS:
-                sub = topic.subscribe(name, ttl=60)
-                with contextlib.suppress(Exception):
-                    sub.purge()
+                topic.unsubscribe(name)  # a fresh subscription: its counters start at zero
+                sub = topic.subscribe(name, ttl=SUBSCRIPTION_TTL)
                 self.subs[name] = sub
                 self.rows[sub.name] = Row(f"{TOPIC} → {name}", sub.stats())
         else:
@@ -187,7 +187,7 @@ class Demo:
         for i in range(self.n_consumers):
             self._spawn(f"consumer-{i + 1}", ["worker", HANDLER, "--queue", QUEUE, "--concurrency", "8"])
         for name in self.subs:
-            self._spawn(f"subscriber-{name}", ["subscribe", TOPIC, name, SUBSCRIPTIONS[name], "--ttl", "60"])
+            self._spawn(f"subscriber-{name}", ["subscribe", TOPIC, name, SUBSCRIPTIONS[name], "--ttl", str(SUBSCRIPTION_TTL)])
 
     # -- the live view
 

@@ -159,7 +159,7 @@ def test_every_service_command_runs_as_configured(
     replies = [r for r in json_lines(tmp_path / "requester.log") if r.get("msg") == "reply"]
     assert replies[0]["reply"] == {"order": -1, "status": "shipped"}
     assert any(r.get("msg") == "sent" and r["sent"] > 0 for r in json_lines(tmp_path / "producer.log"))
-    audit = lib.topic("events").subscribe("audit")  # type: ignore[attr-defined]
+    audit = lib.topic("events").subscription("audit")  # type: ignore[attr-defined]
     assert audit.stats().deleted_total > 0
     s = orders.stats()
     assert s.sent_total == s.deleted_total + s.dead_lettered_total + s.visible + s.in_flight + s.delayed
