@@ -187,7 +187,8 @@ class Demo:
         for i in range(self.n_consumers):
             self._spawn(f"consumer-{i + 1}", ["worker", HANDLER, "--queue", QUEUE, "--concurrency", "8"])
         for name in self.subs:
-            self._spawn(f"subscriber-{name}", ["subscribe", TOPIC, name, SUBSCRIPTIONS[name], "--ttl", str(SUBSCRIPTION_TTL)])
+            args = ["subscribe", TOPIC, name, SUBSCRIPTIONS[name], "--ttl", str(SUBSCRIPTION_TTL)]
+            self._spawn(f"subscriber-{name}", args)
 
     # -- the live view
 
