@@ -9,6 +9,9 @@ KEYS[4] wake   list: wake-up token for waiting receivers
 ARGV[1] timeout in ms (0..12 h)
 ARGV[2..2n+1] id, token pairs taken from the receipts
 
+Wakes waiting receivers when a message becomes visible before the earliest
+hidden one (their computed sleep would otherwise overshoot).
+
 Reply: one integer per receipt: 1 changed, 0 stale or unknown receipt.
 Errors: RQ_NOQUEUE.
 ]]
@@ -24,6 +27,10 @@ local n = (#ARGV - 1) / 2
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 * i] end
 local states = redis.call('HMGET', state_key, unpack(ids))
+-- The earliest hidden message decides how long waiting receivers sleep; if a
+-- message now becomes visible before it, they must look again.
+local head = redis.call('ZRANGE', vis_key, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+local wake = #head == 0 or visible_at < tonumber(head[2])
 local out, z = {}, {}
 for i = 1, n do
   local st = states[i]
@@ -38,7 +45,7 @@ for i = 1, n do
 end
 if #z > 0 then
   redis.call('ZADD', vis_key, 'XX', unpack(z))
-  if tonumber(ARGV[1]) == 0 and redis.call('LLEN', wake_key) == 0 then
+  if wake and redis.call('LLEN', wake_key) == 0 then
     redis.call('RPUSH', wake_key, 1)
   end
 end

@@ -9,6 +9,7 @@ for m in q.receive(10, wait_time=20):
 
 from ._backends import Backend, RQueueWarning, mask_url, register_backend
 from ._client import Client, Queue, connect
+from ._consumer import Consumer
 from ._errors import (
     ConnectionError,
     InvalidParameter,
@@ -18,6 +19,8 @@ from ._errors import (
     QueueDoesNotExist,
     RQueueError,
 )
+from ._handlers import Reject, Router
+from ._metrics import HandlerResult, PrometheusHook
 from ._models import DeadLetter, Message, QueueAttributes, QueueStats
 
 __version__ = "0.1.0"
@@ -26,10 +29,13 @@ __all__ = [
     "Backend",
     "Client",
     "ConnectionError",
+    "Consumer",
     "DeadLetter",
+    "HandlerResult",
     "InvalidParameter",
     "InvalidQueueName",
     "Message",
+    "PrometheusHook",
     "MessageTooLarge",
     "Queue",
     "QueueAlreadyExists",
@@ -38,6 +44,8 @@ __all__ = [
     "QueueStats",
     "RQueueError",
     "RQueueWarning",
+    "Reject",
+    "Router",
     "connect",
     "mask_url",
     "register_backend",

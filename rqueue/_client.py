@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis import exceptions as rx
 
-from . import _core
+from . import _core, _errors
 from ._backends import Backend, check_policy, factory_for, resolve_url
 from ._base import QueueHandle, policy_from, raise_mapped
 from ._codec import Attributes
@@ -77,10 +77,41 @@ class Client:
             raise_mapped(e, self.url, call.queue)
         return call.parse(reply)
 
-    def wait(self, key: str, timeout: float) -> bool:
-        """Block until a token is pushed on ``key`` or ``timeout`` seconds pass."""
+    def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        """Run several script calls in one round trip (a pipeline, not a transaction).
+
+        Each result is the parsed reply, or the rqueue exception that call met;
+        a lost connection raises ``rqueue.ConnectionError`` for the whole batch.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            return self._waiter.wait(key, timeout)
+            replies = pipe.execute(raise_on_error=False)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+        out: list[Any] = []
+        for call, reply in zip(calls, replies, strict=True):
+            try:
+                if isinstance(reply, rx.NoScriptError):
+                    out.append(self.run(call))  # loads the script, runs this call again
+                elif isinstance(reply, Exception):
+                    raise_mapped(reply, self.url, call.queue)
+                else:
+                    out.append(call.parse(reply))
+            except _errors.ConnectionError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        return out
+
+    def wait(self, key: str, timeout: float, *, on_block: Callable[[Callable[[], None]], None] | None = None) -> bool:
+        """Block until a token is pushed on ``key`` or ``timeout`` seconds pass.
+
+        ``on_block`` receives a function that ends the wait early (from another thread).
+        """
+        try:
+            return self._waiter.wait(key, timeout, on_block=on_block)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -36,8 +37,12 @@ class SyncWaiter:
             return self._client.get_node_from_key(key).redis_connection
         return self._client
 
-    def wait(self, key: str, timeout: float) -> bool:
-        """True when a token was popped, False on timeout."""
+    def wait(self, key: str, timeout: float, *, on_block: Callable[[Callable[[], None]], None] | None = None) -> bool:
+        """True when a token was popped, False on timeout (or when ended early).
+
+        ``on_block`` is called once the wait is blocked with a function that
+        ends it early from another thread (a stopping consumer uses it).
+        """
         node = self._node(key)
         pool = node.connection_pool
         conn = pool.get_connection()
@@ -45,6 +50,13 @@ class SyncWaiter:
         try:
             conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), ("BLPOP", key, _server_timeout(timeout))]))
             client_id = conn.read_response()
+            if on_block is not None:
+
+                def unblock() -> None:
+                    with contextlib.suppress(Exception):
+                        node.execute_command("CLIENT", "UNBLOCK", client_id)
+
+                on_block(unblock)
             if not conn.can_read(timeout):
                 with contextlib.suppress(ResponseError):
                     node.execute_command("CLIENT", "UNBLOCK", client_id)

@@ -151,3 +151,18 @@ def test_wait_longer_than_socket_timeout(connect: Any) -> None:
     (m,) = q.receive(wait_time=10)
     timer.join()
     assert m.body == "late"
+
+
+def test_long_poll_wakes_when_a_lease_is_shortened(connect: Any) -> None:
+    """A waiter sleeping until a far-off lease end is woken when it is shortened."""
+    q = connect().create_queue("orders", visibility_timeout=60)
+    q.send("x")
+    (m,) = q.receive()
+    other = connect().queue("orders")
+    timer = threading.Timer(0.3, lambda: other.change_visibility(m.receipt, 0.2))
+    timer.start()
+    t0 = time.monotonic()
+    (again,) = q.receive(wait_time=30)
+    timer.join()
+    assert again.id == m.id
+    assert time.monotonic() - t0 < 0.5 + 0.08

@@ -1,0 +1,483 @@
+"""``rqueue.Consumer``: sync handlers on a pool of threads.
+
+Threads: one receiver per queue (receive as many messages as there are free
+slots, merged with pending acks in one round trip; long poll when idle), a
+maintainer (flushes acks after a few ms, extends leases) and workers that grow
+on demand up to ``concurrency`` and exit when idle. All state lives in the
+I/O-free ``Tracker`` (``_consumer_core``), guarded by one lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from . import _core
+from ._client import Client, Queue
+from ._consumer_core import Flush, Job, Outage, Settings, Tracker, flush_problems, queue_list
+from ._core import Call
+from ._errors import ConnectionError, InvalidParameter
+from ._handlers import Router, all_async, resolver
+from ._metrics import HandlerResult, Hook, Outcome, emit
+
+log = logging.getLogger("rqueue.consumer")
+
+#: A worker thread with nothing to do for this long exits (the pool shrinks).
+IDLE_TIMEOUT = 10.0
+#: How long stop() waits for a receiver caught in a round trip.
+JOIN_TIMEOUT = 10.0
+
+
+class Consumer:
+    """Run ``handler`` for every message of one or more queues, on threads.
+
+    consumer = rqueue.Consumer(q, handler, concurrency=16, batch_size=10)
+    consumer.run()   # blocks; SIGINT/SIGTERM stop it gracefully, a second one at once
+
+    Returning acknowledges (deletes) the message; raising retries it after
+    an exponential backoff with full jitter (``retry_base`` doubling up to
+    ``retry_cap`` seconds) until the queue's ``max_receive_count``, when it is
+    dead-lettered with the error; raising ``rqueue.Reject`` dead-letters it
+    at once. ``hooks`` receive a ``HandlerResult`` per message (metrics).
+    """
+
+    def __init__(
+        self,
+        queue_or_queues: Queue | Sequence[Queue],
+        handler: Callable[..., Any] | Router,
+        *,
+        concurrency: int = 16,
+        batch_size: int = 10,
+        retry_base: float = 0.5,
+        retry_cap: float = 60.0,
+        flush_interval: float = 0.005,
+        shutdown_timeout: float = 30.0,
+        visibility_timeout: float | None = None,
+        hooks: Sequence[Hook] = (),
+    ) -> None:
+        self.queues: list[Queue] = queue_list(queue_or_queues, Queue)
+        self._client: Client = self.queues[0].client
+        if any(q.client is not self._client for q in self.queues):
+            raise InvalidParameter("all queues of a consumer must come from one client")
+        kind = all_async(handler)
+        if kind is not False:
+            raise InvalidParameter("async handlers need rqueue.asyncio.Consumer; this one runs sync handlers")
+        self.settings = Settings.of(
+            concurrency=concurrency,
+            batch_size=batch_size,
+            retry_base=retry_base,
+            retry_cap=retry_cap,
+            flush_interval=flush_interval,
+            shutdown_timeout=shutdown_timeout,
+            visibility_timeout=visibility_timeout,
+        )
+        self._resolve = resolver(handler)
+        self._hooks = list(hooks)
+        self._keys = [q._keys for q in self.queues]
+        self._names = [q.name for q in self.queues]
+        self._lock = threading.RLock()  # re-entrant: a signal handler may take it on the main thread
+        self._slot_cv = threading.Condition(self._lock)
+        self._work_cv = threading.Condition(self._lock)
+        self._maint_cv = threading.Condition(self._lock)
+        self._run_cv = threading.Condition(self._lock)
+        self._tracker: Tracker | None = None
+        self._work: collections.deque[Job] = collections.deque()
+        self._threads = 0
+        self._idle = 0
+        self._maint_wake_at = 0.0
+        self._halting = False  # no more receiving, no more starting
+        self._closing = False  # workers exit
+        self._maint_exit = False
+        self._abort = False  # second signal: stop at once
+        self._stop_requested = False
+        self._shutdown_started = False
+        self._done = threading.Event()
+        self._halt_event = threading.Event()
+        self._exit_event = threading.Event()
+        self._unblockers: dict[int, Callable[[], None]] = {}
+        self._poked: set[int] = set()
+        self._outage = Outage()
+        self._receivers: list[threading.Thread] = []
+        self._maintainer: threading.Thread | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start receiving in background threads; returns at once."""
+        if self._tracker is not None:
+            raise InvalidParameter("this consumer was already started; make a new one")
+        attrs = [q.attributes() for q in self.queues]  # also: QueueDoesNotExist early
+        vt = self.settings.visibility_timeout
+        self._tracker = Tracker(
+            self.settings,
+            [vt if vt is not None else a.visibility_timeout for a in attrs],
+            [a.max_receive_count for a in attrs],
+        )
+        self._maintainer = threading.Thread(target=self._maintain, name="rqueue-maintainer", daemon=True)
+        self._maintainer.start()
+        for qi, name in enumerate(self._names):
+            t = threading.Thread(target=self._receive_loop, args=(qi,), name=f"rqueue-receiver-{name}", daemon=True)
+            self._receivers.append(t)
+            t.start()
+        log.info("consuming %s with up to %d threads", ", ".join(self._names), self.settings.concurrency)
+
+    def run(self) -> None:
+        """Consume until ``stop()`` or SIGINT/SIGTERM, then stop gracefully.
+
+        A second signal stops at once: unfinished messages come back after
+        their visibility timeout.
+        """
+        self.start()
+        restore = self._install_signals()
+        try:
+            with self._lock:
+                while not self._stop_requested:
+                    self._run_cv.wait()
+            self._shutdown()
+        finally:
+            for sig, previous in restore:
+                signal.signal(sig, previous)
+
+    def stop(self) -> None:
+        """Stop gracefully: no more receiving; unstarted messages visible again at once
+        (one call per queue); in-flight ones finish within ``shutdown_timeout`` and are
+        acknowledged. Calling it again while stopping stops at once."""
+        with self._lock:
+            if self._stop_requested:
+                self._abort = True
+                self._slot_cv.notify_all()
+            self._stop_requested = True
+            self._run_cv.notify_all()
+            in_run = self._shutdown_started
+        if self._tracker is None:
+            return
+        if in_run:
+            self._done.wait()
+        else:
+            self._shutdown()
+
+    def __enter__(self) -> Consumer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _install_signals(self) -> list[tuple[int, Any]]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        restore: list[tuple[int, Any]] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            restore.append((sig, signal.getsignal(sig)))
+            signal.signal(sig, self._on_signal)
+        return restore
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        with self._lock:
+            if self._stop_requested:
+                self._abort = True
+                log.warning("signal %d again: stopping now; unfinished messages return after their timeout", signum)
+            else:
+                self._stop_requested = True
+                log.info("signal %d: stopping gracefully (send it again to stop now)", signum)
+            self._run_cv.notify_all()
+            self._slot_cv.notify_all()
+
+    def _shutdown(self) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        with self._lock:
+            if self._shutdown_started:
+                wait = True
+            else:
+                wait = False
+                self._shutdown_started = True
+                self._halting = True
+                self._slot_cv.notify_all()
+                self._work_cv.notify_all()
+                unblockers = list(self._unblockers.values())
+        if wait:
+            self._done.wait()
+            return
+        try:
+            self._halt_event.set()
+            for unblock in unblockers:
+                unblock()
+            for t in self._receivers:
+                t.join(JOIN_TIMEOUT)
+            with self._lock:
+                release = tracker.take_unstarted()
+                self._work.clear()
+            if release:
+                self._send_once(release)
+            deadline = time.monotonic() + self.settings.shutdown_timeout
+            with self._lock:
+                while not self._abort and tracker.jobs:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        log.warning("%d message(s) still running at the shutdown deadline", len(tracker.jobs))
+                        break
+                    self._slot_cv.wait(left)
+                self._maint_exit = True
+                self._closing = True
+                self._maint_cv.notify_all()
+                self._work_cv.notify_all()
+            self._exit_event.set()
+            if self._maintainer is not None:
+                self._maintainer.join(JOIN_TIMEOUT)
+            with self._lock:
+                final = tracker.take()
+            if final:
+                self._send_once(final)
+            log.info("stopped")
+        finally:
+            self._done.set()
+
+    # ------------------------------------------------------------ round trips
+
+    def _exchange(self, flush: Flush, tail: list[Call[Any]], pause: threading.Event) -> list[Any] | None:
+        """Send ``flush`` and run ``tail`` in one round trip; None if the server is unreachable.
+
+        The one place acks (with their replies) leave the consumer.
+        """
+        calls = flush.calls(self._keys) + tail
+        if not calls:
+            return []
+        try:
+            results = self._client.run_many(calls)
+        except ConnectionError as e:
+            with self._lock:
+                assert self._tracker is not None
+                self._tracker.give_back(flush, time.monotonic())
+                delay, starts = self._outage.failed()
+            if starts:
+                log.warning("lost the server (%s); retrying with backoff until it is back", e)
+            pause.wait(delay)
+            return None
+        with self._lock:
+            lasted = self._outage.ok()
+        if lasted is not None:
+            log.warning("server reachable again after %.1f s", lasted)
+        n = len(results) - len(tail)
+        if flush:
+            for line in flush_problems(flush, results[:n], self._names):
+                log.warning("%s", line)
+            self._poke({qi for qi, _r, _s in flush.retries})
+        return results[n:]
+
+    def _poke(self, queues: set[int]) -> None:
+        """A retry may be visible sooner than a receiver's long poll ends: make it look again."""
+        if queues:
+            with self._lock:
+                self._poked |= queues
+                unblockers = [self._unblockers[qi] for qi in queues if qi in self._unblockers]
+            for unblock in unblockers:
+                unblock()
+
+    def _send_once(self, flush: Flush) -> None:
+        try:
+            results = self._client.run_many(flush.calls(self._keys))
+        except ConnectionError as e:
+            log.warning("could not reach the server while stopping (%s); those messages return after their timeout", e)
+            return
+        for line in flush_problems(flush, results, self._names):
+            log.warning("%s", line)
+
+    # ------------------------------------------------------------ receivers
+
+    def _on_block(self, qi: int, unblock: Callable[[], None]) -> None:
+        with self._lock:
+            if self._halting or qi in self._poked:
+                unblock()
+            else:
+                self._unblockers[qi] = unblock
+
+    def _receive_loop(self, qi: int) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        keys = self._keys[qi]
+        vt = self.settings.visibility_timeout
+        errors = Outage(first=0.5, cap=30.0)
+        while True:
+            with self._lock:
+                gather_until = None
+                while not self._halting and tracker.free < tracker.want:
+                    if tracker.free == 0:
+                        self._slot_cv.wait()
+                        continue
+                    # Some slots are free: wait a moment for more, so one round trip carries a batch.
+                    now = time.monotonic()
+                    gather_until = gather_until or now + self.settings.flush_interval
+                    if now >= gather_until:
+                        break
+                    self._slot_cv.wait(gather_until - now)
+                if self._halting:
+                    return
+                n = tracker.reserve()
+                flush = tracker.take()
+                self._poked.discard(qi)
+            got = self._exchange(flush, [_core.receive(keys, n, vt)], self._halt_event)
+            result = got[0] if got else None
+            if not isinstance(result, tuple):
+                with self._lock:
+                    tracker.unreserve(n)
+                    self._slot_cv.notify_all()
+                if isinstance(result, Exception):
+                    delay, starts = errors.failed()
+                    if starts:
+                        log.error("queue %r: receive failed: %s; retrying with backoff", keys.name, result)
+                    self._halt_event.wait(delay)
+                continue
+            if errors.ok() is not None:
+                log.warning("queue %r: receiving again", keys.name)
+            messages, next_ms = result
+            with self._lock:
+                tracker.unreserve(n - len(messages))
+                if len(messages) < n and len(self._receivers) > 1:
+                    self._slot_cv.notify_all()  # slots this receiver did not fill
+                if messages:
+                    now = time.monotonic()
+                    self._dispatch(tracker.received(qi, messages, now))
+                    due = tracker.heartbeat_in(now)
+                    if due is not None and now + due < self._maint_wake_at:
+                        self._maint_cv.notify()
+            if messages or next_ms == 0:
+                continue
+            timeout = _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
+            try:
+                self._client.wait(keys.wake, timeout, on_block=functools.partial(self._on_block, qi))
+            except ConnectionError as e:
+                with self._lock:
+                    delay, starts = self._outage.failed()
+                if starts:
+                    log.warning("lost the server (%s); retrying with backoff until it is back", e)
+                self._halt_event.wait(delay)
+            finally:
+                with self._lock:
+                    self._unblockers.pop(qi, None)
+
+    # ------------------------------------------------------------ workers
+
+    def _dispatch(self, jobs: list[Job]) -> None:
+        """Queue jobs for the workers (lock held); wake one or start one."""
+        self._work.extend(jobs)
+        if self._idle:
+            self._work_cv.notify()
+        elif self._threads < self.settings.concurrency:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._threads += 1
+        threading.Thread(target=self._worker, name="rqueue-worker", daemon=True).start()
+
+    def _take(self) -> Job:
+        """Pop the next job (lock held); wake or start another worker if more wait."""
+        job = self._work.popleft()
+        job.started = True
+        if self._work:
+            if self._idle:
+                self._work_cv.notify()
+            elif self._threads < self.settings.concurrency:
+                self._spawn()
+        return job
+
+    def _worker(self) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        resolve = self._resolve
+        job: Job | None = None
+        reply: Any = None
+        error: BaseException | None = None
+        name = ""
+        seconds = 0.0
+        while True:
+            finished = None
+            with self._lock:
+                if job is not None:
+                    decision = tracker.finish(job, reply, error, time.monotonic())
+                    self._slot_cv.notify()
+                    if decision.flush_now:
+                        due = tracker.flush_in(time.monotonic())
+                        if due is not None and time.monotonic() + due < self._maint_wake_at:
+                            self._maint_cv.notify()
+                    if self._halting:
+                        self._slot_cv.notify_all()
+                    finished, outcome = job, decision.outcome
+                job = self._take() if self._work and not self._halting else None
+            if finished is not None:
+                self._report(finished, name, outcome, seconds, error)
+            if job is None:
+                with self._lock:
+                    while not self._work or self._halting:
+                        if self._closing:
+                            self._threads -= 1
+                            return
+                        self._idle += 1
+                        woke = self._work_cv.wait(IDLE_TIMEOUT)
+                        self._idle -= 1
+                        if not woke and (not self._work or self._halting):
+                            self._threads -= 1
+                            return
+                    job = self._take()
+            t0 = time.perf_counter()
+            reply = error = None
+            try:
+                handler = resolve(job.message)
+                name = handler.name
+                reply = handler.fn(handler.argument(job.message))
+            except BaseException as e:  # noqa: BLE001 - every failure is the message's outcome
+                error = e
+            seconds = time.perf_counter() - t0
+
+    def _report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
+        if error is not None:
+            m = job.message
+            log.warning(
+                "handler %s failed on message %s of %r (receive %d): %s",
+                handler or "?",
+                m.id,
+                m.queue,
+                m.receive_count,
+                outcome.replace("_", "-"),
+                exc_info=error if outcome != "rejected" else None,
+            )
+        if self._hooks:
+            emit(self._hooks, HandlerResult(job.message.queue, handler, outcome, seconds, job.message.id, error))
+
+    # ------------------------------------------------------------ maintainer
+
+    def _maintain(self) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        while True:
+            with self._lock:
+                while True:
+                    if self._maint_exit:
+                        return
+                    now = time.monotonic()
+                    f = tracker.flush_in(now)
+                    h = tracker.heartbeat_in(now)
+                    if f == 0 or h == 0:
+                        break
+                    waits = [x for x in (f, h) if x is not None]
+                    timeout = min(waits) if waits else None
+                    self._maint_wake_at = now + timeout if timeout is not None else float("inf")
+                    self._maint_cv.wait(timeout)
+                self._maint_wake_at = 0.0
+                flush = tracker.take() if f == 0 else Flush()
+                due = tracker.heartbeat(now) if h == 0 else []
+            got = self._exchange(flush, tracker.heartbeat_calls(self._keys, due), self._exit_event)
+            if got is None:
+                with self._lock:
+                    tracker.heartbeat_failed(due, time.monotonic())
+                continue
+            lost = sum(r.count(False) for r in got if isinstance(r, list))
+            if lost:
+                log.warning("%d message(s) lost their lease before the heartbeat (visibility timeout too short?)", lost)

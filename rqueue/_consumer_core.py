@@ -1,0 +1,360 @@
+"""The consumer's state, without I/O: shared by the thread and asyncio runners.
+
+``Tracker`` owns every message a consumer holds: slots (backpressure),
+leases (heartbeat), finished work waiting to be acknowledged (ack batching)
+and what each outcome means for the queue (delete, retry after a backoff,
+dead-letter). The runners only move messages between Redis and handlers and
+call ``Tracker`` under their lock (threads) or on their loop (asyncio).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _core
+from ._core import Call
+from ._errors import InvalidParameter
+from ._handlers import Reject
+from ._keys import QueueKeys
+from ._metrics import Outcome
+from ._models import Message
+
+#: Extend a lease when less than this share of the visibility timeout is left.
+HEARTBEAT_SHARE = 0.5
+#: Never heartbeat more often than this (a queue with a tiny visibility timeout).
+MIN_HEARTBEAT = 0.05
+MAX_REASON = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**(n-1)))."""
+
+    base: float = 0.5
+    cap: float = 60.0
+
+    def __post_init__(self) -> None:
+        _core.seconds_ms("retry_base", self.base, 0, _core.MAX_VISIBILITY)
+        _core.seconds_ms("retry_cap", self.cap, 0, _core.MAX_VISIBILITY)
+
+    def delay(self, attempt: int, rnd: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (attempt counts from 1)."""
+        return rnd() * min(self.cap, self.base * 2.0 ** min(max(attempt, 1) - 1, 60))
+
+
+@dataclass(slots=True)
+class Job:
+    """A message the consumer holds: queued for a slot, then running."""
+
+    message: Message
+    queue: int
+    lease_end: float
+    started: bool = False
+
+
+@dataclass(slots=True)
+class Flush:
+    """Work for the queue: acks (with the handlers' replies), retries, dead letters, releases."""
+
+    deletes: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)
+    retries: list[tuple[int, str, float]] = field(default_factory=list)
+    rejects: list[tuple[int, str, str]] = field(default_factory=list)
+    releases: dict[int, list[str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.deletes or self.retries or self.rejects or self.releases)
+
+    def calls(self, keys: Sequence[QueueKeys]) -> list[Call[Any]]:
+        """The script calls that carry this flush out (one pipeline).
+
+        Acks go out here and only here; each carries its handler's return
+        value (``reply``) so replies to waiting senders can ride along.
+        """
+        out: list[Call[Any]] = []
+        for qi, acks in self.deletes.items():
+            out.append(_core.delete(keys[qi], [receipt for receipt, _reply in acks]))
+        for qi, receipt, seconds in self.retries:
+            out.append(_core.change_visibility(keys[qi], [receipt], round(seconds, 3)))
+        for qi, receipt, reason in self.rejects:
+            out.append(_core.reject(keys[qi], [receipt], reason))
+        for qi, receipts in self.releases.items():
+            out.append(_core.change_visibility(keys[qi], receipts, 0))
+        return out
+
+    def merge(self, other: Flush) -> None:
+        """Put back work that could not be sent (connection lost), keeping order."""
+        for qi, acks in other.deletes.items():
+            self.deletes[qi] = acks + self.deletes.get(qi, [])
+        self.retries[:0] = other.retries
+        self.rejects[:0] = other.rejects
+        for qi, receipts in other.releases.items():
+            self.releases[qi] = receipts + self.releases.get(qi, [])
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A consumer's options, validated once."""
+
+    concurrency: int
+    batch_size: int
+    backoff: Backoff
+    flush_interval: float
+    shutdown_timeout: float
+    visibility_timeout: float | None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        concurrency: int,
+        batch_size: int,
+        retry_base: float,
+        retry_cap: float,
+        flush_interval: float,
+        shutdown_timeout: float,
+        visibility_timeout: float | None,
+    ) -> Settings:
+        _core.integer("concurrency", concurrency, 1, 10_000)
+        _core.integer("batch_size", batch_size, 1, _core.MAX_BATCH)
+        _core.seconds_ms("flush_interval", flush_interval, 0, 1)
+        _core.seconds_ms("shutdown_timeout", shutdown_timeout, 0, 86400)
+        if visibility_timeout is not None:
+            _core.seconds_ms("visibility_timeout", visibility_timeout, 0.001, _core.MAX_VISIBILITY)
+        return cls(
+            concurrency,
+            batch_size,
+            Backoff(retry_base, retry_cap),
+            float(flush_interval),
+            float(shutdown_timeout),
+            visibility_timeout,
+        )
+
+
+def queue_list(queue_or_queues: Any, kind: type) -> list[Any]:
+    """One queue or a list of distinct queues, all of ``kind``."""
+    queues = [queue_or_queues] if isinstance(queue_or_queues, kind) else list(queue_or_queues or [])
+    if not queues or not all(isinstance(q, kind) for q in queues):
+        raise InvalidParameter(f"queue_or_queues must be a {kind.__name__} or a list of them, got {queue_or_queues!r}")
+    if len(set(queues)) != len(queues):
+        raise InvalidParameter("queue_or_queues lists a queue twice")
+    return queues
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one handler outcome does to the message."""
+
+    outcome: Outcome
+    flush_now: bool
+
+
+def failure_reason(e: BaseException) -> str:
+    """``Type: message`` of an exception, one line, bounded."""
+    text = " ".join(str(e).split())
+    return (f"{type(e).__name__}: {text}" if text else type(e).__name__)[:MAX_REASON]
+
+
+class Tracker:
+    """Slots, leases and pending acks of one consumer. Not thread-safe: callers lock."""
+
+    def __init__(self, settings: Settings, vts: Sequence[float], mrcs: Sequence[int | None]) -> None:
+        self.settings = settings
+        self.vts = list(vts)
+        self.mrcs = list(mrcs)
+        self.free = settings.concurrency
+        #: A busy receiver waits (briefly) for this many free slots, so a round trip carries a batch.
+        self.want = max(1, min(settings.batch_size, settings.concurrency) // 2)
+        self.jobs: dict[str, Job] = {}
+        self.pending = Flush()
+        self.pending_count = 0
+        self.pending_since: float | None = None
+
+    # -- slots
+
+    def reserve(self) -> int:
+        """Claim up to batch_size free slots for one receive."""
+        n = min(self.settings.batch_size, self.free)
+        self.free -= n
+        return n
+
+    def unreserve(self, n: int) -> None:
+        self.free += n
+
+    def received(self, qi: int, messages: Sequence[Message], now: float) -> list[Job]:
+        """Hold freshly received messages (their slots were reserved)."""
+        lease_end = now + self.vts[qi]
+        jobs = [Job(m, qi, lease_end) for m in messages]
+        for j in jobs:
+            self.jobs[j.message.receipt] = j
+        return jobs
+
+    @property
+    def running(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.started)
+
+    # -- outcomes
+
+    def finish(self, job: Job, reply: Any, error: BaseException | None, now: float) -> Decision:
+        """Record a handler's outcome; free its slot; queue the ack, retry or dead letter."""
+        self.jobs.pop(job.message.receipt, None)
+        self.free += 1
+        qi, m = job.queue, job.message
+        if error is None:
+            self.pending.deletes.setdefault(qi, []).append((m.receipt, reply))
+            outcome: Outcome = "ok"
+        elif isinstance(error, Reject):
+            self.pending.rejects.append((qi, m.receipt, (error.reason or "rejected by the handler")[:MAX_REASON]))
+            outcome = "rejected"
+        else:
+            mrc = self.mrcs[qi]
+            if mrc is not None and m.receive_count >= mrc:
+                reason = f"failed on receive {m.receive_count} of max_receive_count {mrc}: {failure_reason(error)}"
+                self.pending.rejects.append((qi, m.receipt, reason[:MAX_REASON]))
+                outcome = "dead_lettered"
+            else:
+                delay = self.settings.backoff.delay(m.receive_count)
+                self.pending.retries.append((qi, m.receipt, delay))
+                outcome = "retried"
+        self.pending_count += 1
+        first = self.pending_since is None
+        if first:
+            self.pending_since = now
+        return Decision(outcome, first or self.pending_count >= self.settings.batch_size)
+
+    def take(self) -> Flush:
+        """Everything waiting to be sent; the caller sends it (or gives it back)."""
+        out = self.pending
+        self.pending = Flush()
+        self.pending_count = 0
+        self.pending_since = None
+        return out
+
+    def give_back(self, flush: Flush, now: float) -> None:
+        """Connection lost: keep the work for the next attempt."""
+        if not flush:
+            return
+        flush.merge(self.pending)
+        self.pending = flush
+        self.pending_count = (
+            sum(len(v) for v in flush.deletes.values())
+            + len(flush.retries)
+            + len(flush.rejects)
+            + sum(len(v) for v in flush.releases.values())
+        )
+        self.pending_since = self.pending_since or now
+
+    def flush_in(self, now: float) -> float | None:
+        """Seconds until the pending work must go out (0: now); None if nothing is pending."""
+        if self.pending_since is None:
+            return None
+        if self.pending_count >= self.settings.batch_size:
+            return 0.0
+        return max(0.0, self.pending_since + self.settings.flush_interval - now)
+
+    # -- leases
+
+    def _due(self, j: Job) -> float:
+        vt = self.vts[j.queue]
+        return j.lease_end - max(vt * HEARTBEAT_SHARE, MIN_HEARTBEAT)
+
+    def heartbeat_in(self, now: float) -> float | None:
+        """Seconds until some lease needs extending; None if nothing is held."""
+        if not self.jobs:
+            return None
+        return max(0.0, min(self._due(j) for j in self.jobs.values()) - now)
+
+    def heartbeat(self, now: float) -> list[tuple[int, list[str]]]:
+        """Leases to extend now, by queue; marks them extended to now + vt."""
+        by_queue: dict[int, list[str]] = {}
+        for j in self.jobs.values():
+            if self._due(j) <= now:
+                by_queue.setdefault(j.queue, []).append(j.message.receipt)
+                j.lease_end = now + max(self.vts[j.queue], MIN_HEARTBEAT * 2)
+        return list(by_queue.items())
+
+    def heartbeat_calls(self, keys: Sequence[QueueKeys], due: list[tuple[int, list[str]]]) -> list[Call[Any]]:
+        calls: list[Call[Any]] = []
+        for qi, receipts in due:
+            for i in range(0, len(receipts), _core.MAX_BATCH):
+                calls.append(_core.change_visibility(keys[qi], receipts[i : i + _core.MAX_BATCH], self.vts[qi]))
+        return calls
+
+    def heartbeat_failed(self, due: list[tuple[int, list[str]]], now: float) -> None:
+        """Extension not sent: make those leases due again."""
+        for _qi, receipts in due:
+            for r in receipts:
+                j = self.jobs.get(r)
+                if j is not None:
+                    j.lease_end = now
+
+    # -- stopping
+
+    def take_unstarted(self) -> Flush:
+        """Drop every held message not started yet; the flush makes them visible now."""
+        out = Flush()
+        for r, j in list(self.jobs.items()):
+            if not j.started:
+                del self.jobs[r]
+                self.free += 1
+                out.releases.setdefault(j.queue, []).append(r)
+        return out
+
+
+class Outage:
+    """Backoff while the server is unreachable; says when to log (once per outage)."""
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+        self.since: float | None = None
+
+    def failed(self) -> tuple[float, bool]:
+        """Seconds to wait before trying again, and whether this starts an outage."""
+        self.failures += 1
+        starts = self.since is None
+        if starts:
+            self.since = time.monotonic()
+        ceiling = min(self.cap, self.first * 2.0 ** min(self.failures - 1, 20))
+        return ceiling / 2 + random.random() * ceiling / 2, starts
+
+    def ok(self) -> float | None:
+        """The call worked: seconds the outage lasted, or None if there was none."""
+        if self.since is None:
+            return None
+        lasted = time.monotonic() - self.since
+        self.since = None
+        self.failures = 0
+        return lasted
+
+
+def flush_problems(flush: Flush, results: Sequence[Any], names: Sequence[str]) -> list[str]:
+    """Log lines for a flush whose results show lost leases or errors (usually none)."""
+    out: list[str] = []
+    i = 0
+    late = 0
+    for qi in flush.deletes:
+        r = results[i]
+        i += 1
+        if isinstance(r, Exception):
+            out.append(f"queue {names[qi]!r}: acknowledging failed: {r}")
+        else:
+            late += r.count(False)
+    for label, items in (("retry", flush.retries), ("dead-letter", flush.rejects)):
+        for qi, _receipt, _x in items:
+            r = results[i]
+            i += 1
+            if isinstance(r, Exception):
+                out.append(f"queue {names[qi]!r}: {label} failed: {r}")
+            elif not r[0]:
+                late += 1
+    if late:
+        out.append(
+            f"{late} message(s) finished after their lease ended (visibility timeout passed "
+            "without a heartbeat); another consumer may process them again"
+        )
+    return out

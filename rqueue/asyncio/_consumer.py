@@ -1,0 +1,387 @@
+"""``rqueue.asyncio.Consumer``: async handlers as tasks on one event loop.
+
+The same design as the thread consumer (``rqueue._consumer``), on tasks: one
+receiver per queue, a maintainer (ack flush after a few ms, lease
+extension), one task per message; slots are the semaphore. All state lives
+in the shared I/O-free ``Tracker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .. import _core
+from .._consumer_core import Flush, Job, Outage, Settings, Tracker, flush_problems, queue_list
+from .._core import Call
+from .._errors import ConnectionError, InvalidParameter
+from .._handlers import Router, all_async, resolver
+from .._metrics import HandlerResult, Hook, Outcome, emit
+from ._client import AsyncClient, AsyncQueue
+
+log = logging.getLogger("rqueue.consumer")
+
+JOIN_TIMEOUT = 10.0
+
+
+class Consumer:
+    """Run an async ``handler`` for every message of one or more queues.
+
+    consumer = rqueue.asyncio.Consumer(q, handler, concurrency=100, batch_size=10)
+    await consumer.run()   # until stop() or SIGINT/SIGTERM (a second one stops at once)
+
+    or ``async with consumer: ...`` to run it beside other work. Outcomes,
+    retries and options are those of ``rqueue.Consumer``.
+    """
+
+    def __init__(
+        self,
+        queue_or_queues: AsyncQueue | Sequence[AsyncQueue],
+        handler: Callable[..., Any] | Router,
+        *,
+        concurrency: int = 100,
+        batch_size: int = 10,
+        retry_base: float = 0.5,
+        retry_cap: float = 60.0,
+        flush_interval: float = 0.005,
+        shutdown_timeout: float = 30.0,
+        visibility_timeout: float | None = None,
+        hooks: Sequence[Hook] = (),
+    ) -> None:
+        self.queues: list[AsyncQueue] = queue_list(queue_or_queues, AsyncQueue)
+        self._client: AsyncClient = self.queues[0].client
+        if any(q.client is not self._client for q in self.queues):
+            raise InvalidParameter("all queues of a consumer must come from one client")
+        if all_async(handler) is not True:
+            raise InvalidParameter("rqueue.asyncio.Consumer runs async handlers; use rqueue.Consumer for sync ones")
+        self.settings = Settings.of(
+            concurrency=concurrency,
+            batch_size=batch_size,
+            retry_base=retry_base,
+            retry_cap=retry_cap,
+            flush_interval=flush_interval,
+            shutdown_timeout=shutdown_timeout,
+            visibility_timeout=visibility_timeout,
+        )
+        self._resolve = resolver(handler)
+        self._hooks = list(hooks)
+        self._keys = [q._keys for q in self.queues]
+        self._names = [q.name for q in self.queues]
+        self._tracker: Tracker | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._receivers: list[asyncio.Task[None]] = []
+        self._waiting: dict[int, asyncio.Future[bool]] = {}
+        self._maintainer: asyncio.Task[None] | None = None
+        self._slot = asyncio.Event()
+        self._maint = asyncio.Event()
+        self._maint_wake_at = 0.0
+        self._halting = False
+        self._maint_exit = False
+        self._abort = False
+        self._stop_requested = asyncio.Event()
+        self._shutdown_started = False
+        self._done = asyncio.Event()
+        self._outage = Outage()
+        self._poked: set[int] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the receiver and maintainer tasks; returns at once."""
+        if self._tracker is not None:
+            raise InvalidParameter("this consumer was already started; make a new one")
+        attrs = [await q.attributes() for q in self.queues]
+        vt = self.settings.visibility_timeout
+        vts = [vt if vt is not None else a.visibility_timeout for a in attrs]
+        self._tracker = Tracker(self.settings, vts, [a.max_receive_count for a in attrs])
+        self._maintainer = asyncio.create_task(self._maintain(), name="rqueue-maintainer")
+        for qi, name in enumerate(self._names):
+            self._receivers.append(asyncio.create_task(self._receive_loop(qi), name=f"rqueue-receiver-{name}"))
+        log.info("consuming %s with up to %d tasks", ", ".join(self._names), self.settings.concurrency)
+
+    async def run(self) -> None:
+        """Consume until ``stop()`` or SIGINT/SIGTERM, then stop gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (int(signal.SIGINT), int(signal.SIGTERM)):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                    installed.append(sig)
+        try:
+            await self._stop_requested.wait()
+            await self._shutdown()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def stop(self) -> None:
+        """Stop gracefully (see ``rqueue.Consumer.stop``); again while stopping: at once."""
+        if self._stop_requested.is_set():
+            self._abort = True
+            self._slot.set()
+        self._stop_requested.set()
+        if self._tracker is None:
+            return
+        await self._shutdown()
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stop_requested.is_set():
+            self._abort = True
+            self._slot.set()
+            log.warning("signal %d again: stopping now; unfinished messages return after their timeout", signum)
+        else:
+            log.info("signal %d: stopping gracefully (send it again to stop now)", signum)
+        self._stop_requested.set()
+
+    async def _shutdown(self) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        if self._shutdown_started:
+            await self._done.wait()
+            return
+        self._shutdown_started = True
+        try:
+            self._halting = True
+            self._slot.set()
+            for qi in list(self._waiting):
+                self._poke(qi)
+            await asyncio.wait(self._receivers, timeout=JOIN_TIMEOUT)
+            release = tracker.take_unstarted()
+            if release:
+                await self._send_once(release)
+            deadline = time.monotonic() + self.settings.shutdown_timeout
+            while not self._abort and tracker.jobs:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("%d message(s) still running at the shutdown deadline", len(tracker.jobs))
+                    break
+                self._slot.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot.wait(), left)
+            for task in list(self._tasks):
+                task.cancel()  # abort or deadline: their messages come back after the timeout
+            self._maint_exit = True
+            self._maint.set()
+            if self._maintainer is not None:
+                await asyncio.wait([self._maintainer], timeout=JOIN_TIMEOUT)
+            final = tracker.take()
+            if final:
+                await self._send_once(final)
+            log.info("stopped")
+        finally:
+            self._done.set()
+
+    # ------------------------------------------------------------ round trips
+
+    async def _exchange(self, flush: Flush, tail: list[Call[Any]]) -> list[Any] | None:
+        """Send ``flush`` and run ``tail`` in one round trip; None if the server is unreachable.
+
+        The one place acks (with their replies) leave the consumer.
+        """
+        calls = flush.calls(self._keys) + tail
+        if not calls:
+            return []
+        try:
+            results = await self._client.run_many(calls)
+        except ConnectionError as e:
+            assert self._tracker is not None
+            self._tracker.give_back(flush, time.monotonic())
+            delay, starts = self._outage.failed()
+            if starts:
+                log.warning("lost the server (%s); retrying with backoff until it is back", e)
+            await asyncio.sleep(delay)
+            return None
+        lasted = self._outage.ok()
+        if lasted is not None:
+            log.warning("server reachable again after %.1f s", lasted)
+        n = len(results) - len(tail)
+        if flush:
+            for line in flush_problems(flush, results[:n], self._names):
+                log.warning("%s", line)
+            for qi in {qi for qi, _r, _s in flush.retries}:
+                self._poke(qi)
+        return results[n:]
+
+    def _poke(self, qi: int) -> None:
+        """End queue ``qi``'s long poll (a retry may be visible sooner, or we are stopping)."""
+        self._poked.add(qi)
+        w = self._waiting.get(qi)
+        if w is not None:
+            w.cancel()
+
+    async def _send_once(self, flush: Flush) -> None:
+        try:
+            results = await self._client.run_many(flush.calls(self._keys))
+        except ConnectionError as e:
+            log.warning("could not reach the server while stopping (%s); those messages return after their timeout", e)
+            return
+        for line in flush_problems(flush, results, self._names):
+            log.warning("%s", line)
+
+    # ------------------------------------------------------------ receivers
+
+    async def _receive_loop(self, qi: int) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        keys = self._keys[qi]
+        vt = self.settings.visibility_timeout
+        errors = Outage(first=0.5, cap=30.0)
+        me = asyncio.current_task()
+        assert me is not None
+        wait: asyncio.Future[bool] | None = None
+        while True:
+            gather_until = None
+            while not self._halting and tracker.free < tracker.want:
+                self._slot.clear()
+                if tracker.free == 0:
+                    await self._slot.wait()
+                    continue
+                # Some slots are free: wait a moment for more, so one round trip carries a batch.
+                now = time.monotonic()
+                gather_until = gather_until or now + self.settings.flush_interval
+                if now >= gather_until:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot.wait(), gather_until - now)
+            if self._halting:
+                return
+            n = tracker.reserve()
+            self._poked.discard(qi)
+            got = await self._exchange(tracker.take(), [_core.receive(keys, n, vt)])
+            result = got[0] if got else None
+            if not isinstance(result, tuple):
+                tracker.unreserve(n)
+                self._slot.set()
+                if isinstance(result, Exception):
+                    delay, starts = errors.failed()
+                    if starts:
+                        log.error("queue %r: receive failed: %s; retrying with backoff", keys.name, result)
+                    await asyncio.sleep(delay)
+                continue
+            if errors.ok() is not None:
+                log.warning("queue %r: receiving again", keys.name)
+            messages, next_ms = result
+            tracker.unreserve(n - len(messages))
+            if len(messages) < n:
+                self._slot.set()  # slots this receiver did not fill
+            if messages:
+                now = time.monotonic()
+                for job in tracker.received(qi, messages, now):
+                    task = asyncio.create_task(self._process(job))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                due = tracker.heartbeat_in(now)
+                if due is not None and now + due < self._maint_wake_at:
+                    self._maint.set()
+                continue
+            if next_ms == 0:
+                continue
+            if self._halting:
+                return
+            if qi in self._poked:
+                continue
+            timeout = _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
+            wait = self._waiting[qi] = asyncio.ensure_future(self._client.wait(keys.wake, timeout))
+            try:
+                await wait
+            except asyncio.CancelledError:
+                if not wait.cancelled() or me.cancelling():
+                    raise  # the receiver itself is cancelled, not just its wait
+            except ConnectionError as e:
+                delay, starts = self._outage.failed()
+                if starts:
+                    log.warning("lost the server (%s); retrying with backoff until it is back", e)
+                await asyncio.sleep(delay)
+            finally:
+                self._waiting.pop(qi, None)
+
+    # ------------------------------------------------------------ handlers
+
+    async def _process(self, job: Job) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        if job.message.receipt not in tracker.jobs:
+            return  # released by stop() before it started
+        job.started = True
+        name = ""
+        reply: Any = None
+        error: BaseException | None = None
+        t0 = time.perf_counter()
+        try:
+            handler = self._resolve(job.message)
+            name = handler.name
+            reply = await handler.fn(handler.argument(job.message))
+        except asyncio.CancelledError:
+            raise  # stopping at once: the message comes back after its timeout
+        except Exception as e:  # noqa: BLE001 - every failure is the message's outcome
+            error = e
+        seconds = time.perf_counter() - t0
+        now = time.monotonic()
+        decision = tracker.finish(job, reply, error, now)
+        self._slot.set()
+        if decision.flush_now:
+            due = tracker.flush_in(now)
+            if due is not None and now + due < self._maint_wake_at:
+                self._maint.set()
+        self._report(job, name, decision.outcome, seconds, error)
+
+    def _report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
+        if error is not None:
+            m = job.message
+            log.warning(
+                "handler %s failed on message %s of %r (receive %d): %s",
+                handler or "?",
+                m.id,
+                m.queue,
+                m.receive_count,
+                outcome.replace("_", "-"),
+                exc_info=error if outcome != "rejected" else None,
+            )
+        if self._hooks:
+            emit(self._hooks, HandlerResult(job.message.queue, handler, outcome, seconds, job.message.id, error))
+
+    # ------------------------------------------------------------ maintainer
+
+    async def _maintain(self) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        while True:
+            while True:
+                if self._maint_exit:
+                    return
+                now = time.monotonic()
+                f = tracker.flush_in(now)
+                h = tracker.heartbeat_in(now)
+                if f == 0 or h == 0:
+                    break
+                waits = [x for x in (f, h) if x is not None]
+                timeout = min(waits) if waits else None
+                self._maint_wake_at = now + timeout if timeout is not None else float("inf")
+                self._maint.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._maint.wait(), timeout)
+            self._maint_wake_at = 0.0
+            flush = tracker.take() if f == 0 else Flush()
+            due = tracker.heartbeat(now) if h == 0 else []
+            got = await self._exchange(flush, tracker.heartbeat_calls(self._keys, due))
+            if got is None:
+                tracker.heartbeat_failed(due, time.monotonic())
+                continue
+            lost = sum(r.count(False) for r in got if isinstance(r, list))
+            if lost:
+                log.warning("%d message(s) lost their lease before the heartbeat (visibility timeout too short?)", lost)
