@@ -11,7 +11,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY rqueue ./rqueue
 COPY lua ./lua
-RUN pip install . && rqueue --version
+RUN pip install ".[metrics]" && rqueue --version
 
 # Run as a user with no rights over the image.
 RUN useradd --create-home --uid 10001 rqueue

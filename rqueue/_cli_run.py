@@ -26,7 +26,9 @@ from ._cli_base import (
     session,
     stop_on_signals,
 )
+from ._consumer import Consumer
 from ._errors import RQueueError
+from ._worker import run_worker
 
 # ---------------------------------------------------------------- senders and topics
 
@@ -125,8 +127,6 @@ def subscribe(
     with session(e) as client:
         if not callable(getattr(client, "topic", None)):
             raise UserError("topics are not in this build of rqueue")
-        from ._consumer import Consumer
-
         sub = client.topic(topic).subscribe(subscription, ttl=ttl)  # type: ignore[attr-defined]
         log.info("subscribed", extra={"topic": topic, "subscription": subscription, "queue": sub.name})
         done = threading.Event()
@@ -171,10 +171,6 @@ def worker(
     """Run handler TARGET (pkg.module:function) on --queue until SIGINT/SIGTERM."""
     for q in queues:
         queue_name(q)
-    try:
-        from ._worker import run_worker
-    except ImportError:
-        raise UserError("the consumer (rqueue worker) is not in this build of rqueue") from None
     run_worker(
         target,
         list(queues),
@@ -309,8 +305,6 @@ def demo(seconds: float, rate: float, consumers: int, url: str | None, prefix: s
     """
     from . import _demo
 
-    if not _demo.has_worker():
-        raise UserError("rqueue demo needs the consumer (rqueue worker), which is not in this build of rqueue")
     run = _demo.Demo(
         url=url, prefix=prefix, seconds=seconds or None, rate=rate, consumers=consumers, console=console, quiet=as_json
     )

@@ -52,15 +52,6 @@ STOP_SECONDS = 15.0
 SUBSCRIPTION_TTL = 60
 
 
-def has_worker() -> bool:
-    """Whether this rqueue has ``rqueue worker`` (the consumer)."""
-    try:
-        from . import _worker  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @dataclass
 class Row:
     """One queue's line in the live table."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 import redis
 
 import rqueue
+from rqueue._embedded import free_port
 
 from .cli_helpers import assert_user_error, cli_env, run_cli, snapshot
 
@@ -139,6 +143,12 @@ def test_delete_queue(rq: Any, lib: rqueue.Client, rawc: Any, prefix: str) -> No
 
 
 BAD_INPUT = [
+    (["worker", "nomodule_xyz:handler", "--queue", "orders"], "cannot import module 'nomodule_xyz'", ""),
+    (["worker", "rqueue.demo_handlers:nope", "--queue", "orders"], "no attribute 'nope'", ""),
+    (["worker", "rqueue.demo_handlers", "--queue", "orders"], "pkg.module:function", ""),
+    (["worker", "rqueue.demo_handlers:process_order", "--queue", "nope"], "queue 'nope' does not exist", ""),
+    (["worker", "rqueue.demo_handlers:process_order"], "--queue", ""),
+    (["worker", "rqueue.demo_handlers:process_order", "--queue", "orders", "--concurrency", "0"], "concurrency", ""),
     (["stats", "nope"], "queue 'nope' does not exist", "rqueue create nope"),
     (["send", "nope", "x"], "does not exist", ""),
     (["receive", "nope"], "does not exist", ""),
@@ -229,3 +239,39 @@ def test_produce_sends_at_a_rate_and_logs_json(server_url: str, prefix: str, rq:
     assert [b["order"] for b in bodies] == list(range(s.sent_total))
     poison = sum(1 for b in bodies if b.get("poison"))
     assert abs(poison - s.sent_total / 10) <= 2
+
+
+def test_worker_processes_until_sigterm_and_serves_metrics(
+    server_url: str, prefix: str, lib: rqueue.Client, tmp_path: Path
+) -> None:
+    q = lib.create_queue("orders", max_receive_count=1)
+    q.send_batch([{"order": i} for i in range(20)] + [{"order": 99, "poison": True}])
+    port = free_port()
+    with open(tmp_path / "log", "wb") as log:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "rqueue", "worker", "rqueue.demo_handlers:process_order", *worker_args(port)],
+            env=cli_env(server_url, prefix),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while (s := q.stats()).deleted_total + s.dead_lettered_total < 21 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (s.deleted_total, s.dead_lettered_total) == (20, 1)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "rqueue" in metrics
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0, (tmp_path / "log").read_text()
+    assert "UnknownSku" in rq_dlq_reason(q)  # the poison order died with its error
+
+
+def worker_args(port: int) -> list[str]:
+    return ["--queue", "orders", "--concurrency", "4", "--metrics-port", str(port)]
+
+
+def rq_dlq_reason(q: rqueue.Queue) -> str:
+    d = q.dead_letter_queue.receive(1)[0].dead_letter
+    assert d is not None
+    return d.detail

@@ -88,7 +88,7 @@ def test_demo_in_a_terminal_shows_the_live_table_and_stops_on_ctrl_c() -> None:
         screen = pane.wait_for("worker processes: 3 of 3 running", timeout=60)  # a consumer per process, all up
         for needle in ("rqueue demo — running", "demo-orders", "processed", "dead-lettered", "sent/s"):
             assert needle in screen, needle
-        children = {c.pid for c in descendants_alive(pane.pid())}
+        children = {c.pid for c in descendants_alive(pane.command_pid())}
         assert len(children) >= 4  # its server and its worker processes
         pane.send("C-c")
         assert pane.exit_status() == 0
