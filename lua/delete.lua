@@ -1,35 +1,62 @@
---[[ delete: delete received messages, each only by its latest receipt.
+--[[ delete: delete received messages, each only by its latest receipt, and
+hand tracked messages' replies to their senders.
 
 KEYS[1] meta   hash: attributes and counters
 KEYS[2] msgs   hash: id -> message
 KEYS[3] vis    zset: id -> visible-at
-KEYS[4] state  hash: id -> '<token>:<receive_count>:<first_received_at>'
+KEYS[4] state  hash: id -> '<token>:<receive_count>:<first_received_at>',
+               with a trailing 'x' once a request's sender gave up
 KEYS[5] why    hash: id -> dead-letter record (dead-letter queues)
+KEYS[6..] reply keys (lists), one per request receipt ('r' below), in order
 
-ARGV[1..2n] id, token pairs taken from the receipts
+ARGV[1] the queue's events channel ('' when no receipt is an events one)
+ARGV[2] reply key TTL in ms
+ARGV[3] '1' when the receipts come as triples, '' for plain pairs
+ARGV[4..] id, token pairs taken from the receipts; or id, token, tracked
+          triples where tracked is '' (untracked), 'r' .. reply (a request:
+          RPUSH 'p' .. reply on its reply key) or 'e' .. reply (publish
+          'processed|<id>|<reply>'). A reply is an encoded body (kind byte).
 
+Untracked batches come as pairs and cost nothing extra.
 Reply: one integer per receipt: 1 deleted, 0 stale or unknown receipt.
 Errors: RQ_NOQUEUE.
 ]]
 local meta_key, msgs_key, vis_key, state_key, why_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local channel, ttl, tracked = ARGV[1], ARGV[2], ARGV[3] == '1'
 
 if redis.call('EXISTS', meta_key) == 0 then
   return redis.error_reply('RQ_NOQUEUE')
 end
-local n = #ARGV / 2
+local stride = tracked and 3 or 2
+local n = (#ARGV - 3) / stride
 local ids = {}
-for i = 1, n do ids[i] = ARGV[2 * i - 1] end
+for i = 1, n do ids[i] = ARGV[stride * (i - 1) + 4] end
 local states = redis.call('HMGET', state_key, unpack(ids))
 local out, hit, seen = {}, {}, {}
+local k = 5
 for i = 1, n do
   local st, id = states[i], ids[i]
-  local prefix = ARGV[2 * i] .. ':'
-  if st and not seen[id] and string.sub(st, 1, #prefix) == prefix then
+  local prefix = ARGV[stride * (i - 1) + 5] .. ':'
+  local ok = st and not seen[id] and string.sub(st, 1, #prefix) == prefix
+  if ok then
     out[i] = 1
     hit[#hit + 1] = id
     seen[id] = true
   else
     out[i] = 0
+  end
+  if tracked then
+    local x = ARGV[stride * (i - 1) + 6]
+    local f = string.byte(x, 1)
+    if f == 114 then -- 'r'
+      k = k + 1
+      if ok and string.byte(st, -1) ~= 120 then -- sender still waiting
+        redis.call('RPUSH', KEYS[k], 'p' .. string.sub(x, 2))
+        redis.call('PEXPIRE', KEYS[k], ttl)
+      end
+    elseif f == 101 and ok then -- 'e'
+      redis.call('PUBLISH', channel, 'processed|' .. id .. '|' .. string.sub(x, 2))
+    end
   end
 end
 if #hit > 0 then

@@ -19,9 +19,18 @@ KEYS[12] dlq_wake  }
 
 ARGV[1] max messages (1..1000)
 ARGV[2] visibility timeout in ms, or '' for the queue's
+ARGV[3] the queue's events channel ('' for a dead-letter queue)
 
-Reply: {ids, encoded messages, states, whys, next_ms}; whys is empty unless
-this is a dead-letter queue. next_ms is -1 when nothing is hidden, 0 when a
+Tracked messages (flag byte after sent_at, see rqueue/_codec.py): for '!'
+the script publishes 'received|<id>|<receive_count>', 'dead_lettered|<id>|
+<reason>|<detail>' or 'expired|<id>|' on the channel. A '?' (request) message
+dead-lettered here is stored without its flag and reported in the reply, so
+the client pushes the news to its sender's reply key (a key this script
+cannot know in advance).
+
+Reply: {ids, encoded messages, states, whys, next_ms, buried}; whys is empty
+unless this is a dead-letter queue; buried is {id, '<reason>|<detail>', ...}
+for requests dead-lettered in this call. next_ms is -1 when nothing is hidden, 0 when a
 message is still visible, else ms until the next hidden message is visible;
 it is computed only when nothing was delivered.
 Errors: RQ_NOQUEUE.
@@ -39,15 +48,28 @@ local max = tonumber(ARGV[1])
 local vt = tonumber(ARGV[2] ~= '' and ARGV[2] or cfg[1])
 local mrc = tonumber(cfg[3])
 local is_dlq = cfg[4] == '1'
+local channel = ARGV[3]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cutoff = now - tonumber(cfg[2])
 
-local out_ids, out_msgs, out_states, out_whys = {}, {}, {}, {}
+local out_ids, out_msgs, out_states, out_whys, buried = {}, {}, {}, {}, {}
 local dead_n, expired_n, dropped_n = 0, 0, 0
 
 local function bury(id, msg, reason, detail)
+  local flag = string.byte(msg, 14)
+  if flag == 63 then -- a request: its sender hears of it through the client
+    msg = string.sub(msg, 1, 13) .. string.sub(msg, 15)
+    buried[#buried + 1] = id
+    buried[#buried + 1] = reason .. '|' .. detail
+  elseif flag == 33 then
+    if reason == 'expired' then
+      redis.call('PUBLISH', channel, 'expired|' .. id .. '|')
+    else
+      redis.call('PUBLISH', channel, 'dead_lettered|' .. id .. '|' .. reason .. '|' .. detail)
+    end
+  end
   redis.call('HSET', dlq_msgs_key, id, msg)
   redis.call('ZADD', dlq_vis_key, now, id)
   redis.call('HSET', dlq_why_key, id, string.format('%d|%s|%s', now, reason, detail))
@@ -66,7 +88,7 @@ for _ = 1, 10 do
     local msg, st = msgs[i], states[i]
     local rc, first = 0, nil
     if st then
-      local _, r, f = string.match(st, '^(%d+):(%d+):(%d+)$')
+      local _, r, f = string.match(st, '^(%d+):(%d+):(%d+)')
       rc, first = tonumber(r), f
     end
     local born
@@ -114,7 +136,11 @@ for _ = 1, 10 do
       zs[2 * i] = d[1]
       local k = #out_ids + 1
       out_ids[k], out_msgs[k], out_states[k] = d[1], d[2], st
-      if is_dlq then out_whys[k] = d[5] or '' end
+      if is_dlq then
+        out_whys[k] = d[5] or ''
+      elseif string.byte(d[2], 14) == 33 then
+        redis.call('PUBLISH', channel, 'received|' .. d[1] .. '|' .. d[3])
+      end
     end
     redis.call('HSET', state_key, unpack(hs))
     redis.call('ZADD', vis_key, unpack(zs))
@@ -148,4 +174,4 @@ elseif #out_ids == max then
     redis.call('RPUSH', wake_key, 1)
   end
 end
-return {out_ids, out_msgs, out_states, out_whys, next_ms}
+return {out_ids, out_msgs, out_states, out_whys, next_ms, buried}

@@ -10,36 +10,54 @@ KEYS[6]  dlq_msgs   }
 KEYS[7]  dlq_vis    }
 KEYS[8]  dlq_why    }
 KEYS[9]  dlq_wake   }
+KEYS[10..] reply keys (lists), one per request receipt ('r' below), in order
 
 ARGV[1] the reason (free text, kept as the dead letter's detail)
-ARGV[2..2n+1] id, token pairs taken from the receipts
+ARGV[2] the queue's events channel
+ARGV[3] reply key TTL in ms
+ARGV[4..] id, token, tracked triples taken from the receipts; tracked is ''
+          (untracked), 'r' (a request: RPUSH 'drejected|<reason>' on its
+          reply key) or 'e' (publish 'dead_lettered|<id>|rejected|<reason>')
 
+A request's dead letter is stored without its flag: its sender has heard.
 Reply: one integer per receipt: 1 dead-lettered, 0 stale or unknown receipt.
 Errors: RQ_NOQUEUE.
 ]]
 local meta_key, msgs_key, vis_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local reason, channel, ttl = ARGV[1], ARGV[2], ARGV[3]
 
 if redis.call('EXISTS', meta_key) == 0 then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local reason = ARGV[1]
-local n = (#ARGV - 1) / 2
+local n = (#ARGV - 3) / 3
 local ids = {}
-for i = 1, n do ids[i] = ARGV[2 * i] end
+for i = 1, n do ids[i] = ARGV[3 * i + 1] end
 local states = redis.call('HMGET', state_key, unpack(ids))
 local msgs = redis.call('HMGET', msgs_key, unpack(ids))
 local out, hit, seen = {}, {}, {}
+local k = 9
 for i = 1, n do
-  local st, id = states[i], ids[i]
-  local prefix = ARGV[2 * i + 1] .. ':'
-  if st and msgs[i] and not seen[id] and string.sub(st, 1, #prefix) == prefix then
+  local st, id, msg = states[i], ids[i], msgs[i]
+  local prefix = ARGV[3 * i + 2] .. ':'
+  local tracked = ARGV[3 * i + 3]
+  if tracked == 'r' then k = k + 1 end
+  if st and msg and not seen[id] and string.sub(st, 1, #prefix) == prefix then
     out[i] = 1
     seen[id] = true
     hit[#hit + 1] = id
-    redis.call('HSET', dlq_msgs_key, id, msgs[i])
+    if string.byte(msg, 14) == 63 then -- a request: drop the flag
+      msg = string.sub(msg, 1, 13) .. string.sub(msg, 15)
+      if tracked == 'r' and string.byte(st, -1) ~= 120 then
+        redis.call('RPUSH', KEYS[k], 'drejected|' .. reason)
+        redis.call('PEXPIRE', KEYS[k], ttl)
+      end
+    elseif tracked == 'e' then
+      redis.call('PUBLISH', channel, 'dead_lettered|' .. id .. '|rejected|' .. reason)
+    end
+    redis.call('HSET', dlq_msgs_key, id, msg)
     redis.call('ZADD', dlq_vis_key, now, id)
     redis.call('HSET', dlq_why_key, id, string.format('%d|rejected|%s', now, reason))
   else

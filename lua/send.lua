@@ -7,7 +7,9 @@ KEYS[4] seq    string: id counter
 KEYS[5] wake   list: wake-up token for waiting receivers
 
 ARGV[1] delay in ms, or '' for the queue's default
-ARGV[2..] encoded messages: one kind byte, then for an upper-case kind
+ARGV[2] tracking flag stored before every message: '' (untracked), '?'
+        (a request: its sender blocks on a reply key) or '!' (events published)
+ARGV[3..] encoded messages: one kind byte, then for an upper-case kind
           '<attributes length>:<attributes>', then the body
 
 Every size is checked against max_size before anything is written.
@@ -22,8 +24,9 @@ if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local max_size = tonumber(cfg[1])
-local n = #ARGV - 1
-for i = 2, n + 1 do
+local flag = ARGV[2]
+local n = #ARGV - 2
+for i = 3, n + 2 do
   local m = ARGV[i]
   local size = #m - 1
   local kind = string.byte(m, 1)
@@ -31,7 +34,7 @@ for i = 2, n + 1 do
     size = #m - string.find(m, ':', 2, true)
   end
   if size > max_size then
-    return redis.error_reply(string.format('RQ_TOOLARGE %d %d %d', i - 2, size, max_size))
+    return redis.error_reply(string.format('RQ_TOOLARGE %d %d %d', i - 3, size, max_size))
   end
 end
 
@@ -43,13 +46,13 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local visible_at = now + delay
-local stamp = string.format('%013d', now)
+local stamp = string.format('%013d', now) .. flag
 local last = redis.call('INCRBY', seq_key, n)
 local h, z = {}, {}
 for i = 1, n do
   local id = string.format('%d', last - n + i)
   h[2 * i - 1] = id
-  h[2 * i] = stamp .. ARGV[i + 1]
+  h[2 * i] = stamp .. ARGV[i + 2]
   z[2 * i - 1] = visible_at
   z[2 * i] = id
 end

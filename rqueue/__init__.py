@@ -14,14 +14,20 @@ from ._errors import (
     ConnectionError,
     InvalidParameter,
     InvalidQueueName,
+    MessageDeadLettered,
     MessageTooLarge,
     QueueAlreadyExists,
     QueueDoesNotExist,
+    RequestFailed,
+    RequestTimeout,
     RQueueError,
+    WaitTimeout,
 )
 from ._handlers import Reject, Router
+from ._listen import Tracker
 from ._metrics import HandlerResult, PrometheusHook
-from ._models import DeadLetter, Message, QueueAttributes, QueueStats
+from ._models import DeadLetter, Event, Message, QueueAttributes, QueueStats, SubscriptionInfo
+from ._topic import Subscription, Topic
 
 __version__ = "0.1.0"
 
@@ -31,10 +37,12 @@ __all__ = [
     "ConnectionError",
     "Consumer",
     "DeadLetter",
+    "Event",
     "HandlerResult",
     "InvalidParameter",
     "InvalidQueueName",
     "Message",
+    "MessageDeadLettered",
     "PrometheusHook",
     "MessageTooLarge",
     "Queue",
@@ -43,9 +51,16 @@ __all__ = [
     "QueueDoesNotExist",
     "QueueStats",
     "RQueueError",
+    "RequestFailed",
+    "RequestTimeout",
     "RQueueWarning",
     "Reject",
     "Router",
+    "Subscription",
+    "SubscriptionInfo",
+    "Topic",
+    "Tracker",
+    "WaitTimeout",
     "connect",
     "mask_url",
     "register_backend",

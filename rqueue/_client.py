@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import exceptions as rx
 
-from . import _core, _errors
+from . import _codec, _core, _errors
 from ._backends import Backend, check_policy, factory_for, resolve_url
 from ._base import QueueHandle, policy_from, raise_mapped
 from ._codec import Attributes
-from ._core import Call, Wait
-from ._errors import QueueDoesNotExist
-from ._keys import QueueKeys, check_name, check_prefix, registry
-from ._models import Message, QueueAttributes, QueueStats
+from ._core import Call, Op, Pop
+from ._errors import InvalidParameter, QueueDoesNotExist
+from ._keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
+from ._listen import SyncListener, Tracker
+from ._models import Event, Message, QueueAttributes, QueueStats
 from ._wait import SyncWaiter
+
+if TYPE_CHECKING:
+    from ._topic import Topic
 
 T = TypeVar("T")
 
@@ -49,6 +53,7 @@ class Client:
         self.redis: Any = backend.client
         self.url = backend.url
         self.prefix = check_prefix(prefix)
+        self._listener: SyncListener | None = None
         self._waiter = SyncWaiter(self.redis)
 
     def __repr__(self) -> str:
@@ -115,12 +120,30 @@ class Client:
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
 
-    def drive(self, flow: Generator[Call[Any] | Wait, Any, T]) -> T:
+    def pop(self, key: str, timeout: float) -> bytes | None:
+        """Pop the value pushed on ``key``, or None after ``timeout`` seconds."""
+        try:
+            return self._waiter.pop(key, timeout)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+
+    def listener(self) -> SyncListener:
+        """The client's one event listener (started on the first tracked send)."""
+        if self._listener is None:
+            self._listener = SyncListener(self.redis, self.url)
+        return self._listener
+
+    def drive(self, flow: Generator[Op, Any, T]) -> T:
         """Run a flow of the core (calls and waits) to its result."""
         try:
             op = next(flow)
             while True:
-                result = self.run(op) if isinstance(op, Call) else self.wait(op.key, op.timeout)
+                if isinstance(op, Call):
+                    result = self.run(op)
+                elif isinstance(op, Pop):
+                    result = self.pop(op.key, op.timeout)
+                else:
+                    result = self.wait(op.key, op.timeout)
                 op = flow.send(result)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
@@ -159,6 +182,12 @@ class Client:
         """
         return Queue(self, QueueKeys.for_queue(self.prefix, name))
 
+    def topic(self, name: str) -> Topic:
+        """A handle to the topic ``name`` (created by its first subscription); no round trip."""
+        from ._topic import Topic
+
+        return Topic(self, TopicKeys.for_topic(self.prefix, name))
+
     def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""
         try:
@@ -181,6 +210,8 @@ class Client:
     def close(self) -> None:
         """Close connections (and stop an embedded server)."""
         try:
+            if self._listener is not None:
+                self._listener.close()
             self.redis.close()
         finally:
             for stop in self._backend.on_close:
@@ -203,9 +234,48 @@ class Queue(QueueHandle):
         super().__init__(keys)
         self.client = client
 
-    def send(self, body: Any, *, delay: float | None = None, attributes: Attributes | None = None) -> str:
-        """Store one message; returns its id. ``delay`` None uses the queue's."""
+    def send(
+        self,
+        body: Any,
+        *,
+        delay: float | None = None,
+        attributes: Attributes | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+    ) -> str:
+        """Store one message; returns its id. ``delay`` None uses the queue's.
+
+        With ``on_event``, the message is tracked: ``on_event(Event)`` runs on
+        the client's listener thread for each of its events (see ``send_tracked``).
+        """
+        if on_event is not None:
+            return self.send_tracked(body, delay=delay, attributes=attributes, on_event=on_event).message_id
         return self.send_batch([body], delay=delay, attributes=attributes)[0]
+
+    def send_tracked(
+        self,
+        body: Any,
+        *,
+        delay: float | None = None,
+        attributes: Attributes | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+    ) -> Tracker:
+        """Store one message whose events (received, processed with the reply,
+        dead_lettered, expired) are published; returns its tracker.
+
+        The client's listener subscribes to this queue's events before the
+        send, so no event is lost; untracked sends publish nothing.
+        """
+        keys = self._keys
+        if keys.is_dlq:
+            raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; track messages of its source queue")
+        encoded = _core.encode_batch([body], attributes)
+        listener = self.client.listener()
+        generation = listener.ensure(keys.events)
+        (message_id,) = self.client.run(_core.send(keys, encoded, delay, _codec.EVENTS))
+        tracker = Tracker(message_id, on_event)
+        for sink, event in listener.router.register(keys.events, message_id, tracker._deliver, generation):
+            sink(event)
+        return tracker
 
     def send_batch(
         self, bodies: Iterable[Any], *, delay: float | None = None, attributes: Attributes | None = None
@@ -219,13 +289,33 @@ class Queue(QueueHandle):
         """Receive up to ``max_messages`` and hide them; wait up to ``wait_time`` s for one."""
         return self.client.drive(_core.receive_flow(self._keys, max_messages, visibility_timeout, wait_time))
 
-    def delete(self, receipt: str) -> bool:
-        """Delete by the latest receipt; False if stale (someone else holds it now)."""
-        return self.delete_batch([receipt])[0]
+    def delete(self, receipt: str, *, reply: Any = None) -> bool:
+        """Delete by the latest receipt; False if stale (someone else holds it now).
 
-    def delete_batch(self, receipts: Iterable[str]) -> list[bool]:
-        """Delete many; one bool per receipt."""
-        return self.client.run(_core.delete(self._keys, receipts))
+        ``reply`` (str, bytes or any orjson value) goes to the message's sender
+        when it was sent with ``request()`` or tracked; otherwise it is dropped.
+        """
+        return self.delete_batch([receipt], replies=[reply])[0]
+
+    def delete_batch(self, receipts: Iterable[str], *, replies: Sequence[Any] | None = None) -> list[bool]:
+        """Delete many; one bool per receipt. ``replies``: one per receipt, see ``delete``."""
+        return self.client.run(_core.delete(self._keys, receipts, replies))
+
+    def request(
+        self,
+        body: Any,
+        *,
+        timeout: float,
+        attributes: Attributes | None = None,
+        delay: float | None = None,
+    ) -> Any:
+        """Send ``body`` and block until a consumer deletes it; return its reply.
+
+        Raises RequestTimeout (a TimeoutError) after ``timeout`` seconds, having
+        withdrawn the message if no consumer had received it yet, and
+        MessageDeadLettered if it was dead-lettered meanwhile.
+        """
+        return self.client.drive(_core.request_flow(self._keys, body, attributes, delay, timeout))
 
     def change_visibility(self, receipt: str, seconds: float) -> bool:
         """Hide for ``seconds`` from now (0: visible now); False if the receipt is stale."""

@@ -1,10 +1,14 @@
 """Encoding of bodies and attributes into the bytes a script stores.
 
-Stored form: sent_at (13 ASCII digits, written by the script) + kind byte +
-[attributes] + body. The kind byte says how to give the body back: ``s`` str
-(UTF-8), ``b`` bytes, ``j`` JSON (orjson). An upper-case kind means JSON
-attributes follow as ``<length>:<json>`` before the body. No pickle: a body
-that orjson cannot serialise is refused.
+Stored form: sent_at (13 ASCII digits, written by the script) + [tracking
+flag] + kind byte + [attributes] + body. The optional flag byte marks a
+tracked message: ``?`` a request whose sender blocks on a reply key, ``!`` a
+message whose events are published. Both sort below ``A``, so one byte
+comparison tells a flag from a kind and untracked messages are unchanged.
+The kind byte says how to give the body back: ``s`` str (UTF-8), ``b``
+bytes, ``j`` JSON (orjson). An upper-case kind means JSON attributes follow
+as ``<length>:<json>`` before the body. No pickle: a body that orjson cannot
+serialise is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ AttrValue = str | int | float | bytes
 Attributes = Mapping[str, AttrValue]
 
 MAX_ATTRIBUTES = 16
+REQUEST = "?"
+EVENTS = "!"
+_FLAG_MAX = ord("A")
 _KIND_TO_UPPER = {ord("s"): b"S", ord("b"): b"B", ord("j"): b"J"}
 
 
@@ -82,12 +89,15 @@ def size_of(encoded: bytes) -> int:
 def decode(stored: bytes) -> tuple[int, Any, dict[str, AttrValue]]:
     """(sent_at, body, attributes) from what a script returns."""
     sent_at = int(stored[:13])
+    start = 14  # just past the kind byte
     kind = stored[13]
+    if kind < _FLAG_MAX:  # a tracking flag precedes the kind
+        start = 15
+        kind = stored[14]
     attrs: dict[str, AttrValue] = {}
-    start = 14
     if kind < ord("a"):
-        colon = stored.index(b":", 14)
-        end = colon + 1 + int(stored[14:colon])
+        colon = stored.index(b":", start)
+        end = colon + 1 + int(stored[start:colon])
         raw = orjson.loads(stored[colon + 1 : end])
         attrs = {k: base64.b64decode(v["b"]) if isinstance(v, dict) else v for k, v in raw.items()}
         start = end
@@ -98,3 +108,19 @@ def decode(stored: bytes) -> tuple[int, Any, dict[str, AttrValue]]:
     if kind == ord("s"):
         return sent_at, payload.decode(), attrs
     return sent_at, bytes(payload), attrs
+
+
+def flag_of(stored: bytes) -> str:
+    """The tracking flag of a stored message: ``REQUEST``, ``EVENTS`` or ''."""
+    b = stored[13]
+    return chr(b) if b < _FLAG_MAX else ""
+
+
+def decode_body(encoded: bytes) -> Any:
+    """The value ``encode_body`` encoded (kind byte + body)."""
+    kind, payload = encoded[:1], encoded[1:]
+    if kind == b"j":
+        return orjson.loads(payload)
+    if kind == b"s":
+        return payload.decode()
+    return bytes(payload)

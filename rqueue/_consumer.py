@@ -281,6 +281,12 @@ class Consumer:
             for unblock in unblockers:
                 unblock()
 
+    def _notify(self, call: Call[Any]) -> None:
+        try:
+            self._client.run(call)
+        except ConnectionError as e:
+            log.warning("could not tell senders about dead-lettered requests (%s); they time out instead", e)
+
     def _send_once(self, flush: Flush) -> None:
         try:
             results = self._client.run_many(flush.calls(self._keys))
@@ -337,7 +343,9 @@ class Consumer:
                 continue
             if errors.ok() is not None:
                 log.warning("queue %r: receiving again", keys.name)
-            messages, next_ms = result
+            messages, next_ms, notify = result
+            if notify is not None:  # requests this receive dead-lettered: tell their senders
+                self._notify(notify)
             with self._lock:
                 tracker.unreserve(n - len(messages))
                 if len(messages) < n and len(self._receivers) > 1:

@@ -9,19 +9,22 @@ call ``Tracker`` under their lock (threads) or on their loop (asyncio).
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _core
+from . import _codec, _core
 from ._core import Call
 from ._errors import InvalidParameter
 from ._handlers import Reject
 from ._keys import QueueKeys
 from ._metrics import Outcome
 from ._models import Message
+
+log = logging.getLogger("rqueue.consumer")
 
 #: Extend a lease when less than this share of the visibility timeout is left.
 HEARTBEAT_SHARE = 0.5
@@ -76,7 +79,7 @@ class Flush:
         """
         out: list[Call[Any]] = []
         for qi, acks in self.deletes.items():
-            out.append(_core.delete(keys[qi], [receipt for receipt, _reply in acks]))
+            out.append(_core.delete(keys[qi], [r for r, _ in acks], [_sendable(r, reply) for r, reply in acks]))
         for qi, receipt, seconds in self.retries:
             out.append(_core.change_visibility(keys[qi], [receipt], round(seconds, 3)))
         for qi, receipt, reason in self.rejects:
@@ -93,6 +96,21 @@ class Flush:
         self.rejects[:0] = other.rejects
         for qi, receipts in other.releases.items():
             self.releases[qi] = receipts + self.releases.get(qi, [])
+
+
+def _sendable(receipt: str, reply: Any) -> Any:
+    """The reply for a tracked message (receipt ending r/e) if it can be encoded, else None.
+
+    Untracked receipts never send their reply, so nothing is checked for them.
+    """
+    if reply is None or not receipt.endswith(("r", "e")):
+        return reply
+    try:
+        _codec.encode_body(reply)
+    except InvalidParameter as e:
+        log.warning("handler reply for %s cannot be sent (%s); the sender gets None", receipt, e)
+        return None
+    return reply
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ import re
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from . import _codec
-from ._errors import InvalidParameter
+from ._errors import InvalidParameter, MessageDeadLettered, RequestFailed, RequestTimeout
 from ._keys import QueueKeys
 from ._models import DeadLetter, Message, QueueAttributes, QueueStats
 from ._scripts import Script, script
@@ -33,6 +33,9 @@ MAX_WAIT = 300
 #: A long poll re-checks at least this often, so a dead connection is noticed.
 WAIT_CHUNK = 10.0
 REDRIVE_CHUNK = 1000
+#: A reply waits this long for its sender (who normally pops it at once).
+REPLY_TTL_MS = 300_000
+MAX_REQUEST_TIMEOUT = 12 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,17 @@ class Wait:
 
     key: str
     timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pop:
+    """Pop the value pushed on ``key`` (None after ``timeout`` s)."""
+
+    key: str
+    timeout: float
+
+
+Op = Call[Any] | Wait | Pop
 
 
 # ---------------------------------------------------------------- validation
@@ -87,15 +101,24 @@ def batch(name: str, items: Iterable[T]) -> list[T]:
     return out
 
 
-_RECEIPT = re.compile(r"(\d{1,20})\.(\d{1,20})")
+# ``<id>.<token>``, plus ``r`` for a request's message or ``e`` for one whose
+# events are published: the client then knows which reply keys to pass.
+_RECEIPT = re.compile(r"(\d{1,20})\.(\d{1,20})([re]?)")
+_SUFFIX = {"": "", _codec.REQUEST: "r", _codec.EVENTS: "e"}
+
+
+def parse_receipt(receipt: object) -> tuple[str, str, str]:
+    """(id, token, tracked) of a receipt from ``Message.receipt``; tracked is '', 'r' or 'e'."""
+    m = _RECEIPT.fullmatch(receipt) if isinstance(receipt, str) else None
+    if m is None:
+        raise InvalidParameter(f"receipt must be a Message.receipt string, got {receipt!r}")
+    return m.group(1), m.group(2), m.group(3)
 
 
 def split_receipt(receipt: object) -> tuple[str, str]:
     """(id, token) of a receipt from ``Message.receipt``."""
-    m = _RECEIPT.fullmatch(receipt) if isinstance(receipt, str) else None
-    if m is None:
-        raise InvalidParameter(f"receipt must be a Message.receipt string, got {receipt!r}")
-    return m.group(1), m.group(2)
+    mid, token, _ = parse_receipt(receipt)
+    return mid, token
 
 
 def _receipt_args(receipts: Iterable[str]) -> list[str]:
@@ -134,8 +157,11 @@ def create_queue(
     return Call(script("create_queue"), [keys.meta, keys.dlq().meta, keys.seq], args, bool, keys.name)
 
 
-def send(keys: QueueKeys, encoded: list[bytes], delay: float | None) -> Call[list[str]]:
-    """Store a batch (all or nothing); the reply gives the ids."""
+def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str = "") -> Call[list[str]]:
+    """Store a batch (all or nothing); the reply gives the ids.
+
+    ``flag``: '' untracked, ``_codec.REQUEST`` or ``_codec.EVENTS``.
+    """
     dl = "" if delay is None else seconds_ms("delay", delay, 0, MAX_RETENTION)
     n = len(encoded)
 
@@ -146,7 +172,7 @@ def send(keys: QueueKeys, encoded: list[bytes], delay: float | None) -> Call[lis
     return Call(
         script("send"),
         [keys.meta, keys.msgs, keys.vis, keys.seq, keys.wake],
-        [dl, *encoded],
+        [dl, flag, *encoded],
         parse,
         keys.name,
     )
@@ -167,7 +193,16 @@ def _dead_letter(why: bytes, source: str) -> DeadLetter:
     return DeadLetter(reason, detail, int(dead_at), source)
 
 
-def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None) -> Call[tuple[list[Message], int]]:
+class Received(NamedTuple):
+    """What a receive call gives: the messages, ms to the next visible one, and
+    the call that tells senders of requests dead-lettered by it (or None)."""
+
+    messages: list[Message]
+    next_ms: int
+    notify: Call[int] | None
+
+
+def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None) -> Call[Received]:
     """Receive-and-hide; the reply gives messages and ms to the next visible one."""
     n = integer("max_messages", max_messages, 1, MAX_BATCH)
     vt = "" if visibility_timeout is None else seconds_ms("visibility_timeout", visibility_timeout, 0, MAX_VISIBILITY)
@@ -175,19 +210,21 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
     source = keys.source().name if keys.is_dlq else ""
     name = keys.name
 
-    def parse(reply: list[Any]) -> tuple[list[Message], int]:
-        ids, stored, states, whys, next_ms = reply
+    def parse(reply: list[Any]) -> Received:
+        ids, stored, states, whys, next_ms, buried = reply
         out: list[Message] = []
         for i, raw_id in enumerate(ids):
-            sent_at, body, attrs = _codec.decode(stored[i])
+            raw = stored[i]
+            sent_at, body, attrs = _codec.decode(raw)
             token, rc, first = states[i].split(b":")
             mid = raw_id.decode()
+            suffix = "" if whys else _SUFFIX[_codec.flag_of(raw)]
             out.append(
                 Message(
                     mid,
                     body,
                     attrs,
-                    f"{mid}.{token.decode()}",
+                    f"{mid}.{token.decode()}{suffix}",
                     int(rc),
                     sent_at,
                     int(first),
@@ -195,7 +232,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
                     _dead_letter(whys[i], source) if whys else None,
                 )
             )
-        return out, int(next_ms)
+        return Received(out, int(next_ms), notify_dead(keys, buried) if buried else None)
 
     return Call(
         script("receive"),
@@ -213,21 +250,35 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
             dlq.why,
             dlq.wake,
         ],
-        [n, vt],
+        [n, vt, "" if keys.is_dlq else keys.events],
         parse,
+        keys.name,
+    )
+
+
+def notify_dead(keys: QueueKeys, buried: list[bytes]) -> Call[int]:
+    """Push 'dead-lettered' to the reply keys of requests a receive buried."""
+    ids = [b.decode() for b in buried[::2]]
+    return Call(
+        script("notify"),
+        [keys.reply(i) for i in ids],
+        [REPLY_TTL_MS, *(b"d" + p for p in buried[1::2])],
+        int,
         keys.name,
     )
 
 
 def receive_flow(
     keys: QueueKeys, max_messages: int, visibility_timeout: float | None, wait_time: float
-) -> Generator[Call[Any] | Wait, Any, list[Message]]:
+) -> Generator[Op, Any, list[Message]]:
     """Long poll: receive; if empty, wait for a wake-up or the next visible time."""
     wait_ms = seconds_ms("wait_time", wait_time, 0, MAX_WAIT)
     call = receive(keys, max_messages, visibility_timeout)
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        messages, next_ms = yield call
+        messages, next_ms, notify = yield call
+        if notify is not None:
+            yield notify
         if messages:
             return messages  # type: ignore[no-any-return]
         remaining = deadline - time.monotonic()
@@ -243,15 +294,39 @@ def _flags(reply: list[Any]) -> list[bool]:
     return [bool(x) for x in reply]
 
 
-def delete(keys: QueueKeys, receipts: Iterable[str]) -> Call[list[bool]]:
-    """Delete by latest receipts; False for a stale one."""
-    return Call(
-        script("delete"),
-        [keys.meta, keys.msgs, keys.vis, keys.state, keys.why],
-        _receipt_args(receipts),
-        _flags,
-        keys.name,
-    )
+def delete(keys: QueueKeys, receipts: Iterable[str], replies: Sequence[Any] | None = None) -> Call[list[bool]]:
+    """Delete by latest receipts; False for a stale one.
+
+    ``replies`` (aligned with ``receipts``) go to the senders of tracked
+    messages; for untracked ones they are dropped here and never sent.
+    """
+    parsed = [parse_receipt(r) for r in batch("receipts", receipts)]
+    if replies is not None:
+        if isinstance(replies, str | bytes) or not isinstance(replies, Sequence):
+            raise InvalidParameter(f"replies must be a list aligned with receipts, got {type(replies).__name__}")
+        if len(replies) != len(parsed):
+            raise InvalidParameter(f"replies must hold one value per receipt ({len(parsed)}), got {len(replies)}")
+    key_list = [keys.meta, keys.msgs, keys.vis, keys.state, keys.why]
+    if not any(t for _, _, t in parsed):
+        args: list[bytes | str | int] = ["", "", ""]
+        for mid, token, _ in parsed:
+            args += (mid, token)
+        return Call(script("delete"), key_list, args, _flags, keys.name)
+    null = _codec.encode_body(None)
+    events = False
+    args = ["", REPLY_TTL_MS, "1"]
+    for i, (mid, token, tracked) in enumerate(parsed):
+        extra: bytes = b""
+        if tracked:
+            extra = tracked.encode() + (null if replies is None else _codec.encode_body(replies[i]))
+            if tracked == "r":
+                key_list.append(keys.reply(mid))
+            else:
+                events = True
+        args += (mid, token, extra)
+    if events:
+        args[0] = keys.events
+    return Call(script("delete"), key_list, args, _flags, keys.name)
 
 
 def change_visibility(keys: QueueKeys, receipts: Iterable[str], seconds: float) -> Call[list[bool]]:
@@ -273,13 +348,14 @@ def reject(keys: QueueKeys, receipts: Iterable[str], reason: str) -> Call[list[b
     if not isinstance(reason, str) or len(reason) > 4096:
         raise InvalidParameter(f"reason must be a string of at most 4096 characters, got {reason!r:.80}")
     d = keys.dlq()
-    return Call(
-        script("reject"),
-        [keys.meta, keys.msgs, keys.vis, keys.state, d.meta, d.msgs, d.vis, d.why, d.wake],
-        [reason, *_receipt_args(receipts)],
-        _flags,
-        keys.name,
-    )
+    key_list = [keys.meta, keys.msgs, keys.vis, keys.state, d.meta, d.msgs, d.vis, d.why, d.wake]
+    args: list[bytes | str | int] = [reason, keys.events, REPLY_TTL_MS]
+    for r in batch("receipts", receipts):
+        mid, token, tracked = parse_receipt(r)
+        if tracked == "r":
+            key_list.append(keys.reply(mid))
+        args += (mid, token, tracked)
+    return Call(script("reject"), key_list, args, _flags, keys.name)
 
 
 def purge(keys: QueueKeys) -> Call[int]:
@@ -359,3 +435,76 @@ def delete_queue(keys: QueueKeys) -> Call[bool]:
         bool,
         keys.name,
     )
+
+
+# ---------------------------------------------------------------- requests
+
+
+def reply_value(raw: bytes, message_id: str, queue: str) -> Any:
+    """The reply a request's reply key held, or raise why there is none."""
+    if raw[:1] == b"p":
+        return _codec.decode_body(raw[1:])
+    reason, _, detail = raw[1:].decode().partition("|")
+    raise MessageDeadLettered(
+        f"message {message_id} of queue {queue!r} was dead-lettered ({reason}"
+        f"{': ' + detail if detail else ''}) while its sender waited; it is in {queue + ':dlq'!r}",
+        message_id=message_id,
+        reason=reason,
+        detail=detail,
+    )
+
+
+def withdraw(keys: QueueKeys, message_id: str, timeout: float) -> Call[Any]:
+    """Settle a request whose sender gave up; returns a late reply or raises."""
+    name = keys.name
+
+    def parse(reply: list[Any]) -> Any:
+        outcome = reply[0].decode()
+        if outcome == "reply":
+            return reply_value(reply[1], message_id, name)
+        if outcome == "dead":
+            _, reason, detail = reply[1].decode().split("|", 2)
+            return reply_value(f"d{reason}|{detail}".encode(), message_id, name)
+        if outcome == "gone":
+            raise RequestFailed(
+                f"message {message_id} of queue {name!r} was deleted without a reply (purged, or deleted "
+                "by a receipt without a reply)",
+                message_id=message_id,
+            )
+        withdrawn = outcome == "withdrawn"
+        raise RequestTimeout(
+            f"no reply to message {message_id} of queue {name!r} within {timeout:g} s; "
+            + (
+                "no consumer had received it, so it was withdrawn and will not be processed"
+                if withdrawn
+                else "a consumer had received it and may still process it; its reply will be dropped"
+            ),
+            message_id=message_id,
+            withdrawn=withdrawn,
+        )
+
+    return Call(
+        script("withdraw"),
+        [keys.meta, keys.msgs, keys.vis, keys.state, keys.reply(message_id), keys.dlq().why],
+        [message_id],
+        parse,
+        name,
+    )
+
+
+def request_flow(
+    keys: QueueKeys, body: Any, attributes: _codec.Attributes | None, delay: float | None, timeout: float
+) -> Generator[Op, Any, Any]:
+    """Send a request, block on its reply key until ``timeout``, then withdraw it."""
+    if keys.is_dlq:
+        raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; send requests to its source queue")
+    _number("timeout", timeout, 0.001, MAX_REQUEST_TIMEOUT, "seconds")
+    deadline = time.monotonic() + timeout
+    encoded = encode_batch([body], attributes)
+    (message_id,) = yield send(keys, encoded, delay, _codec.REQUEST)
+    key = keys.reply(message_id)
+    while (remaining := deadline - time.monotonic()) > 0:
+        raw = yield Pop(key, min(remaining, WAIT_CHUNK))
+        if raw is not None:
+            return reply_value(raw, message_id, keys.name)
+    return (yield withdraw(keys, message_id, timeout))

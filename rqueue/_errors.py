@@ -33,6 +33,45 @@ class ConnectionError(RQueueError, builtins.ConnectionError):
     """The server could not be reached; the message names the URL, password masked."""
 
 
+class RequestTimeout(RQueueError, builtins.TimeoutError):
+    """``request()`` got no reply in time.
+
+    ``withdrawn`` is True when no consumer had received the message, so it was
+    deleted and will never be processed; False when a consumer holds it (its
+    reply will be dropped).
+    """
+
+    def __init__(self, message: str, *, message_id: str, withdrawn: bool) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+        self.withdrawn = withdrawn
+
+
+class RequestFailed(RQueueError):
+    """A request's message will never be processed (dead-lettered, purged or deleted)."""
+
+    def __init__(self, message: str, *, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+class MessageDeadLettered(RequestFailed):
+    """A request's message went to the dead-letter queue while its sender waited.
+
+    ``reason``: ``max_receives``, ``expired`` or ``rejected``; ``detail``: the
+    receive count, or the rejection reason.
+    """
+
+    def __init__(self, message: str, *, message_id: str, reason: str, detail: str) -> None:
+        super().__init__(message, message_id=message_id)
+        self.reason = reason
+        self.detail = detail
+
+
+class WaitTimeout(RQueueError, builtins.TimeoutError):
+    """A tracker's ``wait()`` saw no matching event in time."""
+
+
 def from_lua(message: str, queue: str) -> RQueueError | None:
     """Map an error reply of a script (``RQ_<CODE> args...``) to a typed exception.
 

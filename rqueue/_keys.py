@@ -36,6 +36,9 @@ class QueueKeys:
     name: str
     base: str
     is_dlq: bool = False
+    #: A subscription's ids come from its topic's counter (one id per
+    #: published message in every subscription); '' = the queue's own.
+    shared_seq: str = ""
 
     @classmethod
     def for_queue(cls, prefix: str, name: str) -> QueueKeys:
@@ -48,11 +51,11 @@ class QueueKeys:
         """The keys of this queue's dead-letter queue."""
         if self.is_dlq:
             raise InvalidParameter(f"{self.name!r} is a dead-letter queue and has none of its own")
-        return QueueKeys(self.name + DLQ_SUFFIX, self.base + ":dlq", True)
+        return QueueKeys(self.name + DLQ_SUFFIX, self.base + ":dlq", True, self.shared_seq)
 
     def source(self) -> QueueKeys:
         """The queue a dead-letter queue belongs to."""
-        return QueueKeys(self.name[: -len(DLQ_SUFFIX)], self.base[: -len(":dlq")])
+        return QueueKeys(self.name[: -len(DLQ_SUFFIX)], self.base[: -len(":dlq")], False, self.shared_seq)
 
     @property
     def meta(self) -> str:
@@ -81,11 +84,55 @@ class QueueKeys:
     @property
     def seq(self) -> str:
         """The id counter, shared by a queue and its DLQ so receipts never collide."""
+        if self.shared_seq:
+            return self.shared_seq
         return (self.source() if self.is_dlq else self).base + ":seq"
+
+    @property
+    def events(self) -> str:
+        """The pub/sub channel of tracked messages' events (carries the hash tag)."""
+        return self.base + ":events"
+
+    def reply(self, message_id: str) -> str:
+        """The list a request's sender blocks on for message ``message_id``'s reply."""
+        return f"{self.base}:reply:{message_id}"
 
     def own(self) -> list[str]:
         """Every key of this one queue except the shared seq."""
         return [self.meta, self.msgs, self.vis, self.state, self.wake, self.why]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicKeys:
+    """The keys of a topic. Its hash tag ``{topic:<name>}`` (no queue name has
+    a colon) is shared by every subscription's queue, so one script can copy a
+    message into all of them on Redis Cluster."""
+
+    name: str
+    base: str
+
+    @classmethod
+    def for_topic(cls, prefix: str, name: str) -> TopicKeys:
+        return cls(check_name(name), f"{prefix}:{{topic:{name}}}")
+
+    @property
+    def subs(self) -> str:
+        """Sorted set: subscription name -> expires-at (ms)."""
+        return self.base + ":subs"
+
+    @property
+    def version(self) -> str:
+        """Counter bumped whenever the set of subscriptions changes."""
+        return self.base + ":ver"
+
+    @property
+    def seq(self) -> str:
+        """Message ids and receipt tokens of every subscription."""
+        return self.base + ":seq"
+
+    def subscription(self, name: str) -> QueueKeys:
+        """The queue keys of subscription ``name``."""
+        return QueueKeys(f"{self.name}/{check_name(name)}", f"{self.base}:sub:{name}", False, self.seq)
 
 
 def registry(prefix: str) -> str:

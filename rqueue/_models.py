@@ -69,3 +69,33 @@ class QueueStats:
     expired_total: int
     oldest_age: float
     attributes: QueueAttributes
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to a tracked message (``send(on_event=...)``).
+
+    kind: ``received`` (detail: the receive count), ``processed`` (reply: what
+    the consumer passed to ``delete(reply=...)`` or its handler returned),
+    ``dead_lettered`` (reason: ``max_receives`` or ``rejected``, detail: the
+    receive count or rejection reason), ``expired``, or ``missed``: the
+    client's event listener lost its connection, so events may have been
+    missed; no further events follow for that message.
+    """
+
+    kind: str
+    message_id: str
+    reply: Any = None
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionInfo:
+    """A live subscription of a topic: its name, how many messages it holds
+    (visible, delayed and in flight) and seconds until it expires unless
+    refreshed."""
+
+    name: str
+    depth: int
+    expires_in: float

@@ -7,6 +7,9 @@ calls of the client are never stalled), sends ``CLIENT ID`` and ``BLPOP``
 together, waits on the socket for exactly its timeout, and if nothing came
 releases itself with ``CLIENT UNBLOCK`` from another connection. The server
 timeout stays as a backstop where ACLs forbid CLIENT UNBLOCK.
+
+``pop`` is the same wait returning the popped value: a request's sender
+blocks on its reply key this way.
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ class SyncWaiter:
         ``on_block`` is called once the wait is blocked with a function that
         ends it early from another thread (a stopping consumer uses it).
         """
+        return self._blpop(key, timeout, on_block) is not None
+
+    def pop(self, key: str, timeout: float) -> bytes | None:
+        """The value popped from ``key``, or None on timeout."""
+        reply = self._blpop(key, timeout, None)
+        return reply[1] if isinstance(reply, list) else None
+
+    def _blpop(self, key: str, timeout: float, on_block: Callable[[Callable[[], None]], None] | None) -> Any:
         node = self._node(key)
         pool = node.connection_pool
         conn = pool.get_connection()
@@ -65,7 +76,7 @@ class SyncWaiter:
             except ResponseError:  # MOVED/ASK during a resharding: look again
                 reply = True
             healthy = True
-            return reply is not None
+            return reply
         finally:
             if not healthy:
                 conn.disconnect()
@@ -81,6 +92,14 @@ class AsyncWaiter:
 
     async def wait(self, key: str, timeout: float) -> bool:
         """True when a token was popped, False on timeout."""
+        return await self._blpop(key, timeout) is not None
+
+    async def pop(self, key: str, timeout: float) -> bytes | None:
+        """The value popped from ``key``, or None on timeout."""
+        reply = await self._blpop(key, timeout)
+        return reply[1] if isinstance(reply, list) else None
+
+    async def _blpop(self, key: str, timeout: float) -> Any:
         if self._cluster:
             node = self._client.get_node_from_key(key)
             conn = node.acquire_connection()
@@ -107,7 +126,7 @@ class AsyncWaiter:
             except ResponseError:
                 reply = True
             healthy = True
-            return reply is not None
+            return reply
         finally:
             if not healthy:
                 if reader is not None and not reader.done():

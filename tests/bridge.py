@@ -34,7 +34,7 @@ class LoopThread:
 
 
 def _wrap(value: Any, loop: LoopThread) -> Any:
-    if isinstance(value, rqa.AsyncQueue | rqa.AsyncClient):
+    if isinstance(value, rqa.AsyncQueue | rqa.AsyncClient | rqa.AsyncTracker | rqa.AsyncTopic):
         return AsyncBridge(value, loop)
     return value
 

@@ -134,6 +134,34 @@ def test_processes_every_message_once_and_acks_in_batches(h: Harness) -> None:
     assert empty(q)
 
 
+def test_handler_return_value_answers_requests_and_tracked_sends(h: Harness) -> None:
+    q = h.client.create_queue("jobs", visibility_timeout=30)
+
+    def handler(body: dict[str, int]) -> dict[str, int]:
+        if body["i"] < 0:
+            raise rqueue.Reject("negative")
+        return {"double": body["i"] * 2, "unsendable": object()} if body["i"] == 99 else {"double": body["i"] * 2}
+
+    h.consume("jobs", handler, concurrency=4, batch_size=5)
+    assert [q.request({"i": i}, timeout=30) for i in range(5)] == [{"double": 2 * i} for i in range(5)]
+    with pytest.raises(rqueue.MessageDeadLettered, match="negative"):
+        q.request({"i": -1}, timeout=30)
+    assert q.request({"i": 99}, timeout=30) is None  # a reply that cannot be encoded arrives as None
+    events: list[rqueue.Event] = []
+    done = threading.Event()
+
+    def on_event(e: rqueue.Event) -> None:
+        events.append(e)
+        if e.kind == "processed":
+            done.set()
+
+    q.send({"i": 21}, on_event=on_event)
+    assert done.wait(30)
+    assert [e.kind for e in events] == ["received", "processed"]
+    assert events[-1].reply == {"double": 42}
+    until(lambda: empty(q), what="all acked")
+
+
 def test_failure_retries_with_backoff_then_dead_letters_with_the_error(h: Harness) -> None:
     q = h.client.create_queue("jobs", visibility_timeout=30, max_receive_count=3)
     q.send({"i": 1})

@@ -46,7 +46,8 @@ def test_client_clock_hours_off_changes_nothing(client: Any, raw: Any, monkeypat
     assert sorted(got) == ["later", "now"]
 
 
-def _drain(url: str, prefix: str, out: Any, use_asyncio: bool) -> None:
+def _drain(url: str, prefix: str, out: Any, use_asyncio: bool, start: Any) -> None:
+    start.wait(60)  # all four connected before any drains, so the work is shared
     if use_asyncio:
         asyncio.run(_adrain(url, prefix, out))
         return
@@ -83,7 +84,8 @@ def test_four_processes_drain_each_message_exactly_once(backend_url: str, prefix
         ids.extend(q.send_batch([{"n": n} for n in range(i, i + 1000)]))
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_drain, args=(backend_url, prefix, out, i % 2 == 1)) for i in range(4)]
+    start = ctx.Barrier(4)
+    procs = [ctx.Process(target=_drain, args=(backend_url, prefix, out, i % 2 == 1, start)) for i in range(4)]
     for p in procs:
         p.start()
     results = [out.get(timeout=120) for _ in procs]

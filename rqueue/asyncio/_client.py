@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import exceptions as rx
 
-from .. import _core, _errors
+from .. import _codec, _core, _errors
 from .._backends import Backend, check_policy, factory_for, resolve_url
 from .._base import QueueHandle, policy_from, raise_mapped
 from .._codec import Attributes
-from .._core import Call, Wait
-from .._errors import QueueDoesNotExist
-from .._keys import QueueKeys, check_name, check_prefix, registry
-from .._models import Message, QueueAttributes, QueueStats
+from .._core import Call, Op, Pop
+from .._errors import InvalidParameter, QueueDoesNotExist
+from .._keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
+from .._listen import AsyncListener, AsyncTracker
+from .._models import Event, Message, QueueAttributes, QueueStats
 from .._wait import AsyncWaiter
+
+if TYPE_CHECKING:
+    from ._topic import AsyncTopic
 
 T = TypeVar("T")
 
@@ -42,6 +46,7 @@ class AsyncClient:
         self.redis: Any = backend.client
         self.url = backend.url
         self.prefix = check_prefix(prefix)
+        self._listener: AsyncListener | None = None
         self._waiter = AsyncWaiter(self.redis)
 
     def __repr__(self) -> str:
@@ -108,12 +113,30 @@ class AsyncClient:
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
 
-    async def drive(self, flow: Generator[Call[Any] | Wait, Any, T]) -> T:
+    async def pop(self, key: str, timeout: float) -> bytes | None:
+        """Pop the value pushed on ``key``, or None after ``timeout`` seconds."""
+        try:
+            return await self._waiter.pop(key, timeout)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, "")
+
+    def listener(self) -> AsyncListener:
+        """The client's one event listener (started on the first tracked send)."""
+        if self._listener is None:
+            self._listener = AsyncListener(self.redis, self.url)
+        return self._listener
+
+    async def drive(self, flow: Generator[Op, Any, T]) -> T:
         """Run a flow of the core (calls and waits) to its result."""
         try:
             op = next(flow)
             while True:
-                result = await (self.run(op) if isinstance(op, Call) else self.wait(op.key, op.timeout))
+                if isinstance(op, Call):
+                    result = await self.run(op)
+                elif isinstance(op, Pop):
+                    result = await self.pop(op.key, op.timeout)
+                else:
+                    result = await self.wait(op.key, op.timeout)
                 op = flow.send(result)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
@@ -143,6 +166,12 @@ class AsyncClient:
         """A handle to an existing queue; no round trip."""
         return AsyncQueue(self, QueueKeys.for_queue(self.prefix, name))
 
+    def topic(self, name: str) -> AsyncTopic:
+        """A handle to the topic ``name`` (created by its first subscription); no round trip."""
+        from ._topic import AsyncTopic
+
+        return AsyncTopic(self, TopicKeys.for_topic(self.prefix, name))
+
     async def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""
         try:
@@ -165,6 +194,8 @@ class AsyncClient:
     async def aclose(self) -> None:
         """Close connections (and stop an embedded server)."""
         try:
+            if self._listener is not None:
+                await self._listener.aclose()
             await self.redis.aclose()
         finally:
             for stop in self._backend.on_close:
@@ -189,9 +220,48 @@ class AsyncQueue(QueueHandle):
         super().__init__(keys)
         self.client = client
 
-    async def send(self, body: Any, *, delay: float | None = None, attributes: Attributes | None = None) -> str:
-        """Store one message; returns its id."""
+    async def send(
+        self,
+        body: Any,
+        *,
+        delay: float | None = None,
+        attributes: Attributes | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+    ) -> str:
+        """Store one message; returns its id.
+
+        With ``on_event``, the message is tracked: ``on_event(Event)`` runs in
+        the client's listener task for each of its events (see ``send_tracked``).
+        """
+        if on_event is not None:
+            return (await self.send_tracked(body, delay=delay, attributes=attributes, on_event=on_event)).message_id
         return (await self.send_batch([body], delay=delay, attributes=attributes))[0]
+
+    async def send_tracked(
+        self,
+        body: Any,
+        *,
+        delay: float | None = None,
+        attributes: Attributes | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+    ) -> AsyncTracker:
+        """Store one message whose events (received, processed with the reply,
+        dead_lettered, expired) are published; returns its tracker.
+
+        The client's listener subscribes to this queue's events before the
+        send, so no event is lost; untracked sends publish nothing.
+        """
+        keys = self._keys
+        if keys.is_dlq:
+            raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; track messages of its source queue")
+        encoded = _core.encode_batch([body], attributes)
+        listener = self.client.listener()
+        generation = await listener.ensure(keys.events)
+        (message_id,) = await self.client.run(_core.send(keys, encoded, delay, _codec.EVENTS))
+        tracker = AsyncTracker(message_id, on_event)
+        for sink, event in listener.router.register(keys.events, message_id, tracker._deliver, generation):
+            sink(event)
+        return tracker
 
     async def send_batch(
         self, bodies: Iterable[Any], *, delay: float | None = None, attributes: Attributes | None = None
@@ -205,13 +275,29 @@ class AsyncQueue(QueueHandle):
         """Receive up to ``max_messages`` and hide them; wait up to ``wait_time`` s for one."""
         return await self.client.drive(_core.receive_flow(self._keys, max_messages, visibility_timeout, wait_time))
 
-    async def delete(self, receipt: str) -> bool:
+    async def delete(self, receipt: str, *, reply: Any = None) -> bool:
         """Delete by the latest receipt; False if stale."""
-        return (await self.delete_batch([receipt]))[0]
+        return (await self.delete_batch([receipt], replies=[reply]))[0]
 
-    async def delete_batch(self, receipts: Iterable[str]) -> list[bool]:
-        """Delete many; one bool per receipt."""
-        return await self.client.run(_core.delete(self._keys, receipts))
+    async def delete_batch(self, receipts: Iterable[str], *, replies: Sequence[Any] | None = None) -> list[bool]:
+        """Delete many; one bool per receipt. ``replies``: one per receipt, see ``delete``."""
+        return await self.client.run(_core.delete(self._keys, receipts, replies))
+
+    async def request(
+        self,
+        body: Any,
+        *,
+        timeout: float,
+        attributes: Attributes | None = None,
+        delay: float | None = None,
+    ) -> Any:
+        """Send ``body`` and block until a consumer deletes it; return its reply.
+
+        Raises RequestTimeout (a TimeoutError) after ``timeout`` seconds, having
+        withdrawn the message if no consumer had received it yet, and
+        MessageDeadLettered if it was dead-lettered meanwhile.
+        """
+        return await self.client.drive(_core.request_flow(self._keys, body, attributes, delay, timeout))
 
     async def change_visibility(self, receipt: str, seconds: float) -> bool:
         """Hide for ``seconds`` from now; False if the receipt is stale."""

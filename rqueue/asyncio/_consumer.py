@@ -275,7 +275,12 @@ class Consumer:
                 continue
             if errors.ok() is not None:
                 log.warning("queue %r: receiving again", keys.name)
-            messages, next_ms = result
+            messages, next_ms, notify = result
+            if notify is not None:  # requests this receive dead-lettered: tell their senders
+                try:
+                    await self._client.run(notify)
+                except ConnectionError as e:
+                    log.warning("could not tell senders about dead-lettered requests (%s); they time out instead", e)
             tracker.unreserve(n - len(messages))
             if len(messages) < n:
                 self._slot.set()  # slots this receiver did not fill

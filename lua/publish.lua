@@ -1,0 +1,86 @@
+--[[ publish: copy a batch of messages into every live subscription of a
+topic, all or nothing.
+
+The client passes the subscriptions it last read with their version; if the
+set changed since (a subscribe or unsubscribe bumps the version) the script
+writes nothing and replies 'stale', and the client reads again. A
+subscription past its expiry gets nothing and is reported for reaping.
+
+KEYS[1] subs     zset: subscription name -> expires-at (ms)
+KEYS[2] version  string
+KEYS[3] seq      string: the topic's id counter (one id per message, the same
+                 in every subscription)
+KEYS[4 + 4(i-1) ..] per subscription i: meta, msgs, vis, wake
+
+ARGV[1] the version the client read
+ARGV[2] m, the number of subscriptions
+ARGV[3 .. m+2] their names, in the order of their keys
+ARGV[m+3 ..] encoded messages (kind byte, attributes, body)
+
+Reply: {'ok', last_id, deliveries, {expired names}} or {'stale'}.
+Errors: RQ_TOOLARGE <index> <size> <max_size> (nothing written).
+]]
+local subs_key, version_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
+if (redis.call('GET', version_key) or '0') ~= ARGV[1] then
+  return {'stale'}
+end
+local m = tonumber(ARGV[2])
+local n = #ARGV - m - 2
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local live, expired = {}, {}
+if m > 0 then
+  local names = {unpack(ARGV, 3, m + 2)}
+  local scores = redis.call('ZMSCORE', subs_key, unpack(names))
+  for i = 1, m do
+    local s = scores[i]
+    if s and tonumber(s) > now then
+      local base = 4 + 4 * (i - 1)
+      local cfg = redis.call('HMGET', KEYS[base], 'max_size', 'delay')
+      if cfg[1] then
+        live[#live + 1] = {base, tonumber(cfg[1]), tonumber(cfg[2])}
+      end
+    elseif s then
+      expired[#expired + 1] = names[i]
+    end
+  end
+end
+
+local sizes = {}
+for j = 1, n do
+  local msg = ARGV[m + 2 + j]
+  local size = #msg - 1
+  if string.byte(msg, 1) < 97 then
+    size = #msg - string.find(msg, ':', 2, true)
+  end
+  sizes[j] = size
+  for _, sub in ipairs(live) do
+    if size > sub[2] then
+      return redis.error_reply(string.format('RQ_TOOLARGE %d %d %d', j - 1, size, sub[2]))
+    end
+  end
+end
+
+local last = redis.call('INCRBY', seq_key, n)
+local stamp = string.format('%013d', now)
+local h = {}
+for j = 1, n do
+  h[2 * j - 1] = string.format('%d', last - n + j)
+  h[2 * j] = stamp .. ARGV[m + 2 + j]
+end
+for _, sub in ipairs(live) do
+  local base, delay = sub[1], sub[3]
+  local z = {}
+  for j = 1, n do
+    z[2 * j - 1] = now + delay
+    z[2 * j] = h[2 * j - 1]
+  end
+  redis.call('HSET', KEYS[base + 1], unpack(h))
+  redis.call('ZADD', KEYS[base + 2], unpack(z))
+  redis.call('HINCRBY', KEYS[base], 'sent_total', n)
+  if redis.call('LLEN', KEYS[base + 3]) == 0 then
+    redis.call('RPUSH', KEYS[base + 3], 1)
+  end
+end
+return {'ok', string.format('%d', last), #live * n, expired}

@@ -1,0 +1,371 @@
+"""One pub/sub connection per client that fans tracked messages' events out.
+
+The listener (a daemon thread for the sync client, a task for asyncio)
+subscribes to a queue's events channel before the first tracked send to that
+queue, so no event can be published before it listens. It holds its own
+connection (never one of the pool's), answers silence with a PING so a dead
+connection is noticed within seconds, and reconnects by itself with backoff.
+A lost connection may have lost events: every waiting tracker then gets a
+``missed`` event (see ``rqueue._events``), never silence.
+
+On Redis Cluster a script's PUBLISH reaches every node, so any node will do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import _events
+from ._errors import ConnectionError, InvalidParameter, WaitTimeout
+from ._events import Router, Sink
+from ._models import Event
+
+log = logging.getLogger("rqueue.events")
+
+#: Seconds of silence after which the listener PINGs; as long again without
+#: an answer and the connection counts as lost.
+HEALTH_INTERVAL = 5.0
+SUBSCRIBE_TIMEOUT = 10.0
+MAX_BACKOFF = 2.0
+
+
+def _deliver(due: list[tuple[Sink, Event]]) -> None:
+    for sink, event in due:
+        try:
+            sink(event)
+        except Exception:  # a user's callback must not kill the listener
+            log.exception("rqueue: on_event callback failed for %s of message %s", event.kind, event.message_id)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _events.KINDS:
+        raise InvalidParameter(f"kind must be one of {sorted(_events.KINDS)}, got {kind!r}")
+
+
+def _match(events: list[Event], kind: str) -> Event | None:
+    for e in events:
+        if e.kind == kind or e.kind in _events.FINAL:
+            return e
+    return None
+
+
+class _Base:
+    def __init__(self, redis: Any, url: str) -> None:
+        self._redis = redis
+        self._url = url
+        self.router = Router()
+        self._closed = False
+        self._attempt = 0
+
+    def _handle(self, msg: Any) -> list[tuple[Sink, Event]]:
+        """Act on one pushed reply; returns deliveries."""
+        if not isinstance(msg, list) or not msg:
+            return []
+        kind = msg[0]
+        if kind == b"message":
+            try:
+                return self.router.dispatch(msg[1].decode(), msg[2])
+            except (ValueError, UnicodeDecodeError):
+                log.warning("rqueue: ignoring a malformed event on %r", msg[1])
+                return []
+        if kind == b"subscribe":
+            self._confirmed(msg[1].decode())
+        return []
+
+    def _confirmed(self, channel: str) -> None:
+        raise NotImplementedError
+
+
+class SyncListener(_Base):
+    """The sync client's listener thread."""
+
+    def __init__(self, redis: Any, url: str) -> None:
+        super().__init__(redis, url)
+        self._lock = threading.Lock()
+        self._wanted: dict[str, threading.Event] = {}
+        self._conn: Any = None
+        self._thread: threading.Thread | None = None
+
+    def _confirmed(self, channel: str) -> None:
+        ev = self._wanted.get(channel)
+        if ev is not None:
+            ev.set()
+
+    def ensure(self, channel: str) -> int:
+        """Subscribe to ``channel`` (once) and wait until the server confirmed.
+
+        Returns the router generation to register trackers with.
+        """
+        with self._lock:
+            if self._closed:
+                raise ConnectionError("the client is closed")
+            ev = self._wanted.get(channel)
+            if ev is None:
+                ev = self._wanted[channel] = threading.Event()
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):  # the listener will notice and resubscribe
+                        self._conn.send_command("SUBSCRIBE", channel)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rqueue-events", daemon=True)
+                self._thread.start()
+        if not ev.wait(SUBSCRIBE_TIMEOUT):
+            raise ConnectionError(f"cannot subscribe to events at {self._url} within {SUBSCRIBE_TIMEOUT:g} s")
+        return self.router.generation
+
+    def _make_connection(self) -> Any:
+        r = self._redis
+        self._attempt += 1
+        if hasattr(r, "get_nodes"):  # cluster: any node hears every PUBLISH
+            nodes = r.get_nodes()
+            return nodes[self._attempt % len(nodes)].redis_connection.connection_pool.make_connection()
+        return r.connection_pool.make_connection()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            conn = None
+            try:
+                conn = self._make_connection()
+                conn.connect()
+                with self._lock:
+                    if self._closed:
+                        break
+                    self._conn = conn
+                    channels = list(self._wanted)
+                    if channels:
+                        conn.send_command("SUBSCRIBE", *channels)
+                backoff = 0.05
+                pinged = False
+                while not self._closed:
+                    if not conn.can_read(HEALTH_INTERVAL):
+                        if pinged:
+                            raise TimeoutError("no answer to PING")
+                        with self._lock:
+                            conn.send_command("PING")
+                        pinged = True
+                        continue
+                    pinged = False
+                    _deliver(self._handle(conn.read_response(push_request=True)))
+            except Exception as e:  # noqa: BLE001 - any failure: reconnect
+                if self._closed:
+                    break
+                log.warning("rqueue: event listener lost its connection (%s); reconnecting", type(e).__name__)
+            finally:
+                with self._lock:
+                    self._conn = None
+                    for ev in self._wanted.values():
+                        ev.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.disconnect()
+            _deliver(self.router.lost())
+            if self._closed:
+                break
+            threading.Event().wait(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, thread = self._conn, self._thread
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.disconnect()  # wakes the thread's read
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(HEALTH_INTERVAL * 2 + 1)
+
+
+class AsyncListener(_Base):
+    """The asyncio client's listener task."""
+
+    def __init__(self, redis: Any, url: str) -> None:
+        super().__init__(redis, url)
+        self._wanted: dict[str, asyncio.Event] = {}
+        self._conn: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _confirmed(self, channel: str) -> None:
+        ev = self._wanted.get(channel)
+        if ev is not None:
+            ev.set()
+
+    async def ensure(self, channel: str) -> int:
+        """Subscribe to ``channel`` (once) and wait until the server confirmed."""
+        if self._closed:
+            raise ConnectionError("the client is closed")
+        ev = self._wanted.get(channel)
+        if ev is None:
+            ev = self._wanted[channel] = asyncio.Event()
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.send_command("SUBSCRIBE", channel)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        try:
+            await asyncio.wait_for(ev.wait(), SUBSCRIBE_TIMEOUT)
+        except TimeoutError:
+            raise ConnectionError(f"cannot subscribe to events at {self._url} within {SUBSCRIBE_TIMEOUT:g} s") from None
+        return self.router.generation
+
+    def _make_connection(self) -> Any:
+        r = self._redis
+        self._attempt += 1
+        if hasattr(r, "get_nodes"):
+            nodes = r.get_nodes()
+            node = nodes[self._attempt % len(nodes)]
+            return node.connection_class(**node.connection_kwargs)
+        return r.connection_pool.make_connection()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            conn = None
+            try:
+                conn = self._make_connection()
+                await conn.connect()
+                self._conn = conn
+                if self._wanted:
+                    await conn.send_command("SUBSCRIBE", *self._wanted)
+                backoff = 0.05
+                pinged = False
+                while not self._closed:
+                    msg = await conn.read_response(timeout=HEALTH_INTERVAL, push_request=True)
+                    if msg is None:
+                        if pinged:
+                            raise TimeoutError("no answer to PING")
+                        await conn.send_command("PING")
+                        pinged = True
+                        continue
+                    pinged = False
+                    _deliver(self._handle(msg))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure: reconnect
+                if not self._closed:
+                    log.warning("rqueue: event listener lost its connection (%s); reconnecting", type(e).__name__)
+            finally:
+                self._conn = None
+                for ev in self._wanted.values():
+                    ev.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect()
+                _deliver(self.router.lost())
+            if self._closed:
+                break
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class Tracker:
+    """The events of one tracked message, for the sync client.
+
+    ``on_event`` runs on the client's listener thread; keep it quick.
+    """
+
+    def __init__(self, message_id: str, on_event: Callable[[Event], Any] | None = None) -> None:
+        self.message_id = message_id
+        self._events: list[Event] = []
+        self._cond = threading.Condition()
+        self._on_event = on_event
+
+    def __repr__(self) -> str:
+        return f"<rqueue.Tracker {self.message_id} {[e.kind for e in self.events]}>"
+
+    @property
+    def events(self) -> list[Event]:
+        """The events so far, in order."""
+        with self._cond:
+            return list(self._events)
+
+    def _deliver(self, event: Event) -> None:
+        with self._cond:
+            self._events.append(event)
+            self._cond.notify_all()
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def wait(self, kind: str = "processed", timeout: float | None = None) -> Event:
+        """The first event of ``kind``, or the final event if the message ended
+        without one (``dead_lettered``, ``expired``, ``missed``): check ``.kind``.
+
+        Raises WaitTimeout (a TimeoutError) after ``timeout`` seconds.
+        """
+        _check_kind(kind)
+        with self._cond:
+            if not self._cond.wait_for(lambda: _match(self._events, kind) is not None, timeout):
+                raise WaitTimeout(f"no {kind!r} event for message {self.message_id} within {timeout:g} s")
+            found = _match(self._events, kind)
+        assert found is not None
+        return found
+
+
+class AsyncTracker:
+    """The events of one tracked message, for the asyncio client.
+
+    ``on_event`` runs in the listener task; a coroutine function is scheduled
+    as a task.
+    """
+
+    def __init__(self, message_id: str, on_event: Callable[[Event], Any] | None = None) -> None:
+        self.message_id = message_id
+        self.events: list[Event] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._on_event = on_event
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"<rqueue.asyncio.AsyncTracker {self.message_id} {[e.kind for e in self.events]}>"
+
+    def _deliver(self, event: Event) -> None:
+        self.events.append(event)
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+        if self._on_event is not None:
+            result = self._on_event(event)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(_awaited(result))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def wait(self, kind: str = "processed", timeout: float | None = None) -> Event:
+        """The first event of ``kind``, or the final event if the message ended
+        without one (``dead_lettered``, ``expired``, ``missed``): check ``.kind``.
+
+        Raises WaitTimeout (a TimeoutError) after ``timeout`` seconds.
+        """
+        _check_kind(kind)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while (found := _match(self.events, kind)) is None:
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(fut)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout(f"no {kind!r} event for message {self.message_id} within {timeout:g} s")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(fut, remaining)
+        return found
+
+
+async def _awaited(result: Awaitable[Any]) -> None:
+    try:
+        await result
+    except Exception:
+        log.exception("rqueue: on_event coroutine failed")

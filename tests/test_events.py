@@ -1,0 +1,208 @@
+"""SPEC §5 async senders: tracked messages' events reach their sender."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import rqueue
+import rqueue.asyncio as rqa
+from rqueue._events import UNCLAIMED_MAX, Router
+
+from .test_requests import start_worker, stop_worker
+
+
+def kinds(tracker: Any) -> list[str]:
+    return [e.kind for e in tracker.events]
+
+
+def test_events_in_order_received_then_processed(q: Any) -> None:
+    seen: list[rqueue.Event] = []
+    t = q.send_tracked({"order": 1}, on_event=seen.append)
+    [m] = q.receive(1)
+    assert m.receipt.endswith("e") and m.body == {"order": 1}
+    assert t.wait("received", timeout=30) == rqueue.Event("received", m.id, None, "", "1")
+    assert q.delete(m.receipt, reply={"ok": True})
+    ev = t.wait("processed", timeout=30)
+    assert ev == rqueue.Event("processed", m.id, {"ok": True})
+    assert kinds(t) == ["received", "processed"]
+    deadline = time.monotonic() + 30
+    while len(seen) < 2 and time.monotonic() < deadline:  # callbacks run on the listener
+        time.sleep(0.01)
+    assert [e.kind for e in seen] == ["received", "processed"]
+
+
+def test_send_with_on_event_returns_the_id_at_once(q: Any) -> None:
+    got = threading.Event()
+    events: list[rqueue.Event] = []
+
+    def on_event(e: rqueue.Event) -> None:
+        events.append(e)
+        if e.kind == "processed":
+            got.set()
+
+    mid = q.send("job", on_event=on_event)
+    assert isinstance(mid, str)
+    [m] = q.receive(1)
+    assert m.id == mid
+    q.delete(m.receipt, reply="done")
+    assert got.wait(30)
+    assert [(e.kind, e.reply) for e in events] == [("received", None), ("processed", "done")]
+
+
+def test_events_from_another_process(q: Any, backend_url: str, prefix: str) -> None:
+    worker = start_worker(backend_url, prefix, q.name)
+    try:
+        trackers = [q.send_tracked(i) for i in range(20)]
+        for i, t in enumerate(trackers):
+            ev = t.wait("processed", timeout=30)
+            assert ev.reply == {"echo": i, "pid": worker.pid}
+            assert kinds(t) == ["received", "processed"]
+        q.send("stop")
+        assert worker.wait(30) == 0
+    finally:
+        stop_worker(worker)
+
+
+def test_dead_letter_events(client: Any) -> None:
+    q = client.create_queue("fragile", max_receive_count=1)
+    rejected = q.send_tracked("a")
+    crashed = q.send_tracked("b")
+    ms = {m.body: m for m in q.receive(2)}
+    q.reject(ms["a"].receipt, "bad input")
+    q.change_visibility(ms["b"].receipt, 0)
+    assert q.receive(1) == []  # b goes to the DLQ here
+    assert rejected.wait(timeout=30) == rqueue.Event("dead_lettered", ms["a"].id, None, "rejected", "bad input")
+    assert crashed.wait(timeout=30) == rqueue.Event("dead_lettered", ms["b"].id, None, "max_receives", "1")
+    # dead letters are no longer tracked: the DLQ publishes nothing
+    dlq = q.dead_letter_queue
+    for m in dlq.receive(10):
+        assert m.receipt[-1].isdigit()
+        dlq.delete(m.receipt)
+    assert kinds(rejected) == ["received", "dead_lettered"]
+    assert kinds(crashed) == ["received", "dead_lettered"]
+
+
+def test_untracked_messages_publish_nothing(q: Any, raw: Any, backend_url: str, prefix: str) -> None:
+    channel = f"{prefix}:{{orders}}:events"
+    if backend_url.startswith("redis+cluster://"):
+        pytest.skip("the raw pub/sub check below needs a single node")
+    ps = raw.pubsub()
+    ps.subscribe(channel)
+    try:
+        assert ps.get_message(timeout=5)["type"] == "subscribe"
+        q.send_batch(["a", "b"])
+        q.send("c")
+        q.delete_batch([m.receipt for m in q.receive(10)], replies=[1, 2, 3])
+        q.send_tracked("tracked")
+        q.delete(q.receive(1)[0].receipt)
+        got = [ps.get_message(timeout=5) for _ in range(2)]
+        assert [g["data"].split(b"|")[0] for g in got if g] == [b"received", b"processed"]
+        assert ps.get_message(timeout=0.2) is None
+    finally:
+        ps.close()
+
+
+def test_listener_reconnects_and_reports_missed(q: Any, raw: Any, backend_url: str) -> None:
+    if backend_url.startswith("redis+cluster://"):
+        pytest.skip("CLIENT KILL of the listener below needs a single node")
+    t = q.send_tracked("x")
+    [m] = q.receive(1)
+    t.wait("received", timeout=30)
+    raw.client_kill_filter(_type="pubsub")
+    assert t.wait("processed", timeout=30).kind == "missed"
+    q.delete(m.receipt, reply="late")
+    assert kinds(t) == ["received", "missed"]  # nothing after missed
+    # the listener is back: new tracked sends work again
+    t2 = q.send_tracked("y")
+    q.delete(q.receive(1)[0].receipt, reply="fine")
+    assert t2.wait(timeout=30).reply == "fine"
+
+
+def test_many_tracked_messages_with_competing_consumers(q: Any, connect: Any) -> None:
+    consumers = [connect().queue("orders") for _ in range(3)]
+    trackers = [q.send_tracked(i) for i in range(60)]
+    done = 0
+    while done < 60:
+        for c in consumers:
+            ms = c.receive(7)
+            c.delete_batch([m.receipt for m in ms], replies=[m.body + 1000 for m in ms])
+            done += len(ms)
+    for i, t in enumerate(trackers):
+        assert t.wait(timeout=30).reply == i + 1000
+        assert kinds(t) == ["received", "processed"]
+
+
+def test_wait_validates_and_times_out(q: Any) -> None:
+    t = q.send_tracked("x")
+    with pytest.raises(rqueue.InvalidParameter, match="kind"):
+        t.wait("finished")
+    with pytest.raises(TimeoutError):
+        t.wait("processed", timeout=0.05)
+    with pytest.raises(rqueue.InvalidParameter, match="dead-letter"):
+        q.dead_letter_queue.send_tracked("x")
+
+
+async def test_asyncio_send_tracked(server_url: str, prefix: str) -> None:
+    client = await rqa.connect(server_url, prefix=prefix)
+    try:
+        q = await client.create_queue("orders")
+        called: list[str] = []
+
+        async def on_event(e: rqueue.Event) -> None:
+            called.append(e.kind)
+
+        t = await q.send_tracked({"n": 1}, on_event=on_event)
+        [m] = await q.receive(1)
+        await q.delete(m.receipt, reply=[1, 2])
+        ev = await t.wait("processed", timeout=30)
+        assert ev == rqueue.Event("processed", m.id, [1, 2])
+        assert [e.kind for e in t.events] == ["received", "processed"]
+        mid = await q.send("plain")
+        assert mid.isdigit()
+        await client.delete_queue("orders")
+    finally:
+        await client.aclose()
+    assert called == ["received", "processed"]
+
+
+# ---------------------------------------------------------------- router, no Redis
+
+
+def test_router_buffers_events_that_beat_registration() -> None:
+    r = Router()
+    got: list[rqueue.Event] = []
+    assert r.dispatch("c", b"received|7|1") == []
+    assert r.dispatch("c", b"processed|7|jnull") == []
+    due = r.register("c", "7", got.append, r.generation)
+    assert [e.kind for _, e in due] == ["received", "processed"]
+    assert r.pending() == 0  # finished before it was tracked
+
+
+def test_router_missed_on_lost_connection_and_across_generations() -> None:
+    r = Router()
+    got: list[rqueue.Event] = []
+    gen = r.generation
+    r.register("c", "1", got.append, gen)
+    [(_sink, ev)] = r.lost()
+    assert ev == rqueue.Event("missed", "1")
+    late = r.register("c", "2", got.append, gen)  # sent before the reconnect
+    assert [e.kind for _, e in late] == ["missed"] and r.pending() == 0
+
+
+def test_router_unclaimed_buffer_is_bounded() -> None:
+    r = Router()
+    for i in range(UNCLAIMED_MAX + 50):
+        r.dispatch("c", f"received|{i}|1".encode())
+    assert r.register("c", "0", lambda e: None, r.generation) == []
+
+
+def test_parse_events() -> None:
+    from rqueue._events import parse
+
+    assert parse(b"processed|5|s|a|b") == rqueue.Event("processed", "5", "|a|b")
+    assert parse(b"dead_lettered|5|rejected|x|y") == rqueue.Event("dead_lettered", "5", None, "rejected", "x|y")
+    assert parse(b"expired|5|") == rqueue.Event("expired", "5")
