@@ -178,24 +178,6 @@ def confirm(yes: bool, what: str) -> None:
         raise UserError("aborted; nothing changed")
 
 
-def import_target(target: str) -> Callable[..., Any]:
-    """``pkg.module:function`` -> the function, or a one-line error."""
-    import importlib
-
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise UserError(f"handler must be given as pkg.module:function, got {target!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise UserError(f"cannot import handler {target!r}: {err}") from None
-    if not callable(obj):
-        raise UserError(f"handler {target!r} is not callable")
-    return obj  # type: ignore[no-any-return]
-
-
 def stop_on_signals() -> threading.Event:
     """An event set by SIGINT or SIGTERM (docker stop), for loops that end cleanly."""
     stop = threading.Event()

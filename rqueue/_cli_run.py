@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
-from typing import Any
 
 import click
 
@@ -18,7 +18,6 @@ from ._cli_base import (
     console,
     emit,
     env,
-    import_target,
     log,
     one_line,
     queue_name,
@@ -28,7 +27,8 @@ from ._cli_base import (
 )
 from ._consumer import Consumer
 from ._errors import RQueueError
-from ._worker import run_worker
+from ._topic import Subscription
+from ._worker import load_handler, run_worker
 
 # ---------------------------------------------------------------- senders and topics
 
@@ -58,13 +58,11 @@ def request(
     stop = stop_on_signals()
     with session(e) as client:
         q = client.queue(name)
-        if not callable(getattr(q, "request", None)):
-            raise UserError("sync requests are not in this build of rqueue")
         n = 0
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                reply = q.request(value, timeout=timeout)  # type: ignore[attr-defined]
+                reply = q.request(value, timeout=timeout)
             except TimeoutError as err:  # not a mistake of the user's: exit code 1
                 if every is None:
                     click.echo(f"rqueue: {one_line(err)}", err=True)
@@ -96,10 +94,8 @@ def publish(topic: str, body: str | None, body_format: str, url: str | None, pre
     e = env(url, prefix, as_json)
     value = read_body(body, body_format)
     with session(e) as client:
-        if not callable(getattr(client, "topic", None)):
-            raise UserError("topics are not in this build of rqueue")
-        result = client.topic(topic).publish(value)  # type: ignore[attr-defined]
-    emit(e, {"result": out.jsonable(result)}, f"published to {topic}: {result}")
+        mid = client.topic(topic).publish(value)
+    emit(e, {"id": mid}, mid)
 
 
 @cli.command()
@@ -123,11 +119,9 @@ def subscribe(
 ) -> None:
     """Subscribe SUBSCRIPTION to TOPIC and run handler TARGET (pkg.module:function) on it."""
     e = env(url, prefix, as_json)
-    handler = import_target(target)
+    handler = load_handler(target)
     with session(e) as client:
-        if not callable(getattr(client, "topic", None)):
-            raise UserError("topics are not in this build of rqueue")
-        sub = client.topic(topic).subscribe(subscription, ttl=ttl)  # type: ignore[attr-defined]
+        sub = client.topic(topic).subscribe(subscription, ttl=ttl)
         log.info("subscribed", extra={"topic": topic, "subscription": subscription, "queue": sub.name})
         done = threading.Event()
         keeper = threading.Thread(target=keep_alive, args=(sub, ttl, done), name="rqueue-subscription", daemon=True)
@@ -139,7 +133,7 @@ def subscribe(
             keeper.join()
 
 
-def keep_alive(sub: Any, ttl: float, done: threading.Event) -> None:
+def keep_alive(sub: Subscription, ttl: float, done: threading.Event) -> None:
     """Refresh a subscription three times per TTL while its consumer runs, so it is not removed."""
     while not done.wait(ttl / 3):
         try:
@@ -171,15 +165,20 @@ def worker(
     """Run handler TARGET (pkg.module:function) on --queue until SIGINT/SIGTERM."""
     for q in queues:
         queue_name(q)
-    run_worker(
-        target,
-        list(queues),
-        url=url,
-        concurrency=concurrency,
-        batch_size=batch_size,
-        prefix=prefix,
-        metrics_port=metrics_port,
-    )
+    try:
+        run_worker(
+            target,
+            list(queues),
+            url=url,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            prefix=prefix,
+            metrics_port=metrics_port,
+        )
+    except OSError as err:
+        if err.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        raise UserError(f"cannot serve metrics on port {metrics_port}: {err.strerror}") from None
 
 
 @cli.command()

@@ -39,7 +39,7 @@ from ._backends import mask_url
 from ._client import Client, Queue, connect
 from ._embedded import ServerProcess, _die_with_parent, embedded
 from ._errors import QueueDoesNotExist
-from ._load import LoadCounts, LoadGenerator, supports_requests, supports_topics, supports_tracking
+from ._load import LoadCounts, LoadGenerator
 from ._models import QueueStats
 
 QUEUE = "demo-orders"
@@ -150,15 +150,12 @@ class Demo:
             client.delete_queue(QUEUE)
         q = client.create_queue(QUEUE, visibility_timeout=10, max_receive_count=3)
         self.rows[QUEUE] = Row(QUEUE, q.stats())
-        if supports_topics(client):
-            topic = client.topic(TOPIC)  # type: ignore[attr-defined]
-            for name in SUBSCRIPTIONS:
-                topic.unsubscribe(name)  # a fresh subscription: its counters start at zero
-                sub = topic.subscribe(name, ttl=SUBSCRIPTION_TTL)
-                self.subs[name] = sub
-                self.rows[sub.name] = Row(f"{TOPIC} → {name}", sub.stats())
-        else:
-            self.notes.append("topics are not in this build of rqueue: the two subscribers are skipped")
+        topic = client.topic(TOPIC)
+        for name in SUBSCRIPTIONS:
+            topic.unsubscribe(name)  # a fresh subscription: its counters start at zero
+            sub = topic.subscribe(name, ttl=SUBSCRIPTION_TTL)
+            self.subs[name] = sub
+            self.rows[sub.name] = Row(f"{TOPIC} → {name}", sub.stats())
         return client
 
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -232,8 +229,6 @@ class Demo:
         return Group(*parts)
 
     def _requests_line(self, c: LoadCounts) -> str:
-        if not self.load or not self.load.requests_pct:
-            return "sync requests: not in this build of rqueue (skipped)" if self.load else ""
         p50 = c.reply_p50()
         lat = f", reply p50 {p50:.1f} ms" if p50 is not None else ""
         return (
@@ -242,8 +237,6 @@ class Demo:
         )
 
     def _tracked_line(self, c: LoadCounts) -> str:
-        if not self.load or not self.load.tracked_pct:
-            return "tracked sends: not in this build of rqueue (skipped)" if self.load else ""
         events = ", ".join(f"{k} {v:,}" for k, v in sorted(c.events.items())) or "none yet"
         return f"tracked sends: {c.tracked:,}, events: {events}"
 
@@ -269,7 +262,7 @@ class Demo:
             requests_pct=5,
             tracked_pct=20,
             poison_pct=2,
-            topic=TOPIC if self.subs else None,
+            topic=TOPIC,
             request_timeout=10,
         )
         load_stop = threading.Event()
@@ -360,21 +353,16 @@ class Demo:
                 "sent": c.sent,
                 "poison": c.poison,
                 "published": c.published,
-                "requests": c.requests if self.load and self.load.requests_pct else None,
+                "requests": c.requests,
                 "replies": c.replies,
                 "request_timeouts": c.request_timeouts,
                 "request_errors": c.request_errors,
                 "reply_p50_ms": c.reply_p50(),
-                "tracked": c.tracked if self.load and self.load.tracked_pct else None,
+                "tracked": c.tracked,
                 "events": c.events,
             },
             "processes": {name: p.returncode for name, p in self.children.items()},
             "notes": self.notes,
-            "supports": {
-                "requests": bool(self.load and supports_requests(self.load.queue)),
-                "tracking": bool(self.load and supports_tracking(self.load.queue)),
-                "topics": bool(self.subs),
-            },
         }
 
 
@@ -391,19 +379,17 @@ def render_summary(summary: dict[str, Any]) -> Group:
         line.append_text(mark)
         out.append(line)
     load = summary["load"]
-    if load["requests"] is not None:
-        p50 = load["reply_p50_ms"]
-        out.append(
-            Text(
-                f"  sync requests: {load['requests']:,} sent, {load['replies']:,} replied"
-                + (f" (p50 {p50:.1f} ms)" if p50 is not None else "")
-                + f", {load['request_timeouts']:,} timed out, {load['request_errors']:,} failed"
-            )
+    p50 = load["reply_p50_ms"]
+    out.append(
+        Text(
+            f"  sync requests: {load['requests']:,} sent, {load['replies']:,} replied"
+            + (f" (p50 {p50:.1f} ms)" if p50 is not None else "")
+            + f", {load['request_timeouts']:,} timed out, {load['request_errors']:,} failed"
         )
-    if load["tracked"] is not None:
-        events = ", ".join(f"{k} {v:,}" for k, v in sorted(load["events"].items())) or "none"
-        out.append(Text(f"  tracked sends: {load['tracked']:,}; events: {events}"))
+    )
+    events = ", ".join(f"{k} {v:,}" for k, v in sorted(load["events"].items())) or "none"
+    out.append(Text(f"  tracked sends: {load['tracked']:,}; events: {events}"))
     out.append(Text(f"  poison orders sent (they end as dead letters): {load['poison']:,}"))
     for note in summary["notes"]:
-        out.append(Text(f"  note: {note}", style="yellow" if "exited" in note or "not in" in note else "dim"))
+        out.append(Text(f"  note: {note}", style="yellow" if "exited" in note else "dim"))
     return Group(*out)

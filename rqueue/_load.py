@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._client import Client, Queue
+from ._client import Client
 from ._errors import RQueueError
+from ._models import Event
 
 log = logging.getLogger("rqueue.load")
 
@@ -50,22 +51,6 @@ class LoadCounts:
         return sorted(self.reply_ms)[len(self.reply_ms) // 2]
 
 
-def supports_requests(q: Queue) -> bool:
-    """Whether this rqueue has sync requests (SPEC §5)."""
-    return callable(getattr(q, "request", None))
-
-
-def supports_tracking(q: Queue) -> bool:
-    """Whether ``send`` takes ``on_event`` (SPEC §5)."""
-    import inspect
-
-    return "on_event" in inspect.signature(q.send).parameters
-
-
-def supports_topics(client: Client) -> bool:
-    return callable(getattr(client, "topic", None))
-
-
 def order(i: int, poison: bool) -> dict[str, Any]:
     """The body of order ``i``."""
     body: dict[str, Any] = {"order": i, "sku": f"SKU-{i % 97:04d}", "qty": 1 + i % 5}
@@ -92,10 +77,10 @@ class LoadGenerator:
     ) -> None:
         self.client = client
         self.queue = client.queue(queue)
-        self.topic: Any = client.topic(topic) if topic and supports_topics(client) else None  # type: ignore[attr-defined]
+        self.topic = client.topic(topic) if topic else None
         self.rate = rate
-        self.requests_pct = requests_pct if supports_requests(self.queue) else 0
-        self.tracked_pct = tracked_pct if supports_tracking(self.queue) else 0
+        self.requests_pct = requests_pct
+        self.tracked_pct = tracked_pct
         self.poison_pct = poison_pct
         self.request_timeout = request_timeout
         self.max_pending = max_pending_requests
@@ -177,12 +162,7 @@ class LoadGenerator:
                     self._counts.poison += sum(1 for b in plain if b.get("poison"))
             if self.topic is not None:
                 events = [{"event": "order_placed", "order": i} for i in numbers]
-                publish_batch = getattr(self.topic, "publish_batch", None)
-                if publish_batch is not None:
-                    publish_batch(events)
-                else:
-                    for ev in events:
-                        self.topic.publish(ev)
+                self.topic.publish_batch(events)
                 with self._lock:
                     self._counts.published += len(events)
         except RQueueError as e:
@@ -200,7 +180,7 @@ class LoadGenerator:
     def _do_request(self, body: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         try:
-            self.queue.request(body, timeout=self.request_timeout)  # type: ignore[attr-defined]
+            self.queue.request(body, timeout=self.request_timeout)
         except TimeoutError:
             with self._lock:
                 self._counts.request_timeouts += 1
@@ -217,12 +197,12 @@ class LoadGenerator:
                 self._pending -= 1
 
     def _tracked(self, body: dict[str, Any]) -> None:
-        def on_event(event: Any) -> None:
+        def on_event(event: Event) -> None:
             with self._lock:
                 self._events[str(event.kind)] += 1
 
         try:
-            self.queue.send(body, on_event=on_event)  # type: ignore[call-arg]
+            self.queue.send(body, on_event=on_event)
         except RQueueError as e:
             with self._lock:
                 self._counts.send_errors += 1

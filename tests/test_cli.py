@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -185,6 +186,16 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     assert snapshot(rawc, prefix) == before
 
 
+def test_worker_with_a_busy_metrics_port_is_one_line(rq: Any, lib: rqueue.Client) -> None:
+    lib.create_queue("orders")
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = rq("worker", "rqueue.demo_handlers:process_order", "--queue", "orders", "--metrics-port", str(port))
+    assert_user_error(r, f"cannot serve metrics on port {port}")
+
+
 def test_oversized_body_stores_nothing(rq: Any, lib: rqueue.Client, rawc: Any, prefix: str) -> None:
     lib.create_queue("orders", max_message_size=1024)
     before = snapshot(rawc, prefix)
@@ -275,3 +286,17 @@ def rq_dlq_reason(q: rqueue.Queue) -> str:
     d = q.dead_letter_queue.receive(1)[0].dead_letter
     assert d is not None
     return d.detail
+
+
+def test_request_times_out_withdrawn_and_publish_reaches_subscriptions(rq: Any, lib: rqueue.Client) -> None:
+    q = lib.create_queue("orders")
+    r = rq("request", "orders", "hello", "--timeout", "0.3")
+    assert r.rc == 1 and len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    s = q.stats()
+    assert (s.sent_total, s.visible, s.in_flight) == (1, 0, 0)  # withdrawn: never to be processed
+
+    sub = lib.topic("events").subscribe("audit")
+    r = rq("publish", "events", "--body-format", "json", '{"event": "x"}', "--json")
+    assert r.rc == 0, r.err
+    got = sub.receive(10)
+    assert [m.body for m in got] == [{"event": "x"}] and got[0].id == r.json()["id"]

@@ -22,6 +22,7 @@ import redis
 import yaml
 
 import rqueue
+from rqueue._embedded import free_port
 
 from .cli_helpers import ROOT
 
@@ -73,8 +74,13 @@ def test_dockerfile_installs_the_package_with_its_scripts() -> None:
 
 
 def local_argv(command: list[str]) -> list[str]:
+    """The service's command as it runs here. Each container has its own network, so two
+    consumers on one host need their own metrics port."""
     assert command[0] == "rqueue"
-    return [sys.executable, "-m", "rqueue", *command[1:]]
+    args = list(command[1:])
+    if "--metrics-port" in args:
+        args[args.index("--metrics-port") + 1] = str(free_port())
+    return [sys.executable, "-m", "rqueue", *args]
 
 
 def service_env(name: str, url: str, prefix: str) -> dict[str, str]:

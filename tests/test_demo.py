@@ -64,12 +64,14 @@ def test_bounded_demo_on_embedded_accounts_for_every_message(tmp_path: Path) -> 
     assert orders["dead_lettered"] <= summary["load"]["poison"]  # only poison orders die
     # Each worker and subscriber stopped gracefully on SIGTERM.
     assert summary["processes"] and set(summary["processes"].values()) == {0}, summary["processes"]
-    if summary["supports"]["topics"]:
-        subs = [q for name, q in summary["queues"].items() if name != "demo-orders"]
-        assert len(subs) == 2 and all(q["sent"] == summary["load"]["published"] for q in subs)
-        assert all(q["processed"] > 0 for q in subs)
-    if summary["supports"]["requests"]:
-        assert summary["load"]["replies"] > 0
+    subs = {name: q for name, q in summary["queues"].items() if name != "demo-orders"}
+    assert sorted(subs) == ["demo-events/audit", "demo-events/email"]
+    assert all(q["sent"] == summary["load"]["published"] == orders["sent"] for q in subs.values())
+    assert all(q["processed"] > 0 for q in subs.values())
+    load = summary["load"]
+    assert load["requests"] > 0 and load["replies"] > 0  # sync requests got their replies
+    assert load["replies"] + load["request_timeouts"] + load["request_errors"] == load["requests"]
+    assert load["tracked"] > 0 and load["events"].get("processed", 0) > 0  # tracked sends saw events
     # No child process (worker, subscriber, server) outlives the demo.
     assert len(seen) >= 4, seen  # the server and three workers at least
     assert alive(seen) == []
@@ -85,11 +87,13 @@ def test_demo_in_a_terminal_shows_the_live_table_and_stops_on_ctrl_c() -> None:
     pane = Pane([sys.executable, "-m", "rqueue", "demo", "--seconds", "0", "--rate", "50"], demo_env(mark))
     try:
         pane.wait_for("Ctrl-C to stop")
-        screen = pane.wait_for("worker processes: 3 of 3 running", timeout=60)  # a consumer per process, all up
-        for needle in ("rqueue demo — running", "demo-orders", "processed", "dead-lettered", "sent/s"):
+        screen = pane.wait_for("worker processes: 5 of 5 running", timeout=60)  # 3 consumers, 2 subscribers
+        pane.wait_for("events: processed")  # tracked sends hear back
+        screen = pane.wait_for("demo-events → email")
+        for needle in ("rqueue demo — running", "demo-orders", "processed", "dead-lettered", "sent/s", "replies"):
             assert needle in screen, needle
         children = {c.pid for c in descendants_alive(pane.command_pid())}
-        assert len(children) >= 4  # its server and its worker processes
+        assert len(children) >= 6  # its server and its worker and subscriber processes
         pane.send("C-c")
         assert pane.exit_status() == 0
         screen = pane.text()
