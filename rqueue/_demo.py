@@ -50,6 +50,8 @@ HANDLER = "rqueue.demo_handlers:process_order"
 DRAIN_SECONDS = 5.0
 STOP_SECONDS = 15.0
 SUBSCRIPTION_TTL = 60
+#: How long the demo waits for its worker processes to start consuming.
+READY_SECONDS = 30.0
 
 
 @dataclass
@@ -178,6 +180,21 @@ class Demo:
             args = ["subscribe", TOPIC, name, SUBSCRIPTIONS[name], "--ttl", str(SUBSCRIPTION_TTL)]
             self._spawn(f"subscriber-{name}", args)
 
+    def _wait_for_workers(self) -> None:
+        """Start the load once every child consumes (its log says so), so replies time the work, not start-up."""
+        deadline = time.monotonic() + READY_SECONDS
+        waiting = set(self.children)
+        while waiting and time.monotonic() < deadline and not self.stop.is_set():
+            for name in list(waiting):
+                with contextlib.suppress(OSError):
+                    if b'"msg":"consuming' in (self.logdir / f"{name}.log").read_bytes():
+                        waiting.discard(name)
+                if self.children[name].poll() is not None:
+                    waiting.discard(name)  # it failed; _check_children reports it
+            self.stop.wait(0.05)
+        if waiting:
+            self.notes.append(f"not ready after {READY_SECONDS:g} s: {', '.join(sorted(waiting))}")
+
     # -- the live view
 
     def _sample(self) -> None:
@@ -255,6 +272,7 @@ class Demo:
         self._start_server()
         client = self._setup_queues()
         self._spawn_all()
+        self._wait_for_workers()
         self.load = LoadGenerator(
             client,
             QUEUE,
