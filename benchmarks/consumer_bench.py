@@ -155,7 +155,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=50_000)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--latency", type=int, default=1000)
-    p.add_argument("--concurrency", type=int, default=32)
+    # concurrency >= 2 x batch_size lets a receiver fetch the next batch while the last one runs.
+    p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=100)
     a = p.parse_args()
     server = None if a.url else ServerProcess().start()
@@ -163,7 +164,7 @@ def main() -> None:
     try:
         for rep in range(a.reps):
             t = drain_sync(url, a.n, a.concurrency, a.batch_size)
-            at = asyncio.run(drain_async(url, a.n, max(a.concurrency, a.batch_size), a.batch_size))
+            at = asyncio.run(drain_async(url, a.n, a.concurrency, a.batch_size))
             print(f"rep {rep + 1}: drain threads {t:,.0f} msgs/s   asyncio {at:,.0f} msgs/s", flush=True)
         if a.latency:
             p50, p99 = latency_sync(url, a.latency)

@@ -33,6 +33,12 @@ log = logging.getLogger("rqueue.consumer")
 IDLE_TIMEOUT = 10.0
 #: How long stop() waits for a receiver caught in a round trip.
 JOIN_TIMEOUT = 10.0
+#: A worker wakes a helper for the jobs left behind it only when they would wait longer than
+#: this at the measured handler speed: fast handlers run back to back on one thread.
+HANDOFF = 0.0005
+#: Jobs waiting this long with no worker taking one get a helper anyway (a handler that was
+#: fast turned slow); the maintainer checks.
+STALL = 0.005
 
 
 class Consumer:
@@ -91,6 +97,9 @@ class Consumer:
         self._work: collections.deque[Job] = collections.deque()
         self._threads = 0
         self._idle = 0
+        self._avg = HANDOFF  # moving average of handler seconds (starts pessimistic: hand off)
+        self._takes = 0  # jobs taken so far; the maintainer's stall check compares it
+        self._takes_seen = -1
         self._maint_wake_at = 0.0
         self._halting = False  # no more receiving, no more starting
         self._closing = False  # workers exit
@@ -318,6 +327,8 @@ class Consumer:
                     if tracker.free == 0:
                         self._slot_cv.wait()
                         continue
+                    if tracker.pending_count >= self.settings.batch_size:
+                        break  # a batch of acks waits: carry it now
                     # Some slots are free: wait a moment for more, so one round trip carries a batch.
                     now = time.monotonic()
                     gather_until = gather_until or now + self.settings.flush_interval
@@ -329,7 +340,14 @@ class Consumer:
                 n = tracker.reserve()
                 flush = tracker.take()
                 self._poked.discard(qi)
-            got = self._exchange(flush, [_core.receive(keys, n, vt)], self._halt_event)
+                tracker.receiving += 1
+            try:
+                got = self._exchange(flush, [_core.receive(keys, n, vt)], self._halt_event)
+            finally:
+                with self._lock:
+                    tracker.receiving -= 1
+                    if tracker.full:
+                        self._maint_cv.notify()
             result = got[0] if got else None
             if not isinstance(result, tuple):
                 with self._lock:
@@ -354,7 +372,7 @@ class Consumer:
                     now = time.monotonic()
                     self._dispatch(tracker.received(qi, messages, now))
                     due = tracker.heartbeat_in(now)
-                    if due is not None and now + due < self._maint_wake_at:
+                    if min(STALL, due if due is not None else STALL) + now < self._maint_wake_at:
                         self._maint_cv.notify()
             if messages or next_ms == 0:
                 continue
@@ -376,6 +394,10 @@ class Consumer:
     def _dispatch(self, jobs: list[Job]) -> None:
         """Queue jobs for the workers (lock held); wake one or start one."""
         self._work.extend(jobs)
+        self._helper()
+
+    def _helper(self) -> None:
+        """Wake an idle worker or start one (lock held)."""
         if self._idle:
             self._work_cv.notify()
         elif self._threads < self.settings.concurrency:
@@ -386,51 +408,59 @@ class Consumer:
         threading.Thread(target=self._worker, name="rqueue-worker", daemon=True).start()
 
     def _take(self) -> Job:
-        """Pop the next job (lock held); wake or start another worker if more wait."""
+        """Pop the next job (lock held); get a helper if the jobs left would wait too long."""
         job = self._work.popleft()
         job.started = True
-        if self._work:
-            if self._idle:
-                self._work_cv.notify()
-            elif self._threads < self.settings.concurrency:
-                self._spawn()
+        self._takes += 1
+        if self._work and self._avg * len(self._work) > HANDOFF:
+            self._helper()
         return job
+
+    def _finish(self, tracker: Tracker, job: Job, reply: Any, error: BaseException | None, seconds: float) -> Outcome:
+        """Record an outcome (lock held); wake whoever waits on it."""
+        self._avg += (seconds - self._avg) * 0.1
+        now = time.monotonic()
+        decision = tracker.finish(job, reply, error, now)
+        free = tracker.free
+        if free == 1 or free == tracker.want or self._halting or tracker.full:
+            self._slot_cv.notify_all()  # a receiver may go (or start gathering); stop() may finish
+        if decision.flush_now:
+            due = tracker.flush_in(now)
+            if due is not None and now + due < self._maint_wake_at:
+                self._maint_cv.notify()
+        return decision.outcome
 
     def _worker(self) -> None:
         tracker = self._tracker
         assert tracker is not None
         resolve = self._resolve
+        lock = self._lock
+        work = self._work
         job: Job | None = None
         reply: Any = None
         error: BaseException | None = None
         name = ""
         seconds = 0.0
+        report = bool(self._hooks)
         while True:
             finished = None
-            with self._lock:
+            with lock:
                 if job is not None:
-                    decision = tracker.finish(job, reply, error, time.monotonic())
-                    self._slot_cv.notify()
-                    if decision.flush_now:
-                        due = tracker.flush_in(time.monotonic())
-                        if due is not None and time.monotonic() + due < self._maint_wake_at:
-                            self._maint_cv.notify()
-                    if self._halting:
-                        self._slot_cv.notify_all()
-                    finished, outcome = job, decision.outcome
-                job = self._take() if self._work and not self._halting else None
-            if finished is not None:
+                    outcome = self._finish(tracker, job, reply, error, seconds)
+                    finished = job
+                job = self._take() if work and not self._halting else None
+            if finished is not None and (error is not None or report):
                 self._report(finished, name, outcome, seconds, error)
             if job is None:
-                with self._lock:
-                    while not self._work or self._halting:
+                with lock:
+                    while not work or self._halting:
                         if self._closing:
                             self._threads -= 1
                             return
                         self._idle += 1
                         woke = self._work_cv.wait(IDLE_TIMEOUT)
                         self._idle -= 1
-                        if not woke and (not self._work or self._halting):
+                        if not woke and (not work or self._halting):
                             self._threads -= 1
                             return
                     job = self._take()
@@ -474,7 +504,13 @@ class Consumer:
                     h = tracker.heartbeat_in(now)
                     if f == 0 or h == 0:
                         break
-                    waits = [x for x in (f, h) if x is not None]
+                    stall = None
+                    if self._work and not self._halting:
+                        if self._takes == self._takes_seen:
+                            self._helper()  # jobs wait behind a handler that turned slow
+                        self._takes_seen = self._takes
+                        stall = STALL
+                    waits = [x for x in (f, h, stall) if x is not None]
                     timeout = min(waits) if waits else None
                     self._maint_wake_at = now + timeout if timeout is not None else float("inf")
                     self._maint_cv.wait(timeout)

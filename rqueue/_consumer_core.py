@@ -190,6 +190,11 @@ class Tracker:
         self.pending = Flush()
         self.pending_count = 0
         self.pending_since: float | None = None
+        #: Receivers with a receive round trip under way: each takes the pending acks when it
+        #: sends its next receive, so reaching batch_size need not cost a round trip of its own.
+        self.receiving = 0
+        #: Earliest heartbeat due time of the held jobs, or earlier (a finished job's): never later.
+        self.next_due = float("inf")
 
     # -- slots
 
@@ -206,8 +211,9 @@ class Tracker:
         """Hold freshly received messages (their slots were reserved)."""
         lease_end = now + self.vts[qi]
         jobs = [Job(m, qi, lease_end) for m in messages]
-        for j in jobs:
-            self.jobs[j.message.receipt] = j
+        self.jobs.update((j.message.receipt, j) for j in jobs)
+        if jobs:
+            self.next_due = min(self.next_due, self._due(jobs[0]))
         return jobs
 
     @property
@@ -241,7 +247,14 @@ class Tracker:
         first = self.pending_since is None
         if first:
             self.pending_since = now
-        return Decision(outcome, first or self.pending_count >= self.settings.batch_size)
+        return Decision(outcome, first or self.full)
+
+    @property
+    def full(self) -> bool:
+        """Pending work must go out now: batch_size reached and no receive round trip will
+        carry it (one is under way: its receiver takes it next; one more ack and it goes anyway)."""
+        count, batch = self.pending_count, self.settings.batch_size
+        return count > batch or (count == batch and not self.receiving)
 
     def take(self) -> Flush:
         """Everything waiting to be sent; the caller sends it (or gives it back)."""
@@ -269,7 +282,7 @@ class Tracker:
         """Seconds until the pending work must go out (0: now); None if nothing is pending."""
         if self.pending_since is None:
             return None
-        if self.pending_count >= self.settings.batch_size:
+        if self.full:
             return 0.0
         return max(0.0, self.pending_since + self.settings.flush_interval - now)
 
@@ -283,15 +296,18 @@ class Tracker:
         """Seconds until some lease needs extending; None if nothing is held."""
         if not self.jobs:
             return None
-        return max(0.0, min(self._due(j) for j in self.jobs.values()) - now)
+        return max(0.0, self.next_due - now)
 
     def heartbeat(self, now: float) -> list[tuple[int, list[str]]]:
         """Leases to extend now, by queue; marks them extended to now + vt."""
         by_queue: dict[int, list[str]] = {}
+        next_due = float("inf")
         for j in self.jobs.values():
             if self._due(j) <= now:
                 by_queue.setdefault(j.queue, []).append(j.message.receipt)
                 j.lease_end = now + max(self.vts[j.queue], MIN_HEARTBEAT * 2)
+            next_due = min(next_due, self._due(j))
+        self.next_due = next_due
         return list(by_queue.items())
 
     def heartbeat_calls(self, keys: Sequence[QueueKeys], due: list[tuple[int, list[str]]]) -> list[Call[Any]]:
@@ -308,6 +324,7 @@ class Tracker:
                 j = self.jobs.get(r)
                 if j is not None:
                     j.lease_end = now
+                    self.next_due = min(self.next_due, self._due(j))
 
     # -- stopping
 

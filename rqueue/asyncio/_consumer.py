@@ -2,13 +2,17 @@
 
 The same design as the thread consumer (``rqueue._consumer``), on tasks: one
 receiver per queue, a maintainer (ack flush after a few ms, lease
-extension), one task per message; slots are the semaphore. All state lives
-in the shared I/O-free ``Tracker``.
+extension) and up to ``concurrency`` worker tasks pulling jobs from one
+deque (no task per message: a handler that never suspends costs a
+coroutine call, and a worker wakes one helper only when more work waits).
+Slots are the Tracker's count. All state lives in the shared I/O-free
+``Tracker``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -74,7 +78,10 @@ class Consumer:
         self._keys = [q._keys for q in self.queues]
         self._names = [q.name for q in self.queues]
         self._tracker: Tracker | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._work: collections.deque[Job] = collections.deque()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waking = False  # a worker was woken or started and has not run yet
         self._receivers: list[asyncio.Task[None]] = []
         self._waiting: dict[int, asyncio.Future[bool]] = {}
         self._maintainer: asyncio.Task[None] | None = None
@@ -162,6 +169,7 @@ class Consumer:
                 self._poke(qi)
             await asyncio.wait(self._receivers, timeout=JOIN_TIMEOUT)
             release = tracker.take_unstarted()
+            self._work.clear()
             if release:
                 await self._send_once(release)
             deadline = time.monotonic() + self.settings.shutdown_timeout
@@ -173,8 +181,10 @@ class Consumer:
                 self._slot.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot.wait(), left)
-            for task in list(self._tasks):
-                task.cancel()  # abort or deadline: their messages come back after the timeout
+            for task in self._workers:
+                task.cancel()  # idle, or abort/deadline: their messages come back after the timeout
+            if self._workers:
+                await asyncio.wait(self._workers, timeout=JOIN_TIMEOUT)
             self._maint_exit = True
             self._maint.set()
             if self._maintainer is not None:
@@ -251,6 +261,8 @@ class Consumer:
                 if tracker.free == 0:
                     await self._slot.wait()
                     continue
+                if tracker.pending_count >= self.settings.batch_size:
+                    break  # a batch of acks waits: carry it now
                 # Some slots are free: wait a moment for more, so one round trip carries a batch.
                 now = time.monotonic()
                 gather_until = gather_until or now + self.settings.flush_interval
@@ -262,7 +274,11 @@ class Consumer:
                 return
             n = tracker.reserve()
             self._poked.discard(qi)
-            got = await self._exchange(tracker.take(), [_core.receive(keys, n, vt)])
+            tracker.receiving += 1
+            try:
+                got = await self._exchange(tracker.take(), [_core.receive(keys, n, vt)])
+            finally:
+                tracker.receiving -= 1
             result = got[0] if got else None
             if not isinstance(result, tuple):
                 tracker.unreserve(n)
@@ -286,10 +302,8 @@ class Consumer:
                 self._slot.set()  # slots this receiver did not fill
             if messages:
                 now = time.monotonic()
-                for job in tracker.received(qi, messages, now):
-                    task = asyncio.create_task(self._process(job))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                self._work.extend(tracker.received(qi, messages, now))
+                self._wake()
                 due = tracker.heartbeat_in(now)
                 if due is not None and now + due < self._maint_wake_at:
                     self._maint.set()
@@ -317,12 +331,42 @@ class Consumer:
 
     # ------------------------------------------------------------ handlers
 
+    def _wake(self) -> None:
+        """Make sure a worker will look at the work soon: wake an idle one or start one.
+
+        At most one wake-up is outstanding: the woken worker wakes the next
+        only if work is left when it takes a job, so a batch of handlers that
+        never suspend runs on one worker with one wake-up.
+        """
+        if self._waking:
+            return
+        if self._idle:
+            self._waking = True
+            self._idle.popleft().set_result(None)
+        elif len(self._workers) < self.settings.concurrency:
+            self._waking = True
+            task = asyncio.create_task(self._worker(), name="rqueue-worker")
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        work = self._work
+        while True:
+            self._waking = False
+            while work and not self._halting:
+                job = work.popleft()
+                job.started = True
+                if work:
+                    self._wake()  # a helper, in case this handler suspends
+                await self._process(job)
+            idle = loop.create_future()
+            self._idle.append(idle)
+            await idle
+
     async def _process(self, job: Job) -> None:
         tracker = self._tracker
         assert tracker is not None
-        if job.message.receipt not in tracker.jobs:
-            return  # released by stop() before it started
-        job.started = True
         name = ""
         reply: Any = None
         error: BaseException | None = None
@@ -343,7 +387,8 @@ class Consumer:
             due = tracker.flush_in(now)
             if due is not None and now + due < self._maint_wake_at:
                 self._maint.set()
-        self._report(job, name, decision.outcome, seconds, error)
+        if error is not None or self._hooks:
+            self._report(job, name, decision.outcome, seconds, error)
 
     def _report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
         if error is not None:
