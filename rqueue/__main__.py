@@ -1,0 +1,5 @@
+"""``python -m rqueue`` runs the command line (how the demo starts its workers)."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""The ``rqueue`` command line: a thin layer over the library.
+
+Every command takes ``--url`` (else ``RQUEUE_URL``, else localhost; ``demo``
+falls back to ``embedded://``) and ``--prefix`` (else ``RQUEUE_PREFIX``).
+A user's mistake (bad URL, unreachable server, unknown queue, bad number,
+oversized body) prints one line to stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from redis import exceptions as rx
+
+from . import _cli_queues, _cli_run
+from ._cli_base import USER_ERROR, cli, one_line
+from ._errors import RQueueError
+
+__all__ = ["cli", "main"]
+_COMMANDS = (_cli_queues, _cli_run)  # importing them registers their commands
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line; exit 2 with one line on stderr for a user's mistake."""
+    try:
+        rc = cli.main(args=argv, prog_name="rqueue", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("rqueue: aborted", err=True)
+        sys.exit(130)
+    except (click.ClickException, RQueueError) as err:
+        click.echo(f"rqueue: error: {one_line(err)}", err=True)
+        sys.exit(USER_ERROR)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except rx.RedisError as err:  # the server refused something: not a bug of ours, not worth a traceback
+        click.echo(f"rqueue: server error: {one_line(err)}", err=True)
+        sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
