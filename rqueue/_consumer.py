@@ -114,6 +114,7 @@ class Consumer:
         self._poked: set[int] = set()
         self._outage = Outage()
         self._receivers: list[threading.Thread] = []
+        self._crashed: BaseException | None = None
         self._maintainer: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -129,10 +130,14 @@ class Consumer:
             [vt if vt is not None else a.visibility_timeout for a in attrs],
             [a.max_receive_count for a in attrs],
         )
-        self._maintainer = threading.Thread(target=self._maintain, name="rqueue-maintainer", daemon=True)
+        self._maintainer = threading.Thread(
+            target=self._guarded, args=(self._maintain,), name="rqueue-maintainer", daemon=True
+        )
         self._maintainer.start()
         for qi, name in enumerate(self._names):
-            t = threading.Thread(target=self._receive_loop, args=(qi,), name=f"rqueue-receiver-{name}", daemon=True)
+            t = threading.Thread(
+                target=self._guarded, args=(self._receive_loop, qi), name=f"rqueue-receiver-{name}", daemon=True
+            )
             self._receivers.append(t)
             t.start()
         log.info("consuming %s with up to %d threads", ", ".join(self._names), self.settings.concurrency)
@@ -141,7 +146,9 @@ class Consumer:
         """Consume until ``stop()`` or SIGINT/SIGTERM, then stop gracefully.
 
         A second signal stops at once: unfinished messages come back after
-        their visibility timeout.
+        their visibility timeout. If one of the consumer's own threads dies
+        of a bug, it stops gracefully too and ``run()`` raises RuntimeError,
+        so a worker process exits non-zero instead of idling forever.
         """
         self.start()
         restore = self._install_signals()
@@ -153,6 +160,19 @@ class Consumer:
         finally:
             for sig, previous in restore:
                 signal.signal(sig, previous)
+        if self._crashed is not None:
+            raise RuntimeError(f"consumer stopped: an internal thread crashed: {self._crashed!r}") from self._crashed
+
+    def _guarded(self, target: Callable[..., None], *args: Any) -> None:
+        """Run a receiver or the maintainer; a crash stops the consumer instead of leaving it idle."""
+        try:
+            target(*args)
+        except BaseException as e:
+            log.critical("consumer thread %s crashed; stopping", threading.current_thread().name, exc_info=e)
+            with self._lock:
+                self._crashed = e
+                self._stop_requested = True
+                self._run_cv.notify_all()
 
     def stop(self) -> None:
         """Stop gracefully: no more receiving; unstarted messages visible again at once

@@ -450,3 +450,44 @@ def test_tracker_heartbeat_extends_leases_at_half_the_timeout() -> None:
     assert t.heartbeat(104.0) == []
     assert t.heartbeat(105.0) == [(0, ["1.1"])]
     assert job.lease_end == 115.0
+
+
+def test_a_crashed_internal_thread_stops_run_with_an_error(
+    server_url: str, prefix: str, loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the consumer's own receiver must not leave a worker idling forever."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(Tracker, "received", broken)
+    client = rqueue.connect(server_url, prefix=prefix)
+    q = client.create_queue("jobs")
+    q.send("x")
+    outcome: list[BaseException | None] = []
+
+    def run_sync() -> None:
+        try:
+            rqueue.Consumer(q, lambda body: None).run()
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            outcome.append(e)
+
+    t = threading.Thread(target=run_sync)
+    t.start()
+    t.join(60)
+    assert not t.is_alive()
+    assert isinstance(outcome[0], RuntimeError) and "injected bug" in str(outcome[0])
+
+    async def run_async() -> None:
+        ac = await rqa.connect(server_url, prefix=prefix)
+        try:
+            await rqa.Consumer(ac.queue("jobs"), as_async(lambda body: None)).run()
+        finally:
+            await ac.aclose()
+
+    q.send("y")
+    with pytest.raises(RuntimeError, match="injected bug"):
+        loop_thread.run(run_async(), timeout=60)
+    client.delete_queue("jobs")
+    client.close()

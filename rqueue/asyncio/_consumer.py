@@ -18,7 +18,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .. import _core
@@ -96,6 +96,7 @@ class Consumer:
         self._done = asyncio.Event()
         self._outage = Outage()
         self._poked: set[int] = set()
+        self._crashed: BaseException | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -107,9 +108,11 @@ class Consumer:
         vt = self.settings.visibility_timeout
         vts = [vt if vt is not None else a.visibility_timeout for a in attrs]
         self._tracker = Tracker(self.settings, vts, [a.max_receive_count for a in attrs])
-        self._maintainer = asyncio.create_task(self._maintain(), name="rqueue-maintainer")
+        self._maintainer = asyncio.create_task(self._guarded(self._maintain()), name="rqueue-maintainer")
         for qi, name in enumerate(self._names):
-            self._receivers.append(asyncio.create_task(self._receive_loop(qi), name=f"rqueue-receiver-{name}"))
+            self._receivers.append(
+                asyncio.create_task(self._guarded(self._receive_loop(qi)), name=f"rqueue-receiver-{name}")
+            )
         log.info("consuming %s with up to %d tasks", ", ".join(self._names), self.settings.concurrency)
 
     async def run(self) -> None:
@@ -128,6 +131,19 @@ class Consumer:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+        if self._crashed is not None:
+            raise RuntimeError(f"consumer stopped: an internal task crashed: {self._crashed!r}") from self._crashed
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a receiver or the maintainer; a crash stops the consumer instead of leaving it idle."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            log.critical("consumer task crashed; stopping", exc_info=e)
+            self._crashed = e
+            self._stop_requested.set()
 
     async def stop(self) -> None:
         """Stop gracefully (see ``rqueue.Consumer.stop``); again while stopping: at once."""
