@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import logging
 import signal
 import threading
@@ -115,6 +116,9 @@ class Consumer:
         self._outage = Outage()
         self._receivers: list[threading.Thread] = []
         self._crashed: BaseException | None = None
+        self._wanting: set[int] = set()  # receivers waiting for free slots
+        self._last_turn = [0] * len(self.queues)
+        self._turns = itertools.count(1)
         self._maintainer: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -334,6 +338,10 @@ class Consumer:
             else:
                 self._unblockers[qi] = unblock
 
+    def _my_turn(self, qi: int) -> bool:
+        """Fairness across queues: of the receivers waiting for slots, the one served longest ago goes."""
+        return min(self._wanting, key=lambda o: (self._last_turn[o], o)) == qi
+
     def _receive_loop(self, qi: int) -> None:
         tracker = self._tracker
         assert tracker is not None
@@ -343,8 +351,9 @@ class Consumer:
         while True:
             with self._lock:
                 gather_until = None
-                while not self._halting and tracker.free < tracker.want:
-                    if tracker.free == 0:
+                self._wanting.add(qi)
+                while not self._halting and (tracker.free < tracker.want or not self._my_turn(qi)):
+                    if tracker.free == 0 or not self._my_turn(qi):
                         self._slot_cv.wait()
                         continue
                     if tracker.pending_count >= self.settings.batch_size:
@@ -355,8 +364,12 @@ class Consumer:
                     if now >= gather_until:
                         break
                     self._slot_cv.wait(gather_until - now)
+                self._wanting.discard(qi)
                 if self._halting:
                     return
+                self._last_turn[qi] = next(self._turns)
+                if self._wanting:
+                    self._slot_cv.notify_all()  # the next queue in turn may go
                 n = tracker.reserve()
                 flush = tracker.take()
                 self._poked.discard(qi)
