@@ -102,9 +102,9 @@ def decode(stored: bytes) -> tuple[int, Any, dict[str, AttrValue]]:
         attrs = {k: base64.b64decode(v["b"]) if isinstance(v, dict) else v for k, v in raw.items()}
         start = end
         kind += 32
+    if kind == ord("j"):  # orjson reads the memoryview: no copy of the body
+        return sent_at, orjson.loads(memoryview(stored)[start:]), attrs
     payload = stored[start:]
-    if kind == ord("j"):
-        return sent_at, orjson.loads(payload), attrs
     if kind == ord("s"):
         return sent_at, payload.decode(), attrs
     return sent_at, bytes(payload), attrs

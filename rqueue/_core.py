@@ -18,7 +18,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from . import _codec
 from ._errors import InvalidParameter, MessageDeadLettered, RequestFailed, RequestTimeout
 from ._keys import QueueKeys
-from ._models import DeadLetter, Message, QueueAttributes, QueueStats
+from ._models import DeadLetter, Message, QueueAttributes, QueueStats, make_message
 from ._scripts import Script, script
 
 T = TypeVar("T")
@@ -230,7 +230,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
             mid = raw_id.decode()
             suffix = "" if whys else _SUFFIX[_codec.flag_of(raw)]
             out.append(
-                Message(
+                make_message(
                     mid,
                     body,
                     attrs,

@@ -99,3 +99,49 @@ class SubscriptionInfo:
     name: str
     depth: int
     expires_in: float
+
+
+_new = object.__new__
+_set_id, _set_body, _set_attributes, _set_receipt, _set_receive_count, _set_sent_at, _set_first, _set_queue, _set_dl = (
+    Message.__dict__[name].__set__
+    for name in (
+        "id",
+        "body",
+        "attributes",
+        "receipt",
+        "receive_count",
+        "sent_at",
+        "first_received_at",
+        "queue",
+        "dead_letter",
+    )
+)
+
+
+def make_message(
+    id: str,  # noqa: A002 - the field's name
+    body: Any,
+    attributes: dict[str, AttrValue],
+    receipt: str,
+    receive_count: int,
+    sent_at: int,
+    first_received_at: int,
+    queue: str,
+    dead_letter: DeadLetter | None,
+) -> Message:
+    """A ``Message`` equal to ``Message(...)``, built through its slots.
+
+    The receive path builds one per message; a frozen dataclass's ``__init__``
+    costs ~2.4 us there, the slot setters half that.
+    """
+    m = _new(Message)
+    _set_id(m, id)
+    _set_body(m, body)
+    _set_attributes(m, attributes)
+    _set_receipt(m, receipt)
+    _set_receive_count(m, receive_count)
+    _set_sent_at(m, sent_at)
+    _set_first(m, first_received_at)
+    _set_queue(m, queue)
+    _set_dl(m, dead_letter)
+    return m

@@ -48,3 +48,15 @@ def test_seconds_are_whole_milliseconds() -> None:
 def test_bad_prefix(bad_prefix: object) -> None:
     with pytest.raises(rqueue.InvalidParameter, match="prefix"):
         rqueue.connect("redis://127.0.0.1:1/0", prefix=bad_prefix)  # type: ignore[arg-type]
+
+
+def test_make_message_equals_the_dataclass_constructor() -> None:
+    from dataclasses import FrozenInstanceError
+
+    from rqueue._models import DeadLetter, Message, make_message
+
+    args = ("1", {"b": 1}, {"a": "x"}, "1.2", 3, 4, 5, "q", DeadLetter("rejected", "why", 6, "src"))
+    fast, slow = make_message(*args), Message(*args)
+    assert fast == slow and repr(fast) == repr(slow) and hash(fast.id) == hash(slow.id)
+    with pytest.raises(FrozenInstanceError):
+        fast.id = "2"  # type: ignore[misc]
