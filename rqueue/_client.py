@@ -133,6 +133,10 @@ class Client:
             self._listener = SyncListener(self.redis, self.url)
         return self._listener
 
+    def hand_on(self, key: str) -> None:
+        """Pass a wake-up token this client took but will not use to another waiter."""
+        self._waiter.hand_on(key)
+
     def drive(self, flow: Generator[Op, Any, T]) -> T:
         """Run a flow of the core (calls and waits) to its result."""
         try:

@@ -411,7 +411,9 @@ class Consumer:
                 continue
             timeout = _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
             try:
-                self._client.wait(keys.wake, timeout, on_block=functools.partial(self._on_block, qi))
+                woke = self._client.wait(keys.wake, timeout, on_block=functools.partial(self._on_block, qi))
+                if woke and self._halting:
+                    self._client.hand_on(keys.wake)  # a send's wake-up this stopping consumer will not use
             except ConnectionError as e:
                 with self._lock:
                     delay, starts = self._outage.failed()

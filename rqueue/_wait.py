@@ -20,7 +20,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: The server is gone: handing a token on would only wait on it too.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def _server_timeout(timeout: float) -> float:
@@ -46,7 +51,23 @@ class SyncWaiter:
         ``on_block`` is called once the wait is blocked with a function that
         ends it early from another thread (a stopping consumer uses it).
         """
-        return self._blpop(key, timeout, on_block) is not None
+        try:
+            return self._blpop(key, timeout, on_block) is not None
+        except BaseException as e:
+            if not isinstance(e, _UNREACHABLE):  # interrupted: the token may be ours
+                self.hand_on(key)
+            raise
+
+    def hand_on(self, key: str) -> None:
+        """Push a wake-up token for another waiter (best effort).
+
+        A waiter that leaves abnormally, or wakes when it will not receive,
+        may hold the token a send pushed; without this the other waiters would
+        sleep on while a message is visible. At worst it is one spurious wake-up.
+        """
+        with contextlib.suppress(Exception):
+            self._client.rpush(key, 1)
+            self._client.ltrim(key, 0, 0)
 
     def pop(self, key: str, timeout: float) -> bytes | None:
         """The value popped from ``key``, or None on timeout."""
@@ -89,10 +110,25 @@ class AsyncWaiter:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._cluster = hasattr(client, "get_node_from_key")
+        self._handing_on: set[asyncio.Future[None]] = set()
 
     async def wait(self, key: str, timeout: float) -> bool:
         """True when a token was popped, False on timeout."""
-        return await self._blpop(key, timeout) is not None
+        try:
+            return await self._blpop(key, timeout) is not None
+        except BaseException as e:
+            if not isinstance(e, _UNREACHABLE):  # cancelled: the token may be ours
+                # In the background: a cancelled caller must not wait on it.
+                task = asyncio.ensure_future(self.hand_on(key))
+                self._handing_on.add(task)
+                task.add_done_callback(self._handing_on.discard)
+            raise
+
+    async def hand_on(self, key: str) -> None:
+        """Push a wake-up token for another waiter (best effort; see ``SyncWaiter.hand_on``)."""
+        with contextlib.suppress(Exception):
+            await self._client.rpush(key, 1)
+            await self._client.ltrim(key, 0, 0)
 
     async def pop(self, key: str, timeout: float) -> bytes | None:
         """The value popped from ``key``, or None on timeout."""

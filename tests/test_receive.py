@@ -166,3 +166,63 @@ def test_long_poll_wakes_when_a_lease_is_shortened(connect: Any) -> None:
     timer.join()
     assert again.id == m.id
     assert time.monotonic() - t0 < 0.5 + 0.08
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_waiter_hands_its_wake_up_on(server_url: str, prefix: str) -> None:
+    """A waiter that took a send's wake-up token and then leaves must pass it on."""
+    import rqueue
+
+    c = rqueue.connect(server_url, prefix=prefix)
+    raw = c.redis
+    q = c.create_queue("orders")
+    wake = q._keys.wake
+    raw.delete(wake)
+    raw.rpush(wake, 1)  # a send's token, waiting for a receiver
+
+    def interrupt(unblock: Any) -> None:  # called once BLPOP is sent: it has popped the token
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        c.wait(wake, 5, on_block=interrupt)
+    assert raw.llen(wake) == 1
+    c.delete_queue("orders")
+    c.close()
+
+
+def test_cancelled_async_waiter_hands_its_wake_up_on(
+    server_url: str, prefix: str, loop_thread: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import rqueue.asyncio as rqa
+    from rqueue._wait import AsyncWaiter
+
+    real = AsyncWaiter._blpop
+
+    async def popped_then_cancelled(self: AsyncWaiter, key: str, timeout: float) -> Any:
+        assert await real(self, key, timeout) is not None  # took the token...
+        raise asyncio.CancelledError  # ...and was cancelled before using it
+
+    monkeypatch.setattr(AsyncWaiter, "_blpop", popped_then_cancelled)
+
+    async def scenario() -> None:
+        c = await rqa.connect(server_url, prefix=prefix)
+        q = await c.create_queue("orders")
+        wake = q._keys.wake
+        await c.redis.delete(wake)
+        await c.redis.rpush(wake, 1)
+        with pytest.raises(asyncio.CancelledError):
+            await c.wait(wake, 5)
+        for _ in range(500):  # handed on in the background
+            if await c.redis.llen(wake) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert await c.redis.llen(wake) == 1
+        await c.delete_queue("orders")
+        await c.aclose()
+
+    loop_thread.run(scenario())

@@ -113,6 +113,10 @@ class AsyncClient:
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
 
+    async def hand_on(self, key: str) -> None:
+        """Pass a wake-up token this client took but will not use to another waiter."""
+        await self._waiter.hand_on(key)
+
     async def pop(self, key: str, timeout: float) -> bytes | None:
         """Pop the value pushed on ``key``, or None after ``timeout`` seconds."""
         try:

@@ -333,7 +333,8 @@ class Consumer:
             timeout = _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
             wait = self._waiting[qi] = asyncio.ensure_future(self._client.wait(keys.wake, timeout))
             try:
-                await wait
+                if await wait and self._halting:
+                    await self._client.hand_on(keys.wake)  # a send's wake-up this stopping consumer will not use
             except asyncio.CancelledError:
                 if not wait.cancelled() or me.cancelling():
                     raise  # the receiver itself is cancelled, not just its wait
