@@ -17,22 +17,11 @@ import threading
 import time
 from typing import Any
 
+from bench_common import payload
+
 import rqueue
 import rqueue.asyncio as rqa
 from rqueue._embedded import ServerProcess
-
-
-def payload(i: int) -> dict[str, Any]:
-    return {
-        "id": i,
-        "user": f"user-{i:08d}",
-        "email": f"user{i:08d}@example.com",
-        "action": "signup",
-        "ts": 1795305600 + i,
-        "tags": ["alpha", "beta", "gamma"],
-        "meta": {"source": "bench", "attempt": 0, "region": "eu-west-1"},
-        "pad": "x" * 40,
-    }
 
 
 def fill(q: rqueue.Queue, n: int) -> None:

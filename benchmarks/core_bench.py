@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 import redis
+from bench_common import payload
 
 import rqueue
 from rqueue._embedded import ServerProcess
@@ -52,20 +53,6 @@ T_SEND_B100 = 150_000
 T_WAKE_P99_MS = 2.0
 T_MEM_OVER_BODY = 120
 T_DEEP_RATIO = 0.90
-
-
-def payload(i: int) -> dict[str, Any]:
-    """The same body as minimal_lua.payload (copied so the script stands alone)."""
-    return {
-        "id": i,
-        "user": f"user-{i:08d}",
-        "email": f"user{i:08d}@example.com",
-        "action": "signup",
-        "ts": 1795305600 + i,
-        "tags": ["alpha", "beta", "gamma"],
-        "meta": {"source": "bench", "attempt": 0, "region": "eu-west-1"},
-        "pad": "x" * 40,
-    }
 
 
 def mono() -> float:

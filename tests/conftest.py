@@ -122,6 +122,18 @@ def q(client: Any) -> Any:
     return client.create_queue("orders", visibility_timeout=30)
 
 
+@pytest.fixture
+def lib(server_url: str, prefix: str) -> Iterator[rqueue.Client]:
+    """A sync client on the standalone server; the test's keys are removed afterwards."""
+    c = rqueue.connect(server_url, prefix=prefix)
+    yield c
+    c.close()
+    r = redis.Redis.from_url(server_url)
+    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+        r.unlink(key)
+    r.close()
+
+
 def stored_keys(raw: Any, prefix: str) -> list[str]:
     """Every key under the test's prefix."""
     return sorted(k.decode() for k in raw.scan_iter(match=f"{prefix}:*", count=1000))

@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
-
-import rqueue
 
 from .cli_helpers import cli_env
 from .tmux import Pane
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
-
-
-@pytest.fixture
-def lib(server_url: str, prefix: str) -> Iterator[rqueue.Client]:
-    c = rqueue.connect(server_url, prefix=prefix)
-    yield c
-    c.close()
-    r = redis.Redis.from_url(server_url)
-    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
-        r.unlink(key)
-    r.close()
 
 
 def test_stats_watch_refreshes_in_place_and_stops_on_ctrl_c(server_url: str, prefix: str, lib: Any) -> None:

@@ -13,12 +13,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
 import rqueue
@@ -88,17 +86,6 @@ def service_env(name: str, url: str, prefix: str) -> dict[str, str]:
     env.update({k: str(v) for k, v in SERVICES[name].get("environment", {}).items()})
     env.update(RQUEUE_URL=url, RQUEUE_PREFIX=prefix, PYTHONUNBUFFERED="1")
     return env
-
-
-@pytest.fixture
-def lib(server_url: str, prefix: str) -> Iterator[rqueue.Client]:
-    c = rqueue.connect(server_url, prefix=prefix)
-    yield c
-    c.close()
-    r = redis.Redis.from_url(server_url)
-    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
-        r.unlink(key)
-    r.close()
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
