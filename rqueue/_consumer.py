@@ -22,10 +22,10 @@ from typing import Any
 
 from . import _core
 from ._client import Client, Queue
-from ._consumer_core import Flush, Job, Outage, Settings, Tracker, flush_problems, queue_list
+from ._consumer_core import Flush, Job, Outage, Tracker, flush_problems, setup
 from ._core import Call
 from ._errors import ConnectionError, InvalidParameter
-from ._handlers import Router, all_async, resolver
+from ._handlers import Router
 from ._metrics import HandlerResult, Hook, Outcome, emit
 
 log = logging.getLogger("rqueue.consumer")
@@ -69,14 +69,13 @@ class Consumer:
         visibility_timeout: float | None = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
-        self.queues: list[Queue] = queue_list(queue_or_queues, Queue)
-        self._client: Client = self.queues[0].client
-        if any(q.client is not self._client for q in self.queues):
-            raise InvalidParameter("all queues of a consumer must come from one client")
-        kind = all_async(handler)
-        if kind is not False:
-            raise InvalidParameter("async handlers need rqueue.asyncio.Consumer; this one runs sync handlers")
-        self.settings = Settings.of(
+        parts = setup(
+            queue_or_queues,
+            handler,
+            kind=Queue,
+            async_handlers=False,
+            wrong_handlers="async handlers need rqueue.asyncio.Consumer; this one runs sync handlers",
+            hooks=hooks,
             concurrency=concurrency,
             batch_size=batch_size,
             retry_base=retry_base,
@@ -85,10 +84,13 @@ class Consumer:
             shutdown_timeout=shutdown_timeout,
             visibility_timeout=visibility_timeout,
         )
-        self._resolve = resolver(handler)
-        self._hooks = list(hooks)
-        self._keys = [q._keys for q in self.queues]
-        self._names = [q.name for q in self.queues]
+        self.queues: list[Queue] = parts.queues
+        self._client: Client = parts.client
+        self.settings = parts.settings
+        self._resolve = parts.resolve
+        self._hooks = parts.hooks
+        self._keys = parts.keys
+        self._names = parts.names
         self._lock = threading.RLock()  # re-entrant: a signal handler may take it on the main thread
         self._slot_cv = threading.Condition(self._lock)
         self._work_cv = threading.Condition(self._lock)

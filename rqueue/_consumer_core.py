@@ -19,9 +19,9 @@ from typing import Any
 from . import _codec, _core
 from ._core import Call
 from ._errors import InvalidParameter
-from ._handlers import Reject
+from ._handlers import Handler, Reject, Router, all_async, resolver
 from ._keys import QueueKeys
-from ._metrics import Outcome
+from ._metrics import Hook, Outcome
 from ._models import Message
 
 log = logging.getLogger("rqueue.consumer")
@@ -160,6 +160,47 @@ def queue_list(queue_or_queues: Any, kind: type) -> list[Any]:
     if len(set(queues)) != len(queues):
         raise InvalidParameter("queue_or_queues lists a queue twice")
     return queues
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What the sync and asyncio consumers check and derive from their arguments alike."""
+
+    queues: list[Any]
+    client: Any
+    settings: Settings
+    resolve: Callable[[Message], Handler]
+    hooks: list[Hook]
+    keys: list[QueueKeys]
+    names: list[str]
+
+
+def setup(
+    queue_or_queues: Any,
+    handler: Callable[..., Any] | Router,
+    *,
+    kind: type,
+    async_handlers: bool,
+    wrong_handlers: str,
+    hooks: Sequence[Hook],
+    **options: Any,
+) -> Setup:
+    """Validate a consumer's arguments (raising InvalidParameter) and derive its parts."""
+    queues = queue_list(queue_or_queues, kind)
+    client = queues[0].client
+    if any(q.client is not client for q in queues):
+        raise InvalidParameter("all queues of a consumer must come from one client")
+    if all_async(handler) is not async_handlers:
+        raise InvalidParameter(wrong_handlers)
+    return Setup(
+        queues,
+        client,
+        Settings.of(**options),
+        resolver(handler),
+        list(hooks),
+        [q._keys for q in queues],
+        [q.name for q in queues],
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .. import _core
-from .._consumer_core import Flush, Job, Outage, Settings, Tracker, flush_problems, queue_list
+from .._consumer_core import Flush, Job, Outage, Tracker, flush_problems, setup
 from .._core import Call
 from .._errors import ConnectionError, InvalidParameter
-from .._handlers import Router, all_async, resolver
+from .._handlers import Router
 from .._metrics import HandlerResult, Hook, Outcome, emit
 from ._client import AsyncClient, AsyncQueue
 
@@ -58,13 +58,13 @@ class Consumer:
         visibility_timeout: float | None = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
-        self.queues: list[AsyncQueue] = queue_list(queue_or_queues, AsyncQueue)
-        self._client: AsyncClient = self.queues[0].client
-        if any(q.client is not self._client for q in self.queues):
-            raise InvalidParameter("all queues of a consumer must come from one client")
-        if all_async(handler) is not True:
-            raise InvalidParameter("rqueue.asyncio.Consumer runs async handlers; use rqueue.Consumer for sync ones")
-        self.settings = Settings.of(
+        parts = setup(
+            queue_or_queues,
+            handler,
+            kind=AsyncQueue,
+            async_handlers=True,
+            wrong_handlers="rqueue.asyncio.Consumer runs async handlers; use rqueue.Consumer for sync ones",
+            hooks=hooks,
             concurrency=concurrency,
             batch_size=batch_size,
             retry_base=retry_base,
@@ -73,10 +73,13 @@ class Consumer:
             shutdown_timeout=shutdown_timeout,
             visibility_timeout=visibility_timeout,
         )
-        self._resolve = resolver(handler)
-        self._hooks = list(hooks)
-        self._keys = [q._keys for q in self.queues]
-        self._names = [q.name for q in self.queues]
+        self.queues: list[AsyncQueue] = parts.queues
+        self._client: AsyncClient = parts.client
+        self.settings = parts.settings
+        self._resolve = parts.resolve
+        self._hooks = parts.hooks
+        self._keys = parts.keys
+        self._names = parts.names
         self._tracker: Tracker | None = None
         self._work: collections.deque[Job] = collections.deque()
         self._workers: set[asyncio.Task[None]] = set()
