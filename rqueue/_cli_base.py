@@ -14,14 +14,11 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from redis import exceptions as rx
 from rich.console import Console
 
 from . import _cli_output as out
 from . import _logging
-from ._backends import DEFAULT_URL, mask_url
 from ._client import Client, connect
-from ._errors import RQueueError
 from ._keys import QueueKeys
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,16 +43,8 @@ class Env:
     as_json: bool
 
     def connect(self, default: str | None = None) -> Client:
-        """Connect, turning a malformed URL into a one-line error."""
-        url = self.url or default
-        try:
-            return connect(url, prefix=self.prefix)
-        except RQueueError:
-            raise
-        except (ValueError, TypeError) as e:
-            raise UserError(f"bad url {mask_url(url or DEFAULT_URL)!r}: {e}") from None
-        except rx.RedisError as e:
-            raise UserError(f"cannot use the server at {mask_url(url or DEFAULT_URL)}: {e}") from None
+        """Connect; any failure is an ``RQueueError`` that ``main`` prints as one line."""
+        return connect(self.url or default, prefix=self.prefix)
 
 
 def common(f: F) -> F:

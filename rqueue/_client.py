@@ -9,7 +9,7 @@ from redis import exceptions as rx
 
 from . import _codec, _core, _errors
 from ._backends import Backend, check_policy, factory_for, resolve_url
-from ._base import QueueHandle, policy_from, raise_mapped
+from ._base import QueueHandle, config_refused, policy_from, raise_connect_error, raise_mapped
 from ._codec import Attributes
 from ._core import Call, Op, Pop
 from ._errors import InvalidParameter, QueueDoesNotExist
@@ -31,13 +31,17 @@ def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -
     Warns once when the server's maxmemory-policy is not ``noeviction``.
     """
     url = resolve_url(url)
-    backend = factory_for(url)(url, is_async=False, **options)
+    check_prefix(prefix)  # before an embedded server starts
+    try:
+        backend = factory_for(url)(url, is_async=False, **options)
+    except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
+        raise_connect_error(e, url)
     client = Client(backend, prefix=prefix)
     try:
         client._check_server()
-    except BaseException:
+    except BaseException as e:  # noqa: BLE001 - closed, then raised again (mapped)
         client.close()
-        raise
+        raise_connect_error(e, url)
     return client
 
 
@@ -64,7 +68,9 @@ class Client:
     def _check_server(self) -> None:
         try:
             reply = self.redis.config_get("maxmemory-policy")
-        except rx.ResponseError:  # CONFIG disabled (managed services): cannot check
+        except rx.ResponseError as e:
+            if not config_refused(e):  # a database the server lacks, a permission, ...
+                raise_mapped(e, self.url, "")  # CONFIG disabled (managed services): cannot check
             return
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")

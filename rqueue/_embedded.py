@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._errors import ConnectionError, RQueueError
+from ._errors import ConnectionError, InvalidParameter, RQueueError
 
 _START_TIMEOUT = 20.0
 
@@ -189,9 +189,15 @@ class ServerProcess:
 
 def embedded(path: str) -> ServerProcess:
     """The server behind ``embedded://`` (temporary) or ``embedded:///dir`` (AOF)."""
-    if path and path != "/":
-        server = ServerProcess(data_dir=os.path.abspath(path), persistent=True)
-        server.extra = ["--appendfsync", "everysec"]
-    else:
-        server = ServerProcess()
+    try:
+        if path and path != "/":
+            server = ServerProcess(data_dir=os.path.abspath(path), persistent=True)
+            server.extra = ["--appendfsync", "everysec"]
+        else:
+            server = ServerProcess()
+    except OSError as e:
+        raise InvalidParameter(
+            f"url 'embedded://{path}': cannot make the folder {path!r} ({e.strerror or e}); "
+            "name a folder this process can create and write, or use embedded:// for a temporary one"
+        ) from None
     return server.start()

@@ -33,6 +33,22 @@ class ConnectionError(RQueueError, builtins.ConnectionError):
     """The server could not be reached; the message names the URL, password masked."""
 
 
+class AuthenticationError(ConnectionError):
+    """The server refused the URL's user name or password, or needs one."""
+
+
+class ServerError(RQueueError):
+    """The server refused a command for a reason of its own; the message says what to change."""
+
+
+class ServerFull(ServerError):
+    """The server is at its ``maxmemory`` (with ``noeviction``) and refuses writes; nothing was stored."""
+
+
+class PermissionDenied(ServerError):
+    """The server's ACL denies the URL's user a command, key or channel rqueue needs."""
+
+
 class RequestTimeout(RQueueError, builtins.TimeoutError):
     """``request()`` got no reply in time.
 

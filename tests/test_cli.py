@@ -169,7 +169,9 @@ BAD_INPUT = [
     (["create", "x", "--retention", "1"], "retention", ""),
     (["stats", "--url", "redis://127.0.0.1:1/0"], "cannot reach redis://127.0.0.1:1/0", ""),
     (["stats", "--url", "nope://x"], "unknown scheme", ""),
-    (["stats", "--url", "redis://:secret@localhost:port"], "bad url", "***"),
+    (["stats", "--url", "redis://:secret@localhost:port"], "cannot be used", "***"),
+    (["stats", "--url", "redis+cluster://127.0.0.1:1"], "cannot reach the cluster", ""),
+    (["stats", "--url", "embedded:///dev/null/x"], "cannot make the folder", ""),
 ]
 
 

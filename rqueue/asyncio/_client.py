@@ -10,7 +10,7 @@ from redis import exceptions as rx
 
 from .. import _codec, _core, _errors
 from .._backends import Backend, check_policy, factory_for, resolve_url
-from .._base import QueueHandle, policy_from, raise_mapped
+from .._base import QueueHandle, config_refused, policy_from, raise_connect_error, raise_mapped
 from .._codec import Attributes
 from .._core import Call, Op, Pop
 from .._errors import InvalidParameter, QueueDoesNotExist
@@ -28,13 +28,17 @@ T = TypeVar("T")
 async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -> AsyncClient:
     """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost)."""
     url = resolve_url(url)
-    backend = factory_for(url)(url, is_async=True, **options)
+    check_prefix(prefix)  # before an embedded server starts
+    try:
+        backend = factory_for(url)(url, is_async=True, **options)
+    except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
+        raise_connect_error(e, url)
     client = AsyncClient(backend, prefix=prefix)
     try:
         await client._check_server()
-    except BaseException:
+    except BaseException as e:  # noqa: BLE001 - closed, then raised again (mapped)
         await client.aclose()
-        raise
+        raise_connect_error(e, url)
     return client
 
 
@@ -60,7 +64,9 @@ class AsyncClient:
                 raise_mapped(e, self.url, "")
         try:
             reply = await self.redis.config_get("maxmemory-policy")
-        except rx.ResponseError:
+        except rx.ResponseError as e:
+            if not config_refused(e):  # a database the server lacks, a permission, ...
+                raise_mapped(e, self.url, "")
             return
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
