@@ -8,6 +8,12 @@ connection is noticed within seconds, and reconnects by itself with backoff.
 A lost connection may have lost events: every waiting tracker then gets a
 ``missed`` event (see ``rqueue._events``), never silence.
 
+The listener itself never runs a user's code: a tracker records its events at
+once (so ``wait()`` sees them) and the sync client's ``on_event`` callbacks run
+in order on a callback thread of their own, the asyncio client's in a task per
+tracker. So a callback may call the client, even send tracked messages (which
+needs the listener to confirm a subscription) or wait for another tracker.
+
 On Redis Cluster a script's PUBLISH reaches every node, so any node will do.
 """
 
@@ -17,8 +23,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from . import _events
@@ -39,8 +46,55 @@ def _deliver(due: list[tuple[Sink, Event]]) -> None:
     for sink, event in due:
         try:
             sink(event)
-        except Exception:  # a user's callback must not kill the listener
-            log.exception("rqueue: on_event callback failed for %s of message %s", event.kind, event.message_id)
+        except Exception:  # a sink that is not a tracker (a plugin's): it must not kill the listener
+            log.exception("rqueue: event sink failed for %s of message %s", event.kind, event.message_id)
+
+
+class _Callbacks:
+    """One thread that runs the sync trackers' ``on_event`` callbacks, one job at a time.
+
+    Not the listener's thread: a callback that calls the client (a tracked
+    send waits for the listener to confirm a subscription) must not block it.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rqueue-events-callbacks", daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def close(self, timeout: float) -> None:
+        """Run what was submitted, then end the thread (not waiting for it from a callback)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+
+class _SyncRouter(Router):
+    """The sync listener's router: hands each registered tracker the callback thread."""
+
+    def __init__(self, callbacks: _Callbacks) -> None:
+        super().__init__()
+        self.callbacks = callbacks
+
+    def register(self, channel: str, message_id: str, sink: Sink, generation: int) -> list[tuple[Sink, Event]]:
+        owner = getattr(sink, "__self__", None)
+        if isinstance(owner, Tracker):
+            owner._callbacks = self.callbacks
+        return super().register(channel, message_id, sink, generation)
 
 
 def _check_kind(kind: str) -> None:
@@ -87,6 +141,8 @@ class SyncListener(_Base):
 
     def __init__(self, redis: Any, url: str) -> None:
         super().__init__(redis, url)
+        self._callbacks = _Callbacks()
+        self.router = _SyncRouter(self._callbacks)
         self._lock = threading.Lock()
         self._wanted: dict[str, threading.Event] = {}
         self._conn: Any = None
@@ -179,6 +235,7 @@ class SyncListener(_Base):
                 conn.disconnect()  # wakes the thread's read
         if thread is not None and thread is not threading.current_thread():
             thread.join(HEALTH_INTERVAL * 2 + 1)
+        self._callbacks.close(HEALTH_INTERVAL)  # after the listener's last "missed" events
 
 
 class AsyncListener(_Base):
@@ -274,7 +331,9 @@ class AsyncListener(_Base):
 class Tracker:
     """The events of one tracked message, for the sync client.
 
-    ``on_event`` runs on the client's listener thread; keep it quick.
+    ``on_event`` runs on the client's callback thread, in the order of the
+    events; it may call the client (a slow one delays the client's other
+    callbacks, never its events or ``wait()``).
     """
 
     def __init__(self, message_id: str, on_event: Callable[[Event], Any] | None = None) -> None:
@@ -282,6 +341,10 @@ class Tracker:
         self._events: list[Event] = []
         self._cond = threading.Condition()
         self._on_event = on_event
+        #: Set by the listener's router when it registers this tracker.
+        self._callbacks: _Callbacks | None = None
+        self._called = 0  # how many events on_event has been given
+        self._calling = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<rqueue.Tracker {self.message_id} {[e.kind for e in self.events]}>"
@@ -293,11 +356,30 @@ class Tracker:
             return list(self._events)
 
     def _deliver(self, event: Event) -> None:
+        """Record ``event`` (from the listener, or the sender for events that came first)."""
         with self._cond:
             self._events.append(event)
             self._cond.notify_all()
         if self._on_event is not None:
-            self._on_event(event)
+            if self._callbacks is not None:
+                self._callbacks.submit(self._call_back)
+            else:  # not registered through a listener: on the caller's thread
+                self._call_back()
+
+    def _call_back(self) -> None:
+        """Give ``on_event`` every recorded event it has not had yet, in order."""
+        assert self._on_event is not None
+        with self._calling:
+            while True:
+                with self._cond:
+                    if self._called >= len(self._events):
+                        return
+                    event = self._events[self._called]
+                    self._called += 1
+                try:
+                    self._on_event(event)
+                except Exception:  # a user's callback must not stop the others
+                    log.exception("rqueue: on_event callback failed for %s of message %s", event.kind, event.message_id)
 
     def wait(self, kind: str = "processed", timeout: float | None = None) -> Event:
         """The first event of ``kind``, or the final event if the message ended
@@ -317,8 +399,9 @@ class Tracker:
 class AsyncTracker:
     """The events of one tracked message, for the asyncio client.
 
-    ``on_event`` runs in the listener task; a coroutine function is scheduled
-    as a task.
+    ``on_event`` (a function or a coroutine function) runs in a task of this
+    tracker's, once per event and in order (a coroutine is awaited before the
+    next event's call), never in the listener's task.
     """
 
     def __init__(self, message_id: str, on_event: Callable[[Event], Any] | None = None) -> None:
@@ -326,7 +409,8 @@ class AsyncTracker:
         self.events: list[Event] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._on_event = on_event
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._called = 0  # how many events on_event has been given
+        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<rqueue.asyncio.AsyncTracker {self.message_id} {[e.kind for e in self.events]}>"
@@ -337,12 +421,21 @@ class AsyncTracker:
         for w in waiters:
             if not w.done():
                 w.set_result(None)
-        if self._on_event is not None:
-            result = self._on_event(event)
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(_awaited(result))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        if self._on_event is not None and (self._task is None or self._task.done()):
+            self._task = asyncio.ensure_future(self._call_back())
+
+    async def _call_back(self) -> None:
+        """Give ``on_event`` every recorded event it has not had yet, in order."""
+        assert self._on_event is not None
+        while self._called < len(self.events):
+            event = self.events[self._called]
+            self._called += 1
+            try:
+                result = self._on_event(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # a user's callback must not stop the others
+                log.exception("rqueue: on_event callback failed for %s of message %s", event.kind, event.message_id)
 
     async def wait(self, kind: str = "processed", timeout: float | None = None) -> Event:
         """The first event of ``kind``, or the final event if the message ended
@@ -362,10 +455,3 @@ class AsyncTracker:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(fut, remaining)
         return found
-
-
-async def _awaited(result: Awaitable[Any]) -> None:
-    try:
-        await result
-    except Exception:
-        log.exception("rqueue: on_event coroutine failed")
