@@ -179,6 +179,46 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+class Interrupted(BaseException):
+    """A stop signal ended a blocking wait (a BaseException: nothing on the way swallows it)."""
+
+
+class Stoppable:
+    """SIGINT and SIGTERM for a command that blocks: the first signal sets ``event``, and
+    ends a wait at once if it comes inside ``interruptible()``; a second one ends anything
+    (the user insists). ``exit_code`` is then 130 (SIGINT) or 143 (SIGTERM), as a shell reports."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum = 0
+        self._armed = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        first = not self.event.is_set()
+        self.signum = self.signum or signum
+        self.event.set()
+        if self._armed or not first:
+            self._armed = False
+            raise Interrupted
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A block a signal ends at once (raising Interrupted); raises at once if one came before."""
+        self._armed = True  # before the check: a signal in between must not go unnoticed
+        try:
+            if self.event.is_set():
+                raise Interrupted
+            yield
+        finally:
+            self._armed = False
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
 def one_line(err: BaseException) -> str:
     """An error as one line, with Python-only hints put in CLI terms."""
     msg = err.format_message() if isinstance(err, click.ClickException) else str(err)
