@@ -25,7 +25,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 _NEEDS_PASSWORD = ("noauth", "authentication required", "must be called with the client already authenticated")
 
 
-def _tls_hint(msg: str, url: str) -> str:
+def _hint(msg: str, url: str, connecting: bool) -> str:
+    """What to do about a connection failure; TLS guesses only while connecting."""
     low = msg.lower()
     tls = url.lower().startswith("rediss")
     if "certificate" in low:
@@ -33,14 +34,14 @@ def _tls_hint(msg: str, url: str) -> str:
             "; the server's TLS certificate is not trusted: pass ssl_ca_certs='ca.pem' (the CA that signed it) "
             "to connect()"
         )
-    if tls and ("ssl" in low or "tls" in low or "timeout" in low or "timed out" in low or "eof" in low):
+    if connecting and tls and any(w in low for w in ("ssl", "tls", "timeout", "timed out", "eof")):
         return "; the TLS handshake failed: if the server does not use TLS, use redis:// instead of rediss://"
-    if not tls and ("closed by server" in low or "reset by peer" in low):
+    if connecting and not tls and ("closed by server" in low or "reset by peer" in low):
         return "; if the server requires TLS, use rediss://"
     return "; check that the server runs and that the URL's host and port are right"
 
 
-def map_error(e: BaseException, url: str, queue: str) -> BaseException:
+def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = False) -> BaseException:
     """The rqueue error that a redis-py (or socket) error means; ``e`` itself when there is none
     (already an rqueue error, a cancellation, or a bug that must show as it is).
 
@@ -48,7 +49,7 @@ def map_error(e: BaseException, url: str, queue: str) -> BaseException:
     """
     if isinstance(e, _errors.RQueueError) or not isinstance(e, Exception):
         return e
-    msg = " ".join(str(e).split()) or type(e).__name__
+    msg = " ".join(str(e).split()).rstrip(".") or type(e).__name__
     low = msg.lower()
     where = f" (queue {queue!r})" if queue else ""
     if isinstance(e, rx.AuthenticationError) or any(n in low for n in _NEEDS_PASSWORD):
@@ -103,6 +104,11 @@ def map_error(e: BaseException, url: str, queue: str) -> BaseException:
             )
         if low.startswith("busy "):
             return _errors.ConnectionError(f"the server at {url} is busy running a script{where}: try again later")
+        if "unknown command 'sentinel'" in low:
+            return _errors.InvalidParameter(
+                f"url {url!r} names a server that is not a Sentinel: use redis://host:port/db for it, or the "
+                "Sentinels' own ports (26379 by default)"
+            )
         if "unknown command" in low:
             return _errors.ServerError(
                 f"the server at {url} lacks a command rqueue needs ({msg}): rqueue needs Redis 6.2+ or "
@@ -121,17 +127,26 @@ def map_error(e: BaseException, url: str, queue: str) -> BaseException:
         return _errors.InvalidParameter(f"redis-py refused a value: {msg}")
     if isinstance(e, rx.BusyLoadingError):
         return _errors.ConnectionError(f"the server at {url} is loading its data{where}: try again in a moment")
+    cluster_url = "+cluster://" in url.lower()
+    if isinstance(e, rx.AskError) and not cluster_url:
+        return _errors.InvalidParameter(
+            f"url {url!r} points at a Redis Cluster node ({msg}): use redis+cluster://host:port[,host:port...]"
+        )
     if isinstance(e, rx.SlotNotCoveredError | rx.ClusterError | rx.TryAgainError | rx.AskError):
         return _errors.ConnectionError(
             f"the cluster at {url} is not serving every slot{where} ({msg}): it is failing over or "
             "being resharded; try again"
         )
     if isinstance(e, rx.RedisClusterException):
+        if "cluster mode is not enabled" in low:
+            return _errors.InvalidParameter(
+                f"url {url!r} names a server that is not a Redis Cluster node: use redis://host:port/db"
+            )
         if "connect" in low or "reachable" in low or "no startup nodes" in low:
             return _errors.ConnectionError(f"cannot reach the cluster at {url}: {msg}; check the node addresses")
         return _errors.ServerError(f"the cluster at {url} refused a call{where}: {msg}; report this message")
     if isinstance(e, (*CONNECTION_ERRORS, OSError)):
-        return _errors.ConnectionError(f"cannot reach {url}: {msg}{_tls_hint(msg, url)}")
+        return _errors.ConnectionError(f"cannot reach {url}: {msg}{_hint(msg, url, connecting)}")
     if isinstance(e, rx.RedisError):
         return _errors.ServerError(f"the server at {url} failed a call{where}: {msg}; report this message")
     return e
@@ -147,29 +162,31 @@ def raise_mapped(e: BaseException, url: str, queue: str) -> NoReturn:
     raise mapped from e
 
 
-def connect_error(e: BaseException, url: str) -> BaseException:
-    """What a failure while connecting to ``url`` (the unmasked URL) means.
+def connect_error(e: BaseException, url: str, *, options: bool = False) -> BaseException:
+    """What a failure of ``connect(url, **options)`` means (``url`` unmasked).
 
-    A malformed URL or an unknown option becomes ``InvalidParameter``, with no
-    password in it (parsers quote the pieces they choke on); the rest as ``map_error``.
+    A malformed URL or a bad option becomes ``InvalidParameter``, with no
+    password in it (parsers quote the pieces they choke on); the rest as
+    ``map_error``, with the guesses that only make sense while connecting.
     """
     if isinstance(e, ValueError | TypeError) and not isinstance(e, _errors.RQueueError):
         text = redact(" ".join(str(e).split()), url)
-        if isinstance(e, TypeError) and "argument" in text:
+        if isinstance(e, TypeError) and "keyword argument" in text:
             return _errors.InvalidParameter(
                 f"options of connect() must be redis-py connection options: {text}; see redis.Redis"
             )
+        what = f"url {mask_url(url)!r}" + (" or an option of connect()" if options else "")
         return _errors.InvalidParameter(
-            f"url {mask_url(url)!r} cannot be used: {text}; write scheme://[user:password@]host:port[/db] "
-            "and percent-encode '/', '?', '#' and '%' in the password (%2F, %3F, %23, %25)"
+            f"{what} cannot be used: {text}; write the url as scheme://[user:password@]host:port[/db], "
+            "percent-encoding '/', '?', '#' and '%' in the password (%2F, %3F, %23, %25)"
         )
-    return map_error(e, mask_url(url), "")
+    return map_error(e, mask_url(url), "", connecting=True)
 
 
-def raise_connect_error(e: BaseException, url: str) -> NoReturn:
+def raise_connect_error(e: BaseException, url: str, *, options: bool = False) -> NoReturn:
     """Re-raise a failure of ``connect(url)`` as ``connect_error`` says; a parser's own
     error is not chained (it may quote a piece of the password)."""
-    mapped = connect_error(e, url)
+    mapped = connect_error(e, url, options=options)
     if mapped is e:
         raise e
     raise mapped from (None if isinstance(e, ValueError | TypeError) else e)

@@ -35,13 +35,13 @@ def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -
     try:
         backend = factory_for(url)(url, is_async=False, **options)
     except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
-        raise_connect_error(e, url)
+        raise_connect_error(e, url, options=bool(options))
     client = Client(backend, prefix=prefix)
     try:
         client._check_server()
     except BaseException as e:  # noqa: BLE001 - closed, then raised again (mapped)
         client.close()
-        raise_connect_error(e, url)
+        raise_connect_error(e, url, options=bool(options))
     return client
 
 
@@ -66,14 +66,14 @@ class Client:
     # -- plumbing
 
     def _check_server(self) -> None:
+        """The first round trip (login, database): its failures are raised as they are, for
+        ``connect()`` to map; warns when the server may evict messages."""
         try:
             reply = self.redis.config_get("maxmemory-policy")
         except rx.ResponseError as e:
             if not config_refused(e):  # a database the server lacks, a permission, ...
-                raise_mapped(e, self.url, "")  # CONFIG disabled (managed services): cannot check
-            return
-        except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+                raise
+            return  # CONFIG disabled (managed services): cannot check
         check_policy(policy_from(reply), self.url)
 
     def run(self, call: Call[T]) -> T:

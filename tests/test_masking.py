@@ -120,15 +120,20 @@ def test_unreachable_server_error_hides_a_password_with_at(pw: str) -> None:
         assert piece not in str(info.value)
 
 
-@pytest.mark.parametrize("scheme", ["redis+cluster", "redis+sentinel"])
-def test_multi_host_urls_hide_a_password_with_at(scheme: str) -> None:
+@pytest.mark.parametrize(
+    ("scheme", "tail", "masked_tail"),
+    [
+        ("redis+cluster", "", ""),
+        ("redis+sentinel", "/mymaster/0?sentinel_password=s@x7wv", "/mymaster/0?sentinel_password=***"),
+    ],
+)
+def test_multi_host_urls_hide_a_password_with_at(scheme: str, tail: str, masked_tail: str) -> None:
     a, b = free_port(), free_port()
-    url = f"{scheme}://:my@zkq9@127.0.0.1:{a},127.0.0.1:{b}/mymaster/0?sentinel_password=s@x7wv"
     with pytest.raises(rqueue.ConnectionError) as info:
-        rqueue.connect(url)
+        rqueue.connect(f"{scheme}://:my@zkq9@127.0.0.1:{a},127.0.0.1:{b}{tail}")
     text = str(info.value)
     assert "zkq9" not in text and "x7wv" not in text
-    assert f"{scheme}://:***@127.0.0.1:{a},127.0.0.1:{b}/mymaster/0?sentinel_password=***" in text
+    assert f"{scheme}://:***@127.0.0.1:{a},127.0.0.1:{b}{masked_tail}" in text
 
 
 async def test_asyncio_repr_and_errors_hide_a_password_with_at(server_url: str) -> None:

@@ -95,6 +95,28 @@ def test_sentinel_that_does_not_know_the_service(sentinel_url: str) -> None:
         rqueue.connect(url)
 
 
+def test_cluster_url_to_a_plain_server(server_url: str) -> None:
+    host_port = server_url.removeprefix("redis://").split("/")[0]
+    with pytest.raises(rqueue.InvalidParameter, match="not a Redis Cluster node: use redis://"):
+        rqueue.connect(f"redis+cluster://{host_port}")
+
+
+def test_sentinel_url_to_a_plain_server(server_url: str) -> None:
+    host_port = server_url.removeprefix("redis://").split("/")[0]
+    with pytest.raises(rqueue.InvalidParameter, match="not a Sentinel: use redis://"):
+        rqueue.connect(f"redis+sentinel://{host_port}/mymaster/0")
+
+
+def test_plain_url_to_a_cluster_node(cluster_url: str, prefix: str) -> None:
+    first = cluster_url.removeprefix("redis+cluster://").split(",")[0]
+    with (
+        rqueue.connect(f"redis://{first}/0", prefix=prefix) as c,
+        pytest.raises(rqueue.InvalidParameter, match=r"points at a Redis Cluster node.*use redis\+cluster://"),
+    ):
+        for i in range(64):  # some queue's slot is on another node
+            c.create_queue(f"q{i}")
+
+
 # -- TLS
 
 
@@ -110,6 +132,14 @@ def test_tls_certificate_not_trusted(tls_proxy: tuple[int, str]) -> None:  # noq
         warnings.simplefilter("ignore", ResourceWarning)
         with pytest.raises(rqueue.ConnectionError, match="certificate is not trusted: pass ssl_ca_certs="):
             rqueue.connect(f"rediss://127.0.0.1:{port}/0")
+
+
+def test_plain_url_to_a_tls_server(tls_proxy: tuple[int, str]) -> None:  # noqa: F811
+    port, _cert = tls_proxy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        with pytest.raises(rqueue.ConnectionError, match="if the server requires TLS, use rediss://"):
+            rqueue.connect(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=2, socket_timeout=2)
 
 
 def test_tls_certificate_file_missing(tls_proxy: tuple[int, str]) -> None:  # noqa: F811

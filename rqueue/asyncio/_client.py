@@ -32,13 +32,13 @@ async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: 
     try:
         backend = factory_for(url)(url, is_async=True, **options)
     except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
-        raise_connect_error(e, url)
+        raise_connect_error(e, url, options=bool(options))
     client = AsyncClient(backend, prefix=prefix)
     try:
         await client._check_server()
     except BaseException as e:  # noqa: BLE001 - closed, then raised again (mapped)
         await client.aclose()
-        raise_connect_error(e, url)
+        raise_connect_error(e, url, options=bool(options))
     return client
 
 
@@ -57,19 +57,16 @@ class AsyncClient:
         return f"<rqueue.asyncio.AsyncClient {self.url}>"
 
     async def _check_server(self) -> None:
+        """The first round trip (login, database): its failures are raised as they are, for
+        ``connect()`` to map; warns when the server may evict messages."""
         if hasattr(self.redis, "initialize"):
-            try:
-                await self.redis.initialize()
-            except Exception as e:  # noqa: BLE001
-                raise_mapped(e, self.url, "")
+            await self.redis.initialize()
         try:
             reply = await self.redis.config_get("maxmemory-policy")
         except rx.ResponseError as e:
             if not config_refused(e):  # a database the server lacks, a permission, ...
-                raise_mapped(e, self.url, "")
-            return
-        except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+                raise
+            return  # CONFIG disabled (managed services): cannot check
         check_policy(policy_from(reply), self.url)
 
     async def run(self, call: Call[T]) -> T:
