@@ -94,7 +94,8 @@ def redact(text: str, url: str) -> str:
     pieces = {p for s in secrets for p in re.split(r"[/?#@:&=]", s) if len(p) >= 2}
     for s in sorted(secrets | pieces, key=len, reverse=True):
         text = text.replace(s, "***")
-    return text
+    # A quoted piece, however short ("... as 'a'"), that belongs to a password.
+    return re.sub(r"'([^']+)'", lambda m: "'***'" if any(m[1] in s for s in secrets) else m[0], text)
 
 
 def resolve_url(url: str | None) -> str:
@@ -211,7 +212,13 @@ def _embedded(url: str, *, is_async: bool, **options: Any) -> Backend:
     """``embedded://`` (temporary) or ``embedded:///dir`` (kept with AOF)."""
     from ._embedded import embedded
 
-    server = embedded(urlsplit(url).path)
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise InvalidParameter(
+            f"url {mask_url(url)!r}: an embedded server's folder is an absolute path after three slashes "
+            "(embedded:///var/lib/rq), or none for a temporary server (embedded://)"
+        )
+    server = embedded(parts.path)
     try:
         backend = _plain(server.url, is_async=is_async, **options)
     except BaseException:

@@ -139,3 +139,9 @@ def test_unusable_folder_is_invalid_parameter(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(rqueue.InvalidParameter, match=r"^url 'embedded://.*a-file/data': cannot make the folder"):
         rqueue.connect(f"embedded://{blocker}/data")
+
+
+def test_relative_folder_is_refused_not_made_temporary() -> None:
+    """embedded://data would otherwise start a temporary server and lose the data on close."""
+    with pytest.raises(rqueue.InvalidParameter, match=r"absolute path after three slashes \(embedded:///"):
+        rqueue.connect("embedded://data")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -175,3 +176,22 @@ def test_cli_hides_a_password_with_at(prefix: str) -> None:
     r = run_cli(f"redis://:my@secret@127.0.0.1:{port}/0", prefix, "list")
     assert_user_error(r, f"redis://:***@127.0.0.1:{port}/0")
     assert "secret" not in r.err
+
+
+def test_a_plugin_backend_that_leaves_the_password_in_its_url_is_masked(server_url: str) -> None:
+    from rqueue._backends import Backend, _plain
+
+    def leaky(url: str, *, is_async: bool, **options: Any) -> Backend:
+        backend = _plain(server_url, is_async=is_async, **options)
+        backend.url = url  # the password stays in it
+        return backend
+
+    rqueue.register_backend("leaky", leaky)
+    with rqueue.connect("leaky://:my@zkq9@somewhere/0", prefix="leak") as c:
+        assert "zkq9" not in repr(c) and c.url == "leaky://:***@somewhere/0"
+
+
+def test_a_one_letter_piece_quoted_by_a_parser_is_redacted() -> None:
+    with pytest.raises(rqueue.InvalidParameter) as info:
+        rqueue.connect("redis://:q/zkq9@127.0.0.1:1/0")  # redis-py reads port 'q'
+    assert "'q'" not in str(info.value) and "zkq9" not in str(info.value)

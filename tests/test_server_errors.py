@@ -167,6 +167,24 @@ def test_acl_without_the_keys_is_permission_denied(locked: ServerProcess) -> Non
         c.create_queue("orders")
 
 
+def test_a_foreign_key_under_the_prefix_is_server_error(server_url: str, prefix: str) -> None:
+    from rqueue._keys import QueueKeys
+
+    with rqueue.connect(server_url, prefix=prefix) as c:
+        q = c.create_queue("orders")
+        r = redis.Redis.from_url(server_url)
+        try:
+            meta = QueueKeys.for_queue(prefix, "orders").meta
+            r.delete(meta)
+            r.set(meta, "written by another program")
+            with pytest.raises(rqueue.ServerError, match="queue 'orders'.*WRONGTYPE.*use another prefix"):
+                q.send("x")
+        finally:
+            for key in r.scan_iter(match=f"{prefix}:*"):
+                r.delete(key)
+            r.close()
+
+
 @pytest.fixture
 def replica() -> Iterator[tuple[ServerProcess, ServerProcess]]:
     with ServerProcess() as master, ServerProcess(extra=["--replicaof", "127.0.0.1", str(master.port)]) as rep:

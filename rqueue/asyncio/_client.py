@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis import exceptions as rx
 
 from .. import _codec, _core, _errors
-from .._backends import Backend, check_policy, factory_for, resolve_url
+from .._backends import Backend, check_policy, factory_for, mask_url, resolve_url
 from .._base import QueueHandle, config_refused, policy_from, raise_connect_error, raise_mapped
 from .._codec import Attributes
 from .._core import Call, Op, Pop
@@ -33,6 +33,7 @@ async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: 
         backend = factory_for(url)(url, is_async=True, **options)
     except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
         raise_connect_error(e, url, options=bool(options))
+    backend.url = mask_url(backend.url)  # a plugin's factory may have left a password in it
     client = AsyncClient(backend, prefix=prefix)
     try:
         await client._check_server()
