@@ -119,14 +119,21 @@ class ServerProcess:
         for attempt in range(3):
             cleanup = ["--cleanup", str(self.data_dir)] if self._tmp is not None else []
             log = open(self.log_path, "ab")  # noqa: SIM115 - the guard's own errors go there too
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(_GUARD), str(self.log_path), *cleanup, "--", *self.args()],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,
-            )
-            log.close()
+            try:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(_GUARD), str(self.log_path), *cleanup, "--", *self.args()],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                raise RQueueError(
+                    f"cannot start a server's guard process with {sys.executable!r} ({e}); "
+                    "start a server yourself and use its redis:// URL"
+                ) from e
+            finally:
+                log.close()
             assert self.proc.stdout is not None
             line = self.proc.stdout.readline()
             self.pid = int(line) if line.strip().isdigit() else None
