@@ -396,6 +396,10 @@ class Tracker:
         return found
 
 
+#: Callback tasks of asyncio trackers that may be dropped (``send(on_event=...)`` keeps none).
+_CALLING: set[asyncio.Task[None]] = set()
+
+
 class AsyncTracker:
     """The events of one tracked message, for the asyncio client.
 
@@ -423,6 +427,8 @@ class AsyncTracker:
                 w.set_result(None)
         if self._on_event is not None and (self._task is None or self._task.done()):
             self._task = asyncio.ensure_future(self._call_back())
+            _CALLING.add(self._task)  # the loop keeps only weak references to tasks
+            self._task.add_done_callback(_CALLING.discard)
 
     async def _call_back(self) -> None:
         """Give ``on_event`` every recorded event it has not had yet, in order."""
