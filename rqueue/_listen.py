@@ -28,7 +28,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from . import _events
+from ._base import map_error
 from ._errors import ConnectionError, InvalidParameter, WaitTimeout
 from ._events import Router, Sink
 from ._models import Event
@@ -116,6 +119,30 @@ class _Base:
         self.router = Router()
         self._closed = False
         self._attempt = 0
+        self._wanted: dict[str, Any] = {}  # channel -> its threading.Event / asyncio.Event
+        #: Channels whose SUBSCRIBE the server refused, and why (an ACL without the channel).
+        self._refusals: dict[str, BaseException] = {}
+        #: Why the last connection attempt failed, for a subscribe that times out.
+        self._last_error: BaseException | None = None
+
+    def _refused(self, err: BaseException) -> None:
+        """An error reply on the listener's connection: a SUBSCRIBE was refused, so every
+        subscription not confirmed yet fails with it (the connection itself is fine)."""
+        for channel, ev in list(self._wanted.items()):
+            if not ev.is_set():
+                self._refusals[channel] = err
+                del self._wanted[channel]
+                ev.set()
+
+    def _check_subscribed(self, channel: str, ev: Any) -> None:
+        """After ``ev`` was set: raise why, if the subscription was refused."""
+        if self._wanted.get(channel) is not ev and channel in self._refusals:
+            raise map_error(self._refusals[channel], self._url, "") from self._refusals[channel]
+
+    def _timed_out(self) -> ConnectionError:
+        why = self._last_error
+        reason = f": {map_error(why, self._url, '')}" if why is not None else ""
+        return ConnectionError(f"cannot subscribe to events at {self._url} within {SUBSCRIBE_TIMEOUT:g} s{reason}")
 
     def _handle(self, msg: Any) -> list[tuple[Sink, Event]]:
         """Act on one pushed reply; returns deliveries."""
@@ -144,7 +171,6 @@ class SyncListener(_Base):
         self._callbacks = _Callbacks()
         self.router = _SyncRouter(self._callbacks)
         self._lock = threading.Lock()
-        self._wanted: dict[str, threading.Event] = {}
         self._conn: Any = None
         self._thread: threading.Thread | None = None
 
@@ -164,6 +190,7 @@ class SyncListener(_Base):
             ev = self._wanted.get(channel)
             if ev is None:
                 ev = self._wanted[channel] = threading.Event()
+                self._refusals.pop(channel, None)
                 if self._conn is not None:
                     with contextlib.suppress(Exception):  # the listener will notice and resubscribe
                         self._conn.send_command("SUBSCRIBE", channel)
@@ -171,7 +198,9 @@ class SyncListener(_Base):
                 self._thread = threading.Thread(target=self._run, name="rqueue-events", daemon=True)
                 self._thread.start()
         if not ev.wait(SUBSCRIBE_TIMEOUT):
-            raise ConnectionError(f"cannot subscribe to events at {self._url} within {SUBSCRIBE_TIMEOUT:g} s")
+            raise self._timed_out()
+        with self._lock:
+            self._check_subscribed(channel, ev)
         return self.router.generation
 
     def _make_connection(self) -> Any:
@@ -179,8 +208,12 @@ class SyncListener(_Base):
         self._attempt += 1
         if hasattr(r, "get_nodes"):  # cluster: any node hears every PUBLISH
             nodes = r.get_nodes()
-            return nodes[self._attempt % len(nodes)].redis_connection.connection_pool.make_connection()
-        return r.connection_pool.make_connection()
+            pool = nodes[self._attempt % len(nodes)].redis_connection.connection_pool
+        else:
+            pool = r.connection_pool
+        # Not pool.make_connection(): the pool would count it against max_connections for
+        # good, and every reconnect would use up one more.
+        return pool.connection_class(**pool.connection_kwargs)
 
     def _run(self) -> None:
         backoff = 0.05
@@ -193,6 +226,7 @@ class SyncListener(_Base):
                     if self._closed:
                         break
                     self._conn = conn
+                    self._last_error = None
                     channels = list(self._wanted)
                     if channels:
                         conn.send_command("SUBSCRIBE", *channels)
@@ -207,10 +241,17 @@ class SyncListener(_Base):
                         pinged = True
                         continue
                     pinged = False
-                    _deliver(self._handle(conn.read_response(push_request=True)))
+                    try:
+                        reply = conn.read_response(push_request=True)
+                    except ResponseError as e:
+                        with self._lock:
+                            self._refused(e)
+                        continue
+                    _deliver(self._handle(reply))
             except Exception as e:  # noqa: BLE001 - any failure: reconnect
                 if self._closed:
                     break
+                self._last_error = e
                 log.warning("rqueue: event listener lost its connection (%s); reconnecting", type(e).__name__)
             finally:
                 with self._lock:
@@ -243,7 +284,6 @@ class AsyncListener(_Base):
 
     def __init__(self, redis: Any, url: str) -> None:
         super().__init__(redis, url)
-        self._wanted: dict[str, asyncio.Event] = {}
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -259,6 +299,7 @@ class AsyncListener(_Base):
         ev = self._wanted.get(channel)
         if ev is None:
             ev = self._wanted[channel] = asyncio.Event()
+            self._refusals.pop(channel, None)
             if self._conn is not None:
                 with contextlib.suppress(Exception):
                     await self._conn.send_command("SUBSCRIBE", channel)
@@ -267,7 +308,8 @@ class AsyncListener(_Base):
         try:
             await asyncio.wait_for(ev.wait(), SUBSCRIBE_TIMEOUT)
         except TimeoutError:
-            raise ConnectionError(f"cannot subscribe to events at {self._url} within {SUBSCRIBE_TIMEOUT:g} s") from None
+            raise self._timed_out() from None
+        self._check_subscribed(channel, ev)
         return self.router.generation
 
     def _make_connection(self) -> Any:
@@ -287,12 +329,17 @@ class AsyncListener(_Base):
                 conn = self._make_connection()
                 await conn.connect()
                 self._conn = conn
+                self._last_error = None
                 if self._wanted:
                     await conn.send_command("SUBSCRIBE", *self._wanted)
                 backoff = 0.05
                 pinged = False
                 while not self._closed:
-                    msg = await conn.read_response(timeout=HEALTH_INTERVAL, push_request=True)
+                    try:
+                        msg = await conn.read_response(timeout=HEALTH_INTERVAL, push_request=True)
+                    except ResponseError as e:
+                        self._refused(e)
+                        continue
                     if msg is None:
                         if pinged:
                             raise TimeoutError("no answer to PING")
@@ -305,6 +352,7 @@ class AsyncListener(_Base):
                 raise
             except Exception as e:  # noqa: BLE001 - any failure: reconnect
                 if not self._closed:
+                    self._last_error = e
                     log.warning("rqueue: event listener lost its connection (%s); reconnecting", type(e).__name__)
             finally:
                 self._conn = None

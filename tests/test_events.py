@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 import rqueue
 import rqueue.asyncio as rqa
@@ -283,6 +285,55 @@ async def test_asyncio_on_event_callback_can_send_tracked_and_wait_for_others(se
         assert (await follow_up.wait(timeout=30)).reply == "chained"
         await a.delete(m.receipt, reply="ok")
         assert (await first.wait(timeout=30)).reply == "ok"
+
+
+# ---------------------------------------------------------------- the listener's connection
+
+
+@pytest.mark.parametrize("backend_url", [p for p in BACKENDS if p.id != "cluster"], indirect=True)
+def test_listener_reconnects_never_use_up_the_pool(backend_url: str, prefix: str, raw: Any) -> None:
+    """Each reconnect of the listener used to count against the pool's max_connections for good
+    (CLIENT KILL of the listener below needs a single node: not on Cluster)."""
+    with rqueue.connect(backend_url, prefix=prefix, max_connections=2) as c:
+        q = c.create_queue("orders")
+        for i in range(3):
+            t = q.send_tracked(i)  # (re)subscribes
+            raw.client_kill_filter(_type="pubsub")
+            assert t.wait(timeout=30).kind == "missed"
+        last = q.send_tracked("last")
+        [m] = [m for m in q.receive(10) if m.body == "last"]
+        assert q.delete(m.receipt, reply="ok")
+        assert last.wait(timeout=30).reply == "ok"
+
+
+@pytest.fixture(scope="module")
+def no_channels() -> Iterator[str]:
+    """A server whose user may use every key and command but no pub/sub channel."""
+    from rqueue._embedded import ServerProcess
+
+    with ServerProcess(extra=["--requirepass", "pw"]) as server:
+        r = redis.Redis(port=server.port, password="pw")
+        r.execute_command("ACL", "SETUSER", "nochan", "on", ">npw", "~*", "resetchannels", "+@all")
+        r.close()
+        yield f"redis://nochan:npw@127.0.0.1:{server.port}/0"
+
+
+def test_refused_subscription_is_permission_denied_at_once(no_channels: str) -> None:
+    with rqueue.connect(no_channels, prefix="acl") as c:
+        q = c.create_queue("orders")
+        t0 = time.monotonic()
+        with pytest.raises(rqueue.PermissionDenied, match="channel"):
+            q.send_tracked("x")
+        assert time.monotonic() - t0 < PROMPT
+        assert q.stats().sent_total == 0  # refused before anything was sent
+        q.send("untracked sends still work")
+
+
+async def test_refused_subscription_is_permission_denied_at_once_asyncio(no_channels: str) -> None:
+    async with await rqa.connect(no_channels, prefix="acl") as c:
+        q = await c.create_queue("orders")
+        with pytest.raises(rqueue.PermissionDenied, match="channel"):
+            await asyncio.wait_for(q.send_tracked("x"), PROMPT)
 
 
 # ---------------------------------------------------------------- router, no Redis
