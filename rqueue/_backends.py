@@ -98,6 +98,18 @@ def redact(text: str, url: str) -> str:
     return re.sub(r"'([^']+)'", lambda m: "'***'" if any(m[1] in s for s in secrets) else m[0], text)
 
 
+#: redis-py options that name a file (TLS): checked up front, as redis-py's error names no file.
+_FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse an option naming a file (or folder) that does not exist."""
+    for name in _FILE_OPTIONS:
+        value = options.get(name)
+        if isinstance(value, str | os.PathLike) and not os.path.exists(value):
+            raise InvalidParameter(f"option {name}={os.fspath(value)!r} of connect() names no existing file")
+
+
 def resolve_url(url: str | None) -> str:
     """The URL given, else ``RQUEUE_URL``, else redis-py's default."""
     return url or os.environ.get("RQUEUE_URL") or DEFAULT_URL

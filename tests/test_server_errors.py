@@ -144,7 +144,7 @@ def test_plain_url_to_a_tls_server(tls_proxy: tuple[int, str]) -> None:  # noqa:
 
 def test_tls_certificate_file_missing(tls_proxy: tuple[int, str]) -> None:  # noqa: F811
     port, _cert = tls_proxy
-    with pytest.raises(rqueue.RQueueError):
+    with pytest.raises(rqueue.InvalidParameter, match="option ssl_ca_certs='/nonexistent/ca.pem' .* no existing file"):
         rqueue.connect(f"rediss://127.0.0.1:{port}/0", ssl_ca_certs="/nonexistent/ca.pem")
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis import exceptions as rx
 
 from .. import _codec, _core, _errors
-from .._backends import Backend, check_policy, factory_for, mask_url, resolve_url
+from .._backends import Backend, check_options, check_policy, factory_for, mask_url, resolve_url
 from .._base import QueueHandle, config_refused, policy_from, raise_connect_error, raise_mapped
 from .._codec import Attributes
 from .._core import Call, Op, Pop
@@ -29,6 +29,7 @@ async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: 
     """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost)."""
     url = resolve_url(url)
     check_prefix(prefix)  # before an embedded server starts
+    check_options(options)
     try:
         backend = factory_for(url)(url, is_async=True, **options)
     except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
