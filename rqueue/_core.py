@@ -226,7 +226,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
         for i, raw_id in enumerate(ids):
             raw = stored[i]
             sent_at, body, attrs = _codec.decode(raw)
-            token, rc, first = states[i].split(b":")
+            token, rc, first = states[i].split(b":", 3)[:3]  # a 4th field: when it became visible
             mid = raw_id.decode()
             suffix = "" if whys else _SUFFIX[_codec.flag_of(raw)]
             out.append(
@@ -291,11 +291,11 @@ def receive_flow(
             yield notify
         if messages:
             return messages  # type: ignore[no-any-return]
+        if next_ms == 0:  # the script's scan budget ran out before a visible message: go on at once
+            continue
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return []
-        if next_ms == 0:
-            continue
         timeout = remaining if next_ms < 0 else min(remaining, next_ms / 1000)
         yield Wait(keys.wake, min(timeout, WAIT_CHUNK))
 
