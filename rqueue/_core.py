@@ -170,8 +170,11 @@ def create_queue(
 def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str = "") -> Call[list[str]]:
     """Store a batch (all or nothing); the reply gives the ids.
 
-    ``flag``: '' untracked, ``_codec.REQUEST`` or ``_codec.EVENTS``.
+    ``flag``: '' untracked, ``_codec.REQUEST`` or ``_codec.EVENTS``. A dead-letter
+    queue takes no sends: its entries come from its source, each with why it died.
     """
+    if keys.is_dlq:
+        raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; send to its source queue {keys.source().name!r}")
     dl = "" if delay is None else seconds_ms("delay", delay, 0, MAX_RETENTION)
     n = len(encoded)
 
@@ -198,9 +201,14 @@ def encode_batch(bodies: Iterable[Any], attributes: _codec.Attributes | None) ->
     return [_codec.encode(b, attributes) for b in items]
 
 
-def _dead_letter(why: bytes, source: str) -> DeadLetter:
-    dead_at, reason, detail = why.decode().split("|", 2)
-    return DeadLetter(reason, detail, int(dead_at), source)
+def _dead_letter(why: bytes, source: str, sent_at: int) -> DeadLetter:
+    """The record of why a dead letter died; reason 'unknown' (dead at its send) when it has none,
+    so one odd entry never fails a receive that already hid the whole batch."""
+    dead_at, _, rest = why.partition(b"|")
+    reason, sep, detail = rest.partition(b"|")
+    if not sep or not dead_at.isdigit():
+        return DeadLetter("unknown", "", sent_at, source)
+    return DeadLetter(reason.decode(errors="replace"), detail.decode(errors="replace"), int(dead_at), source)
 
 
 class Received(NamedTuple):
@@ -239,7 +247,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
                     sent_at,
                     int(first),
                     name,
-                    _dead_letter(whys[i], source) if whys else None,
+                    _dead_letter(whys[i], source, sent_at) if whys else None,
                 )
             )
         return Received(out, int(next_ms), notify_dead(keys, buried) if buried else None)

@@ -9,6 +9,17 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
+import rqueue
+
+
+def _stored(raw: Any, prefix: str, name: str) -> int:
+    """How many messages the queue ``name`` (or ``name:dlq``) holds, read from its index."""
+    base = f"{prefix}:{{{name.removesuffix(':dlq')}}}" + (":dlq" if name.endswith(":dlq") else "")
+    return int(raw.zcard(base + ":vis"))
+
+
 # ---------------------------------------------------------------- 8: one receive, each message once
 
 
@@ -106,6 +117,41 @@ def test_long_poll_wakes_when_a_lease_taken_while_it_waited_ends(client: Any, ra
     assert [(m.body, m.receive_count) for m in second] == [("x", 2)]
     assert t1 - t0 < 0.5
     assert 0.9 < t2 - t0 < 3, t2 - t0
+
+
+# ---------------------------------------------------------------- 10: dead-letter queues take no sends
+
+
+def test_send_to_a_dead_letter_queue_is_refused(client: Any, raw: Any, prefix: str) -> None:
+    q = client.create_queue("orders")
+    for dlq in (q.dead_letter_queue, client.queue("orders:dlq")):
+        with pytest.raises(rqueue.InvalidParameter, match="dead-letter queue"):
+            dlq.send("x")
+        with pytest.raises(rqueue.InvalidParameter, match="dead-letter queue"):
+            dlq.send_batch(["a", "b"])
+    assert _stored(raw, prefix, "orders:dlq") == 0
+    assert q.dead_letter_queue.stats().sent_total == 0
+    assert q.dead_letter_queue.receive(10) == []
+
+
+def test_dead_letter_without_a_recorded_reason_is_still_received(client: Any, raw: Any, prefix: str) -> None:
+    """An entry of a DLQ without a 'why' record (written by an older version's send to a DLQ)
+    is handed back with reason 'unknown', never a raw ValueError after the script hid the batch."""
+    q = client.create_queue("orders", max_receive_count=1)
+    q.send("real")
+    q.receive(visibility_timeout=0)
+    q.receive()  # buries 'real' (max_receives)
+    base = f"{prefix}:{{orders}}:dlq"
+    now = int(raw.time()[0]) * 1000
+    raw.hset(base + ":msgs", "999999", f"{now:013d}sstray")
+    raw.zadd(base + ":vis", {"999999": now})
+    got = {m.body: m for m in q.dead_letter_queue.receive(10)}
+    assert sorted(got) == ["real", "stray"]
+    real, stray = got["real"].dead_letter, got["stray"].dead_letter
+    assert real is not None and (real.reason, real.detail) == ("max_receives", "1")
+    assert stray is not None and (stray.reason, stray.detail, stray.dead_at) == ("unknown", "", now)
+    assert stray.source_queue == "orders"
+    assert q.dead_letter_queue.delete(got["stray"].receipt)
 
 
 # ---------------------------------------------------------------- 11: delay up to the retention
