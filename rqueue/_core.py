@@ -194,11 +194,15 @@ def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str =
 def encode_batch(bodies: Iterable[Any], attributes: _codec.Attributes | None) -> list[bytes]:
     """Encode every body first, so a bad one stores nothing."""
     items = batch("bodies", bodies)
-    if attributes is None:
-        return [_codec.encode(b) for b in items]
-    attrs = _codec.encode_attributes(attributes)  # validate once
-    del attrs
-    return [_codec.encode(b, attributes) for b in items]
+    if attributes is not None:
+        _codec.encode_attributes(attributes)  # validate once, before any body
+    try:
+        return [_codec.encode(b, attributes) for b in items]
+    except InvalidParameter:
+        if len(items) > 1:  # name the body at fault: ``bodies[i]``
+            for i, b in enumerate(items):
+                _codec.encode(b, attributes, f"bodies[{i}]")
+        raise
 
 
 def _dead_letter(why: bytes, source: str, sent_at: int) -> DeadLetter:
@@ -340,7 +344,8 @@ def delete(keys: QueueKeys, receipts: Iterable[str], replies: Sequence[Any] | No
     for i, (mid, token, tracked) in enumerate(parsed):
         extra: bytes = b""
         if tracked:
-            extra = tracked.encode() + (null if replies is None else _codec.encode_body(replies[i]))
+            name = "reply" if len(parsed) == 1 else f"replies[{i}]"
+            extra = tracked.encode() + (null if replies is None else _codec.encode_body(replies[i], name))
             if tracked == "r":
                 key_list.append(keys.reply(mid))
             else:

@@ -5,6 +5,8 @@ Each test failed on the main branch before its fix.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import threading
 import time
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 import pytest
 
 import rqueue
+
+NON_FINITE = [math.nan, math.inf, -math.inf]
 
 
 def _stored(raw: Any, prefix: str, name: str) -> int:
@@ -207,3 +211,68 @@ def test_redriven_message_is_not_expired_again_at_once(client: Any, raw: Any, pr
     assert m.body == "old" and m.receive_count == 1
     s = q.stats()
     assert (s.dead, s.expired_total, s.in_flight) == (0, 1, 1)
+
+
+# ---------------------------------------------------------------- 12: NaN and infinities
+
+
+@dataclasses.dataclass
+class Reading:
+    value: float
+
+
+@pytest.mark.parametrize("x", NON_FINITE, ids=["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused_not_nulled(client: Any, raw: Any, prefix: str, x: float) -> None:
+    q = client.create_queue("orders")
+    with pytest.raises(rqueue.InvalidParameter, match="attribute 'v'.*finite"):
+        q.send("x", attributes={"v": x})
+    for body, where in [
+        (x, "body"),
+        ({"a": [1, {"b": x}]}, r"body\['a'\]\[1\]\['b'\]"),
+        ((1, x), r"body\[1\]"),
+        (Reading(x), r"body\.value"),
+    ]:
+        with pytest.raises(rqueue.InvalidParameter, match=f"{where} must be a finite number"):
+            q.send(body)
+    q.send_batch([{"n": 1}])
+    with pytest.raises(rqueue.InvalidParameter, match=r"bodies\[1\]\['n'\] must be a finite number"):
+        q.send_batch([{"n": 2}, {"n": x}])
+    assert [m.body for m in q.receive(10)] == [{"n": 1}]  # the refused batch stored nothing
+
+
+def test_non_finite_reply_is_refused(q: Any) -> None:
+    q.send_tracked("x")
+    (m,) = q.receive()
+    with pytest.raises(rqueue.InvalidParameter, match=r"reply\['r'\] must be a finite number"):
+        q.delete(m.receipt, reply={"r": math.nan})
+    assert q.delete(m.receipt, reply={"r": 1.5})
+
+
+def test_null_and_the_word_null_still_round_trip(q: Any) -> None:
+    body = {"a": None, "s": "null", "l": [None, 1.5, -0.0, 1e308]}
+    q.send(body, attributes={"s": "null", "f": 1e-300})
+    (m,) = q.receive()
+    assert m.body == body and m.attributes == {"s": "null", "f": 1e-300}
+
+
+# ---------------------------------------------------------------- 13: lone surrogates
+
+
+def test_lone_surrogates_are_refused_as_invalid_parameter(q: Any) -> None:
+    bad = "abc\ud800"
+    with pytest.raises(rqueue.InvalidParameter, match="^body must be valid Unicode text"):
+        q.send(bad)
+    with pytest.raises(rqueue.InvalidParameter, match=r"^bodies\[1\] must be valid Unicode text"):
+        q.send_batch(["ok", bad])
+    with pytest.raises(rqueue.InvalidParameter, match="^body must be .* surrogates not allowed"):
+        q.send({"k": [bad]})
+    with pytest.raises(rqueue.InvalidParameter, match="^attribute 'a' must be valid Unicode text"):
+        q.send("x", attributes={"a": bad})
+    with pytest.raises(rqueue.InvalidParameter, match="^attribute .* must be valid Unicode text"):
+        q.send("x", attributes={bad: "v"})
+    assert q.receive(10) == []
+    q.send_tracked("x")
+    (m,) = q.receive()
+    with pytest.raises(rqueue.InvalidParameter, match="^reply must be valid Unicode text"):
+        q.delete(m.receipt, reply=bad)
+    assert q.delete(m.receipt, reply="fine")
