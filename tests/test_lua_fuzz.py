@@ -253,7 +253,7 @@ def receipts_in(script: str, argv: Argv) -> int | None:
 
 _ID = re.compile(r"[1-9][0-9]{0,19}")
 _STORED = re.compile(rb"[0-9]{13}[?!]?", re.S)
-_STATE = re.compile(rb"[0-9]+:[0-9]+:[0-9]+x?")
+_STATE = re.compile(rb"[0-9]+:[0-9]+:[0-9]+(?::[0-9]+)?x?")
 _WHY = re.compile(rb"[0-9]+\|(expired|max_receives|rejected)\|.*", re.S)
 _COUNTERS = {b"sent_total", b"received_total", b"deleted_total", b"dead_lettered_total", b"expired_total"}
 
@@ -401,10 +401,11 @@ class World:
         run(_core.send(qk, [enc("maxed")], None))
         for _ in range(2):
             run(_core.receive(qk, 1, 0))
-        # A tracked message past its retention.
+        # A tracked message past its retention (sent and visible long ago).
         (old_id,) = run(_core.send(qk, [enc("old")], None, _codec.EVENTS))
         stored = self.raw.hget(qk.msgs, old_id)
         self.raw.hset(qk.msgs, old_id, b"0000000000001" + stored[13:])
+        self.raw.zadd(qk.vis, {old_id: 1})
         run(_core.send(qk, [enc("v1", {"k": "v"}), enc([1, 2])], None))
         stale = r_plain.split(".")[0] + ".1"
 
