@@ -55,7 +55,7 @@ MS_1D = 86_400_000
 MAX_SIZE = 16 * 1024 * 1024
 QUEUE_MAX_SIZE = 1024
 #: Examples per script case; raise it (RQUEUE_FUZZ_EXAMPLES=2000) for a deeper run.
-EXAMPLES = int(os.environ.get("RQUEUE_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("RQUEUE_FUZZ_EXAMPLES", "100"))
 
 Argv = list[bytes]
 Snapshot = dict[str, tuple[str, Any, bool]]
