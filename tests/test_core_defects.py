@@ -171,17 +171,18 @@ def test_delay_equal_to_retention_is_received_then_expires_a_retention_later(
     client: Any, raw: Any, prefix: str
 ) -> None:
     q = client.create_queue("orders", visibility_timeout=0.05)
-    _shrink_retention(raw, prefix, "orders", 400)
+    _shrink_retention(raw, prefix, "orders", 600)
     t0 = time.monotonic()
-    q.send("x", delay=0.4)
+    q.send("x", delay=0.6)
     (m,) = q.receive(wait_time=3)
-    assert m.body == "x" and time.monotonic() - t0 >= 0.39
+    assert m.body == "x" and time.monotonic() - t0 >= 0.59
     assert q.stats().dead == 0
-    # Its retention runs from when it became visible: it may still be received...
+    # Its retention runs from when it became visible (sent_at + 600 ms): it may still be received...
     (again,) = q.receive(wait_time=3)
     assert again.id == m.id and again.receive_count == 2
-    # ...until a retention after that moment.
-    time.sleep(max(0.0, t0 + 0.85 - time.monotonic()))
+    # ...until a retention after that moment (server time).
+    while int(raw.time()[0]) * 1000 + int(raw.time()[1]) // 1000 <= m.sent_at + 1200:
+        time.sleep(0.01)
     assert q.receive() == []
     s = q.stats()
     assert (s.dead, s.expired_total) == (1, 1)
@@ -201,13 +202,13 @@ def test_queue_whose_delay_equals_its_retention_delivers(client: Any, raw: Any, 
 def test_redriven_message_is_not_expired_again_at_once(client: Any, raw: Any, prefix: str) -> None:
     """An expired message moved back by redrive starts a new retention: no ping-pong to the DLQ."""
     q = client.create_queue("orders")
+    _shrink_retention(raw, prefix, "orders", 500)
     q.send("old")
-    _shrink_retention(raw, prefix, "orders", 50)
-    time.sleep(0.1)
+    time.sleep(0.55)
     assert q.receive() == []
     assert q.stats().dead == 1
     assert q.redrive() == 1
-    (m,) = q.receive()
+    (m,) = q.receive()  # within 500 ms of the redrive, though sent over 500 ms ago
     assert m.body == "old" and m.receive_count == 1
     s = q.stats()
     assert (s.dead, s.expired_total, s.in_flight) == (0, 1, 1)
