@@ -754,7 +754,8 @@ DEFECTS: list[tuple[str, str, Callable[[Argv], Argv]]] = [
     ("subscribe", "exists-error-after-reaping", _set(0, b"60000")),
     ("subscribe", "name-with-separator-stored", _set(7, b"a|b")),
     ("unsubscribe", "mode-typo-removes-live", _set(0, b"Expired")),
-    ("unsubscribe", "name-without-keys-partial-write", lambda a: [*a, b"s3"]),
+    ("unsubscribe", "name-without-keys", lambda a: [*a, b"s3"]),
+    ("unsubscribe", "names-shifted-partial-write", lambda a: [b"", *a]),
     ("withdraw", "id-missing-runtime-error", lambda a: []),
 ]
 
