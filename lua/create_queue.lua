@@ -14,11 +14,13 @@ ARGV[6] dlq retention (ms)
 
 Reply: 1 when created, 0 when it existed with the same attributes.
 Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
-        when it exists with other attributes.
+        when it exists with other attributes; RQ_BADARG (see _prelude.lua).
 ]]
 local meta_key, dlq_meta_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
 local vt, delay, retention, max_size, mrc, dlq_retention =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local refused = bad_attributes(vt, delay, retention, max_size, mrc, dlq_retention)
+if refused then return refused end
 
 local cur = redis.call('HMGET', meta_key, 'vt', 'delay', 'retention', 'max_size', 'mrc')
 if cur[1] then

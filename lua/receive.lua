@@ -51,8 +51,16 @@ is {id, '<reason>|<detail>', ...} for requests dead-lettered in this call.
 next_ms is -1 when nothing is hidden, 0 when a message is still visible (the
 scan budget ran out), else ms until the next hidden message is visible; it is
 computed only when nothing was delivered.
-Errors: RQ_NOQUEUE.
+Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
+local max = arg_int(ARGV[1], 1, 1000)
+if not max then return bad_arg('max_messages', 'an integer from 1 to 1000') end
+if ARGV[2] ~= '' and not arg_int(ARGV[2], 0, 43200000) then
+  return bad_arg('visibility_timeout', "'' (the queue's) or an integer from 0 to 43200000 (ms)")
+end
+local channel = ARGV[3]
+if not channel then return bad_arg('channel', "the queue's events channel ('' for a dead-letter queue)") end
+
 local meta_key, msgs_key, vis_key, state_key, seq_key, wake_key, why_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key =
@@ -62,11 +70,9 @@ local cfg = redis.call('HMGET', meta_key, 'vt', 'retention', 'mrc', 'dlq')
 if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
-local max = tonumber(ARGV[1])
 local vt = tonumber(ARGV[2] ~= '' and ARGV[2] or cfg[1])
 local mrc = tonumber(cfg[3])
 local is_dlq = cfg[4] == '1'
-local channel = ARGV[3]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
