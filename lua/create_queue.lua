@@ -44,7 +44,11 @@ redis.call('HSET', dlq_meta_key, 'vt', vt, 'delay', 0, 'retention', dlq_retentio
   'max_size', max_size, 'created_at', now, 'dlq', 1)
 -- Ids and receipt tokens start at the server's time in microseconds, so a
 -- queue deleted and created again never reissues a token of its past life.
+-- A counter that ran ahead of the clock outlives delete_queue (with a TTL)
+-- until the clock passes it: it is kept and carries on here.
 if redis.call('EXISTS', seq_key) == 0 then
-  redis.call('SET', seq_key, string.format('%d', now * 1000))
+  redis.call('SET', seq_key, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+else
+  redis.call('PERSIST', seq_key)
 end
 return 1
