@@ -170,8 +170,11 @@ def create_queue(
 def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str = "") -> Call[list[str]]:
     """Store a batch (all or nothing); the reply gives the ids.
 
-    ``flag``: '' untracked, ``_codec.REQUEST`` or ``_codec.EVENTS``.
+    ``flag``: '' untracked, ``_codec.REQUEST`` or ``_codec.EVENTS``. A dead-letter
+    queue takes no sends: its entries come from its source, each with why it died.
     """
+    if keys.is_dlq:
+        raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; send to its source queue {keys.source().name!r}")
     dl = "" if delay is None else seconds_ms("delay", delay, 0, MAX_RETENTION)
     n = len(encoded)
 
@@ -191,16 +194,25 @@ def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str =
 def encode_batch(bodies: Iterable[Any], attributes: _codec.Attributes | None) -> list[bytes]:
     """Encode every body first, so a bad one stores nothing."""
     items = batch("bodies", bodies)
-    if attributes is None:
-        return [_codec.encode(b) for b in items]
-    attrs = _codec.encode_attributes(attributes)  # validate once
-    del attrs
-    return [_codec.encode(b, attributes) for b in items]
+    if attributes is not None:
+        _codec.encode_attributes(attributes)  # validate once, before any body
+    try:
+        return [_codec.encode(b, attributes) for b in items]
+    except InvalidParameter:
+        if len(items) > 1:  # name the body at fault: ``bodies[i]``
+            for i, b in enumerate(items):
+                _codec.encode(b, attributes, f"bodies[{i}]")
+        raise
 
 
-def _dead_letter(why: bytes, source: str) -> DeadLetter:
-    dead_at, reason, detail = why.decode().split("|", 2)
-    return DeadLetter(reason, detail, int(dead_at), source)
+def _dead_letter(why: bytes, source: str, sent_at: int) -> DeadLetter:
+    """The record of why a dead letter died; reason 'unknown' (dead at its send) when it has none,
+    so one odd entry never fails a receive that already hid the whole batch."""
+    dead_at, _, rest = why.partition(b"|")
+    reason, sep, detail = rest.partition(b"|")
+    if not sep or not dead_at.isdigit():
+        return DeadLetter("unknown", "", sent_at, source)
+    return DeadLetter(reason.decode(errors="replace"), detail.decode(errors="replace"), int(dead_at), source)
 
 
 class Received(NamedTuple):
@@ -226,7 +238,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
         for i, raw_id in enumerate(ids):
             raw = stored[i]
             sent_at, body, attrs = _codec.decode(raw)
-            token, rc, first = states[i].split(b":")
+            token, rc, first = states[i].split(b":", 3)[:3]  # a 4th field: when it became visible
             mid = raw_id.decode()
             suffix = "" if whys else _SUFFIX[_codec.flag_of(raw)]
             out.append(
@@ -239,7 +251,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
                     sent_at,
                     int(first),
                     name,
-                    _dead_letter(whys[i], source) if whys else None,
+                    _dead_letter(whys[i], source, sent_at) if whys else None,
                 )
             )
         return Received(out, int(next_ms), notify_dead(keys, buried) if buried else None)
@@ -291,11 +303,11 @@ def receive_flow(
             yield notify
         if messages:
             return messages  # type: ignore[no-any-return]
+        if next_ms == 0:  # the script's scan budget ran out before a visible message: go on at once
+            continue
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return []
-        if next_ms == 0:
-            continue
         timeout = remaining if next_ms < 0 else min(remaining, next_ms / 1000)
         yield Wait(keys.wake, min(timeout, WAIT_CHUNK))
 
@@ -332,7 +344,8 @@ def delete(keys: QueueKeys, receipts: Iterable[str], replies: Sequence[Any] | No
     for i, (mid, token, tracked) in enumerate(parsed):
         extra: bytes = b""
         if tracked:
-            extra = tracked.encode() + (null if replies is None else _codec.encode_body(replies[i]))
+            name = "reply" if len(parsed) == 1 else f"replies[{i}]"
+            extra = tracked.encode() + (null if replies is None else _codec.encode_body(replies[i], name))
             if tracked == "r":
                 key_list.append(keys.reply(mid))
             else:

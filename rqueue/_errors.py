@@ -109,6 +109,10 @@ def from_lua(message: str, queue: str) -> RQueueError | None:
             f"delay must be between 0 and the queue's retention ({int(retention) / 1000:g} s), "
             f"got {int(delay) / 1000:g} s; nothing was stored"
         )
+    if code == "RQ_BADARG":
+        # A script refused an argument before changing anything (a raw call, or a client bug).
+        name, _, what = rest.partition(" ")
+        return InvalidParameter(f"{name} must be {what}; nothing was changed (queue {queue!r})")
     if code == "RQ_EXISTS":
         vt, delay, retention, size, mrc = args
         return QueueAlreadyExists(

@@ -82,7 +82,7 @@ class Cluster:
         for i, c in enumerate(clients):
             lo = i * per
             hi = 16383 if i == len(clients) - 1 else lo + per - 1
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+            c.execute_command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))  # ADDSLOTSRANGE is 7.0+
         for c in clients[1:]:
             c.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
 
