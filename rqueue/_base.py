@@ -3,6 +3,7 @@ and the queue handle's identity."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, NoReturn
 
 from redis import exceptions as rx
@@ -22,6 +23,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     rx.ReadOnlyError,
 )
 
+#: "Error running script (call to f_...): @user_script:99: @user_script: 99: -OOM command not allowed ..."
+_IN_SCRIPT = re.compile(r"@user_script:\s*\d+:\s*-(\S.*)$")
 _NEEDS_PASSWORD = ("noauth", "authentication required", "must be called with the client already authenticated")
 
 
@@ -50,6 +53,9 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
     if isinstance(e, _errors.RQueueError) or not isinstance(e, Exception):
         return e
     msg = " ".join(str(e).split()).rstrip(".") or type(e).__name__
+    inner = _IN_SCRIPT.search(msg)
+    if inner:  # Redis 6.2 wraps the error of a command a script called: classify that error
+        msg = inner[1]
     low = msg.lower()
     where = f" (queue {queue!r})" if queue else ""
     if isinstance(e, rx.AuthenticationError) or any(n in low for n in _NEEDS_PASSWORD):
@@ -104,7 +110,7 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
             )
         if low.startswith("busy "):
             return _errors.ConnectionError(f"the server at {url} is busy running a script{where}: try again later")
-        if "unknown command 'sentinel'" in low:
+        if re.search(r"unknown command .sentinel.", low):
             return _errors.InvalidParameter(
                 f"url {url!r} names a server that is not a Sentinel: use redis://host:port/db for it, or the "
                 "Sentinels' own ports (26379 by default)"
