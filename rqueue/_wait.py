@@ -124,6 +124,16 @@ class AsyncWaiter:
                 task.add_done_callback(self._handing_on.discard)
             raise
 
+    async def settle(self, timeout: float = 1.0) -> None:
+        """Let hand-ons still under way finish before the client closes its connections.
+
+        Run after the close they would open connections again (and leak them).
+        """
+        if self._handing_on:
+            _done, pending = await asyncio.wait(set(self._handing_on), timeout=timeout)
+            for task in pending:
+                task.cancel()
+
     async def hand_on(self, key: str) -> None:
         """Push a wake-up token for another waiter (best effort; see ``SyncWaiter.hand_on``)."""
         with contextlib.suppress(Exception):

@@ -18,6 +18,7 @@ import rqueue.asyncio as rqa
 from rqueue._consumer_core import Backoff, Settings, Tracker
 
 from .bridge import LoopThread
+from .conftest import raw_client
 
 
 def until(cond: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
@@ -98,12 +99,13 @@ class Harness:
 
 
 @pytest.fixture(params=["sync", "async"])
-def h(request: pytest.FixtureRequest, server_url: str, prefix: str) -> Iterator[Harness]:
+def h(request: pytest.FixtureRequest, backend_url: str, prefix: str) -> Iterator[Harness]:
+    """A harness on every backend (standalone, Cluster, Sentinel) x sync/asyncio."""
     loop = request.getfixturevalue("loop_thread") if request.param == "async" else None
-    harness = Harness(request.param, server_url, prefix, loop)
+    harness = Harness(request.param, backend_url, prefix, loop)
     yield harness
     harness.close()
-    r = harness.client.redis.__class__.from_url(server_url)
+    r = raw_client(backend_url)
     for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
         r.unlink(key)
     r.close()
