@@ -19,10 +19,12 @@ if TYPE_CHECKING:
 N = TypeVar("N", bound=Hashable)
 
 #: redis-py errors that mean "the server is unreachable or failing over".
+#: ClusterError: the cluster client gave up following redirections (a slot
+#: moving between nodes: its multi-key scripts get TRYAGAIN until it has moved).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     rx.ConnectionError,
     rx.TimeoutError,
-    rx.ClusterDownError,
+    rx.ClusterError,
     rx.TryAgainError,
     rx.MasterNotFoundError if hasattr(rx, "MasterNotFoundError") else rx.ConnectionError,
     rx.BusyLoadingError,
@@ -32,13 +34,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 def raise_mapped(e: BaseException, url: str, queue: str) -> NoReturn:
     """Re-raise a redis-py error as the rqueue error it means."""
-    if isinstance(e, rx.ResponseError) and not isinstance(e, rx.ReadOnlyError):
+    if isinstance(e, CONNECTION_ERRORS) or (  # before ResponseError: CLUSTERDOWN, TRYAGAIN, READONLY are replies
+        isinstance(e, rx.RedisClusterException) and isinstance(e.__cause__, CONNECTION_ERRORS)  # no node reachable
+    ):
+        raise _errors.ConnectionError(f"cannot reach {url}: {e}") from e
+    if isinstance(e, rx.ResponseError):
         mapped = _errors.from_lua(str(e), queue)
         if mapped is not None:
             raise mapped from None
-        raise e
-    if isinstance(e, CONNECTION_ERRORS):
-        raise _errors.ConnectionError(f"cannot reach {url}: {e}") from e
     raise e
 
 

@@ -9,7 +9,7 @@ from redis import exceptions as rx
 from redis.cluster import RedisCluster
 
 from . import _codec, _core, _errors
-from ._backends import Backend, check_policy, factory_for, resolve_url
+from ._backends import Backend, check_policy, factory_for, mask_url, resolve_url
 from ._base import CONNECTION_ERRORS, QueueHandle, Routing, policy_from, raise_mapped, settle, unreachable
 from ._codec import Attributes
 from ._core import Call, Op, Pop
@@ -32,7 +32,11 @@ def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -
     Warns once when the server's maxmemory-policy is not ``noeviction``.
     """
     url = resolve_url(url)
-    backend = factory_for(url)(url, is_async=False, **options)
+    factory = factory_for(url)
+    try:
+        backend = factory(url, is_async=False, **options)
+    except Exception as e:  # noqa: BLE001 - a cluster client connects at once
+        raise_mapped(e, mask_url(url), "")
     client = Client(backend, prefix=prefix)
     try:
         client._check_server()

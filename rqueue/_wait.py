@@ -161,6 +161,12 @@ class AsyncWaiter:
                 conn.pack_commands([("CLIENT", "ID"), ("BLPOP", key, _server_timeout(timeout))])
             )
             client_id = await conn.read_response()
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                # Cancelled meanwhile, but the cancellation was swallowed on the way (Python 3.11's
+                # wait_for does when the send it guards has just finished): honour it, or this
+                # wait would run its whole timeout (a stopping consumer would hang that long).
+                raise asyncio.CancelledError
             # Our own deadline, not the client's socket_timeout, bounds this read.
             reader = asyncio.ensure_future(conn.read_response(timeout=timeout + 5.0))
             done, _ = await asyncio.wait({reader}, timeout=timeout)

@@ -11,7 +11,7 @@ from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from .. import _codec, _core, _errors
-from .._backends import Backend, check_policy, factory_for, resolve_url
+from .._backends import Backend, check_policy, factory_for, mask_url, resolve_url
 from .._base import CONNECTION_ERRORS, QueueHandle, Routing, policy_from, raise_mapped, settle, unreachable
 from .._codec import Attributes
 from .._core import Call, Op, Pop
@@ -30,7 +30,11 @@ T = TypeVar("T")
 async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -> AsyncClient:
     """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost)."""
     url = resolve_url(url)
-    backend = factory_for(url)(url, is_async=True, **options)
+    factory = factory_for(url)
+    try:
+        backend = factory(url, is_async=True, **options)
+    except Exception as e:  # noqa: BLE001 - a cluster client connects at once
+        raise_mapped(e, mask_url(url), "")
     client = AsyncClient(backend, prefix=prefix)
     try:
         await client._check_server()
