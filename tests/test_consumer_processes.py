@@ -44,14 +44,15 @@ class Workers:
         self.log.touch()
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, handler: str = "record", *args: str, **env: Any) -> subprocess.Popen[bytes]:
+    def start(self, handler: str = "record", *args: str, cli: bool = False, **env: Any) -> subprocess.Popen[bytes]:
+        """A worker process: ``python -m rqueue._worker``, or with ``cli`` the ``rqueue worker`` command."""
         e = {**os.environ, "RQ_TEST_LOG": str(self.log), **{k: str(v) for k, v in env.items()}}
         err = open(self.tmp / f"worker{len(self.procs)}.err", "wb")  # noqa: SIM115 - owned by the child
         p = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "rqueue._worker",
+                *(["rqueue", "worker"] if cli else ["rqueue._worker"]),
                 f"tests.consumer_app:{handler}",
                 "--url",
                 self.url,
@@ -267,6 +268,24 @@ def test_four_workers_random_failures_follow_the_retry_policy(
             dead |= {m.body["i"] for m in batch}
             assert all(m.dead_letter and "RuntimeError: planned failure" in m.dead_letter.detail for m in batch)
         assert dead == expected_dead
+
+
+@pytest.mark.parametrize(
+    "backend_url",
+    [pytest.param("cluster", marks=pytest.mark.cluster), pytest.param("sentinel", marks=pytest.mark.sentinel)],
+    indirect=True,
+)
+def test_the_rqueue_worker_command_serves_a_cluster_or_sentinel_url(
+    workers: Workers, backend_url: str, prefix: str
+) -> None:
+    with rqueue.connect(backend_url, prefix=prefix) as c:
+        q = c.create_queue("jobs", visibility_timeout=30)
+        q.send_batch([{"i": i} for i in range(30)])
+        w = workers.start("record", "--concurrency", "4", cli=True)
+        until(lambda: q.stats().deleted_total == 30 or w.poll() is not None, what="every message")
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(30) == 0, workers.stderr(0)
+        assert sorted(i for e, i, *_ in workers.events() if e == "done") == list(range(30))
 
 
 def test_bad_import_path_and_unknown_queue_exit_2_with_one_line(backend_url: str, prefix: str) -> None:
