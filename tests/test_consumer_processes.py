@@ -288,10 +288,10 @@ def test_the_rqueue_worker_command_serves_a_cluster_or_sentinel_url(
         assert sorted(i for e, i, *_ in workers.events() if e == "done") == list(range(30))
 
 
-def test_bad_import_path_and_unknown_queue_exit_2_with_one_line(backend_url: str, prefix: str) -> None:
+def test_bad_import_path_and_unknown_queue_exit_2_with_one_line(server_url: str, prefix: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "rqueue._worker", *args, "--url", backend_url, "--prefix", prefix],
+            [sys.executable, "-m", "rqueue._worker", *args, "--url", server_url, "--prefix", prefix],
             cwd=ROOT,
             capture_output=True,
             text=True,
