@@ -103,6 +103,12 @@ def workers(backend_url: str, prefix: str, tmp_path: Path) -> Iterator[Workers]:
     r.close()
 
 
+#: Where signals and load are worth a worker process: behind Sentinel a worker runs as on a standalone
+#: server (Sentinel only names the master), so Sentinel is covered by the restart test.
+STANDALONE_AND_CLUSTER = [pytest.param("standalone"), pytest.param("cluster", marks=pytest.mark.cluster)]
+
+
+@pytest.mark.parametrize("backend_url", STANDALONE_AND_CLUSTER, indirect=True)
 def test_sigkill_mid_batch_loses_nothing(workers: Workers, backend_url: str, prefix: str) -> None:
     with rqueue.connect(backend_url, prefix=prefix) as c:
         q = c.create_queue("jobs", visibility_timeout=1)
@@ -125,6 +131,7 @@ def test_sigkill_mid_batch_loses_nothing(workers: Workers, backend_url: str, pre
         assert (s.visible, s.in_flight, s.dead) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("backend_url", STANDALONE_AND_CLUSTER, indirect=True)
 def test_sigterm_finishes_in_flight_releases_the_rest_and_runs_nothing_twice(
     workers: Workers, backend_url: str, prefix: str
 ) -> None:
@@ -221,9 +228,7 @@ def test_server_killed_and_restarted_under_a_running_consumer(
         backend.close()
 
 
-@pytest.mark.parametrize(
-    "backend_url", [pytest.param("standalone"), pytest.param("cluster", marks=pytest.mark.cluster)], indirect=True
-)
+@pytest.mark.parametrize("backend_url", STANDALONE_AND_CLUSTER, indirect=True)
 @pytest.mark.parametrize("handler", ["record", "record_async"])
 def test_four_workers_random_failures_follow_the_retry_policy(
     workers: Workers, backend_url: str, prefix: str, handler: str
