@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 import rqueue
 import rqueue.asyncio as rqa
@@ -136,3 +137,31 @@ def test_a_cancelled_wait_ends_at_once_even_if_a_library_swallowed_the_cancellat
     took = asyncio.run(go())
     assert swallowed == [True]
     assert took < 1.0
+
+
+def test_closing_right_after_a_cancelled_wait_leaves_no_connection_open(server_url: str, prefix: str) -> None:
+    """A cancelled wait hands its token on in the background; aclose() lets that finish first,
+    or it would open a connection again after the close (and leak it)."""
+    raw = redis.Redis.from_url(server_url)
+
+    def connections() -> int:
+        return sum(1 for c in raw.client_list() if c["name"] == prefix)
+
+    async def go() -> int:
+        c = await rqa.connect(server_url, prefix=prefix, client_name=prefix)
+        q = await c.create_queue("idle")
+        waiting = asyncio.ensure_future(c.wait(q._keys.wake, 5))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await c.aclose()
+        await asyncio.sleep(0.3)  # a hand-on still under way would reconnect now
+        return connections()
+
+    try:
+        assert asyncio.run(go()) == 0
+    finally:
+        for key in list(raw.scan_iter(match=f"{prefix}:*")):
+            raw.unlink(key)
+        raw.close()
