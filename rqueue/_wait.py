@@ -124,6 +124,16 @@ class AsyncWaiter:
                 task.add_done_callback(self._handing_on.discard)
             raise
 
+    async def settle(self, timeout: float = 1.0) -> None:
+        """Let hand-ons still under way finish before the client closes its connections.
+
+        Run after the close they would open connections again (and leak them).
+        """
+        if self._handing_on:
+            _done, pending = await asyncio.wait(set(self._handing_on), timeout=timeout)
+            for task in pending:
+                task.cancel()
+
     async def hand_on(self, key: str) -> None:
         """Push a wake-up token for another waiter (best effort; see ``SyncWaiter.hand_on``)."""
         with contextlib.suppress(Exception):
@@ -151,6 +161,12 @@ class AsyncWaiter:
                 conn.pack_commands([("CLIENT", "ID"), ("BLPOP", key, _server_timeout(timeout))])
             )
             client_id = await conn.read_response()
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                # Cancelled meanwhile, but the cancellation was swallowed on the way (Python 3.11's
+                # wait_for does when the send it guards has just finished): honour it, or this
+                # wait would run its whole timeout (a stopping consumer would hang that long).
+                raise asyncio.CancelledError
             # Our own deadline, not the client's socket_timeout, bounds this read.
             reader = asyncio.ensure_future(conn.read_response(timeout=timeout + 5.0))
             done, _ = await asyncio.wait({reader}, timeout=timeout)

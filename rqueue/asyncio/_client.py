@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import exceptions as rx
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from .. import _codec, _core, _errors
 from .._backends import Backend, check_options, check_policy, factory_for, mask_url, resolve_url
-from .._base import QueueHandle, config_refused, policy_from, raise_connect_error, raise_mapped
+from .._base import (
+    CONNECTION_ERRORS,
+    QueueHandle,
+    Routing,
+    config_refused,
+    policy_from,
+    raise_connect_error,
+    raise_mapped,
+    settle,
+    unreachable,
+)
 from .._codec import Attributes
 from .._core import Call, Op, Pop
 from .._errors import InvalidParameter, QueueDoesNotExist
@@ -54,6 +66,8 @@ class AsyncClient:
         self.prefix = check_prefix(prefix)
         self._listener: AsyncListener | None = None
         self._waiter = AsyncWaiter(self.redis)
+        #: Set on a Redis Cluster: run_many pipelines per node.
+        self._routing = Routing() if isinstance(self.redis, RedisCluster) else None
 
     def __repr__(self) -> str:
         return f"<rqueue.asyncio.AsyncClient {self.url}>"
@@ -88,7 +102,10 @@ class AsyncClient:
 
         Each result is the parsed reply, or the rqueue exception that call met;
         a lost connection raises ``rqueue.ConnectionError`` for the whole batch.
+        On a cluster, each node owning some of the calls gets its own pipeline.
         """
+        if self._routing is not None:
+            return await self._run_many_cluster(calls, self._routing)
         pipe = self.redis.pipeline(transaction=False)
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -96,19 +113,70 @@ class AsyncClient:
             replies = await pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
-        out: list[Any] = []
-        for call, reply in zip(calls, replies, strict=True):
+        out, again, _moved = settle(calls, replies, self.url)
+        if again:
+            await self._run_again(calls, out, again)
+        return out
+
+    async def _run_again(self, calls: Sequence[Call[Any]], out: list[Any], again: list[int]) -> None:
+        """Run the calls at ``again`` singly (NOSCRIPT: load the script; MOVED/ASK: follow it)."""
+        for i in again:
             try:
-                if isinstance(reply, rx.NoScriptError):
-                    out.append(await self.run(call))  # loads the script, runs this call again
-                elif isinstance(reply, Exception):
-                    raise_mapped(reply, self.url, call.queue)
-                else:
-                    out.append(call.parse(reply))
+                out[i] = await self.run(calls[i])
             except _errors.ConnectionError:
                 raise
             except Exception as e:  # noqa: BLE001
-                out.append(e)
+                out[i] = e
+
+    async def _run_many_cluster(self, calls: Sequence[Call[Any]], routing: Routing) -> list[Any]:
+        """run_many on a cluster: one pipeline per node, on that node's own connections, concurrently."""
+        rc: RedisCluster = self.redis
+        try:
+            if routing.stale:
+                await rc.nodes_manager.initialize()
+                routing.stale = False
+            groups, first = routing.plan(calls, rc.nodes_manager.get_node_from_slot)
+        except Exception as e:  # no node answers, or a slot has no owner yet
+            routing.stale = True
+            raise _errors.ConnectionError(f"cannot reach {self.url}: {e}") from e
+        replies: list[Any] = [None] * len(calls)
+
+        async def on(node: ClusterNode, idx: list[int]) -> None:
+            cmds = []
+            for i in idx:
+                call = calls[i]
+                cmds.append(PipelineCommand(i, "EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args))
+            try:
+                await node.execute_pipeline(cmds)
+                got = [c.result for c in cmds]
+                down = unreachable(got)
+                if down is not None:  # the connection broke mid-read, or CLUSTERDOWN, LOADING...
+                    raise down
+            except Exception as e:  # noqa: BLE001
+                if isinstance(e, CONNECTION_ERRORS):
+                    routing.failed(node)
+                raise_mapped(e, self.url, "")
+            routing.answered(node)
+            for i, reply in zip(idx, got, strict=True):
+                replies[i] = reply
+
+        # Suspects first, on their own (see Routing); then the other nodes together.
+        for part in (groups[:first], groups[first:]):
+            if len(part) == 1:
+                await on(*part[0])
+            elif part:
+                done = await asyncio.gather(*(on(*g) for g in part), return_exceptions=True)
+                failures = [f for f in done if isinstance(f, BaseException)]
+                if failures:  # an unreachable node fails the whole batch
+                    raise next((f for f in failures if isinstance(f, _errors.ConnectionError)), failures[0])
+        out, again, moved = settle(calls, replies, self.url)
+        if again:
+            if moved:  # a slot changed owner: learn the new map, then follow it singly
+                try:
+                    await rc.nodes_manager.initialize()
+                except Exception:  # noqa: BLE001 - run() follows the redirection anyway
+                    routing.stale = True
+            await self._run_again(calls, out, again)
         return out
 
     async def wait(self, key: str, timeout: float) -> bool:
@@ -205,6 +273,7 @@ class AsyncClient:
         try:
             if self._listener is not None:
                 await self._listener.aclose()
+            await self._waiter.settle()
             await self.redis.aclose()
         finally:
             for stop in self._backend.on_close:
