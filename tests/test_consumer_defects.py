@@ -390,8 +390,7 @@ def test_a_tiny_visibility_timeout_runs_each_message_once_while_held(rig: Rig, v
         runs[body["i"]] += 1
         t_end = time.monotonic() + 1.6  # slower than the 1 s lease floor: heartbeats must hold it
         while time.monotonic() < t_end:
-            s = q.stats()
-            hidden.append(s.visible == 0 and s.in_flight == 3)
+            hidden.append(q.stats().visible == 0)
             time.sleep(0.05)
 
     c = rig.consumer("jobs", rig.handler(handler, blocking=True), concurrency=4)
@@ -576,6 +575,48 @@ def test_cancelling_run_twice_stops_at_once(backend_url: str, prefix: str, loop_
     assert loop_thread.run(scenario(), timeout=60) < 5
     s = q.stats()
     assert (s.deleted_total, s.in_flight) == (0, 1)  # back after its visibility timeout
+    client.delete_queue("jobs")
+    client.close()
+
+
+def test_cancelling_stop_still_stops_the_asyncio_consumer_at_once(
+    backend_url: str, prefix: str, loop_thread: LoopThread
+) -> None:
+    """stop() given up on (a timeout around it): the shutdown is not cut short but finishes at once."""
+    client = rqueue.connect(backend_url, prefix=prefix)
+    q = client.create_queue("jobs", visibility_timeout=30)
+    q.send("stuck")
+    seen: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        ac = await rqa.connect(backend_url, prefix=prefix)
+        started = asyncio.Event()
+
+        async def handler(body: str) -> None:
+            started.set()
+            await asyncio.Event().wait()  # never ends by itself
+
+        c = rqa.Consumer(ac.queue("jobs"), handler, shutdown_timeout=30)
+        await c.start()
+        await started.wait()
+        stopping = asyncio.create_task(c.stop())
+        deadline = time.monotonic() + 5
+        while not all(t.done() for t in c._receivers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the graceful stop is under way, waiting for the handler
+        t0 = time.monotonic()
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        seen["seconds"] = time.monotonic() - t0 < 5
+        seen["maintainer done"] = c._maintainer is not None and c._maintainer.done()
+        seen["workers"] = len(c._workers)
+        seen["receivers done"] = all(t.done() for t in c._receivers)
+        await c.stop()
+        await ac.aclose()
+
+    loop_thread.run(scenario(), timeout=90)
+    assert seen == {"seconds": True, "maintainer done": True, "workers": 0, "receivers done": True}
+    assert q.stats().in_flight == 1  # stopped at once: the message comes back after its timeout
     client.delete_queue("jobs")
     client.close()
 

@@ -102,8 +102,7 @@ class Consumer:
         self._stop_requested = asyncio.Event()  # by anyone: stop(), a signal, a handler, a crash
         self._stop_asked = False  # by stop() from outside a handler, a signal or a cancellation: next one aborts
         self._in_run = False  # run() is waiting and will shut down
-        self._shutdown_started = False
-        self._stopper: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None  # the shutdown, in a task of its own
         self._done = asyncio.Event()
         self._outage = Outage()
         self._poked: set[int] = set()
@@ -154,22 +153,34 @@ class Consumer:
             except asyncio.CancelledError as e:
                 cancelled = e
                 self._request_stop(outside=True)
-            shutdown = asyncio.ensure_future(self._shutdown())
-            while True:
-                try:
-                    await asyncio.shield(shutdown)  # a cancellation must not cut the shutdown short
-                    break
-                except asyncio.CancelledError as e:
-                    cancelled = cancelled or e
-                    if shutdown.done():
-                        break
-                    self._request_stop(outside=True)  # cancelled again while stopping: stop at once
+            cancelled = await self._stopped() or cancelled
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
         if cancelled is not None:
             raise cancelled
         self._raise_if_crashed()
+
+    def _shutdown_task(self) -> asyncio.Future[None]:
+        """The shutdown, started once in a task of its own: cancelling a caller cannot cut it short."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._shutdown())
+        return self._stopping
+
+    async def _stopped(self) -> asyncio.CancelledError | None:
+        """Wait until the consumer has stopped; a cancellation meanwhile counts as a stop request
+        (the second one stops at once) and is returned, for the caller to raise once stopped."""
+        task = self._shutdown_task()
+        cancelled: asyncio.CancelledError | None = None
+        while True:
+            try:
+                await asyncio.shield(task)
+                return cancelled
+            except asyncio.CancelledError as e:
+                cancelled = cancelled or e
+                if task.done():
+                    return cancelled
+                self._request_stop(outside=True)
 
     def _raise_if_crashed(self) -> None:
         """The crash of an internal task as RuntimeError, raised once (by run() or stop())."""
@@ -196,8 +207,8 @@ class Consumer:
 
     def _stop_in_background(self) -> None:
         """Shut down in a task of its own unless run() (or a shutdown already under way) will."""
-        if not self._in_run and not self._shutdown_started and self._stopper is None:
-            self._stopper = asyncio.ensure_future(self._shutdown())
+        if not self._in_run:
+            self._shutdown_task()
 
     def _request_stop(self, *, outside: bool) -> None:
         """Record a stop request: no more receiving or starting jobs from now on; the shutdown
@@ -224,7 +235,9 @@ class Consumer:
         if inside:
             self._stop_in_background()
             return
-        await self._shutdown()  # or waits for the one under way
+        cancelled = await self._stopped()
+        if cancelled is not None:
+            raise cancelled
         self._raise_if_crashed()
 
     async def __aenter__(self) -> Consumer:
@@ -242,12 +255,10 @@ class Consumer:
         self._request_stop(outside=True)
 
     async def _shutdown(self) -> None:
+        """Stop: halt receivers, release unstarted jobs, let running ones finish, send the rest.
+        Runs once, in its own task (``_shutdown_task``)."""
         tracker = self._tracker
         assert tracker is not None
-        if self._shutdown_started:
-            await self._done.wait()
-            return
-        self._shutdown_started = True
         try:
             self._halting = True
             self._slot.set()
