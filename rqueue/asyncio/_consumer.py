@@ -192,8 +192,8 @@ class Consumer:
         """Run a receiver, the maintainer or a worker; a crash stops the consumer instead of leaving it idle."""
         try:
             await work
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise  # asyncio lets these end the loop: not ours to turn into a stop
         except BaseException as e:
             log.critical("consumer task crashed; stopping", exc_info=e)
             self._crash(e)
