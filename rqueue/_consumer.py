@@ -356,7 +356,7 @@ class Consumer:
     def _notify(self, call: Call[Any]) -> None:
         try:
             self._client.run(call)
-        except ConnectionError as e:
+        except Exception as e:  # noqa: BLE001 - best effort: must not cost the messages just received
             log.warning("could not tell senders about dead-lettered requests (%s); they time out instead", e)
 
     def _send_once(self, flush: Flush) -> None:

@@ -404,7 +404,7 @@ class Consumer:
             if notify is not None:  # requests this receive dead-lettered: tell their senders
                 try:
                     await self._client.run(notify)
-                except ConnectionError as e:
+                except Exception as e:  # noqa: BLE001 - best effort: must not cost the messages just received
                     log.warning("could not tell senders about dead-lettered requests (%s); they time out instead", e)
             tracker.unreserve(n - len(messages))
             if len(messages) < n:
