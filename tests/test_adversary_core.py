@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,3 +81,47 @@ def test_reject_reason_with_a_lone_surrogate_is_an_invalid_parameter(q: Any) -> 
         q.reject(m.receipt, "bad \ud800 reason")
     assert q.delete(m.receipt) is True
     assert q.stats().dead == 0
+
+
+# ---------------------------------------------------------------- the limits themselves are accepted
+
+
+def test_every_limit_at_its_bound_is_accepted(client: Any) -> None:
+    """12 h visibility, 14-day retention, delay == retention, 16 MiB messages, 1000 receives, 1000 max receives."""
+    q = client.create_queue(
+        "edge",
+        visibility_timeout=12 * 3600,
+        delay=14 * 86400,
+        retention=14 * 86400,
+        max_message_size=16 * 1024 * 1024,
+        max_receive_count=1000,
+    )
+    assert q.attributes() == rqueue.QueueAttributes(12 * 3600, 14 * 86400, 14 * 86400, 16 * 1024 * 1024, 1000)
+    big = b"x" * (16 * 1024 * 1024)
+    q.send(big, delay=0)
+    q.send("later", delay=14 * 86400)
+    with pytest.raises(rqueue.MessageTooLarge):
+        q.send(big + b"x", delay=0)
+    ids = q.send_batch([str(i) for i in range(1000)], delay=0)
+    got = q.receive(1000, visibility_timeout=12 * 3600)
+    assert len(got) == 1000 and got[0].body == big
+    assert [m.id for m in got[1:]] == ids[:999]
+    s = q.stats()
+    assert (s.visible, s.in_flight, s.delayed) == (1, 1000, 1)
+    assert q.change_visibility_batch([m.receipt for m in got], 12 * 3600) == [True] * 1000
+    assert q.delete_batch([m.receipt for m in got]) == [True] * 1000
+
+
+# ---------------------------------------------------------------- embedded:///dir leaves one log, not one per run
+
+
+def test_a_kept_embedded_folder_does_not_gather_a_log_file_per_run(tmp_path: Path) -> None:
+    """Each run listens on a new free port; naming the log after the port left one more file per run."""
+    folder = tmp_path / "data"
+    for i in range(3):
+        with rqueue.connect(f"embedded://{folder}") as c:
+            c.create_queue("orders").send(i)
+    logs = sorted(p.name for p in folder.iterdir() if p.suffix == ".log")
+    assert logs == ["server.log"]
+    with rqueue.connect(f"embedded://{folder}") as c:
+        assert c.queue("orders").stats().visible == 3
