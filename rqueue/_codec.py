@@ -84,7 +84,7 @@ def _non_finite(value: Any) -> tuple[str, float] | None:
     elif isinstance(value, list | tuple):
         items, fmt = enumerate(value), "[{}]"
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        items, fmt = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value)), ".{}"
+        items, fmt = _dataclass_items(value), ".{}"
     elif isinstance(value, enum.Enum):
         items, fmt = (("value", value.value),), ".{}"
     else:
@@ -97,6 +97,15 @@ def _non_finite(value: Any) -> tuple[str, float] | None:
         if found is not None:
             return fmt.format(key) + found[0], found[1]
     return None
+
+
+def _dataclass_items(value: Any) -> Iterable[tuple[str, Any]]:
+    """What orjson writes of a dataclass instance: its ``__dict__`` when it has one (attributes set
+    outside the fields too), else its fields; names with a leading underscore left out either way."""
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict):
+        return ((k, v) for k, v in attrs.items() if isinstance(k, str) and not k.startswith("_"))
+    return ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value) if not f.name.startswith("_"))
 
 
 def encode_attributes(attributes: Attributes) -> bytes:
@@ -121,14 +130,14 @@ def encode_attributes(attributes: Attributes) -> bytes:
         return orjson.dumps(out)
     except TypeError as e:  # e.g. an int over 64 bits, or a name or value with a lone surrogate
         for k, v in out.items():
-            if not _is_text(k) or (isinstance(v, str) and not _is_text(v)):
+            if not is_text(k) or (isinstance(v, str) and not is_text(v)):
                 raise InvalidParameter(
                     f"attribute {k!r} must be valid Unicode text (its name or value holds a lone surrogate)"
                 ) from None
         raise InvalidParameter(f"attributes cannot be serialised: {e}") from None
 
 
-def _is_text(s: str) -> bool:
+def is_text(s: str) -> bool:
     """Whether ``s`` encodes to UTF-8 (no lone surrogates)."""
     try:
         s.encode()

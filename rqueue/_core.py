@@ -71,11 +71,24 @@ Op = Call[Any] | Wait | Pop
 # ---------------------------------------------------------------- validation
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut to 80 characters; an int too long to print
+    (``repr`` raises ValueError past 4300 digits) by its size."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an int of {value.bit_length()} bits"
+    return f"{value!r:.80}"
+
+
 def _number(name: str, value: object, lo: float, hi: float, unit: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise InvalidParameter(f"{name} must be a number from {lo:g} to {hi:g} {unit}, got {value!r}")
+    # No math.isnan on an int: it raises OverflowError past float range (10**400 is just out of range).
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and math.isnan(value))
+    ):
+        raise InvalidParameter(f"{name} must be a number from {lo:g} to {hi:g} {unit}, got {shown(value)}")
     if not lo <= value <= hi:
-        raise InvalidParameter(f"{name} must be from {lo:g} to {hi:g} {unit}, got {value!r}")
+        raise InvalidParameter(f"{name} must be from {lo:g} to {hi:g} {unit}, got {shown(value)}")
     return float(value)
 
 
@@ -87,7 +100,7 @@ def seconds_ms(name: str, value: object, lo: float, hi: float) -> int:
 def integer(name: str, value: object, lo: int, hi: int) -> int:
     """An int in [lo, hi]."""
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidParameter(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
+        raise InvalidParameter(f"{name} must be an integer from {lo} to {hi}, got {shown(value)}")
     return value
 
 
@@ -372,8 +385,10 @@ def reject(keys: QueueKeys, receipts: Iterable[str], reason: str) -> Call[list[b
     """Dead-letter received messages now, keeping ``reason``; False for a stale receipt."""
     if keys.is_dlq:
         raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; delete its messages or redrive them")
-    if not isinstance(reason, str) or len(reason) > 4096:
-        raise InvalidParameter(f"reason must be a string of at most 4096 characters, got {reason!r:.80}")
+    if not isinstance(reason, str) or len(reason) > 4096 or not _codec.is_text(reason):
+        raise InvalidParameter(
+            f"reason must be valid Unicode text (no lone surrogates) of at most 4096 characters, got {reason!r:.80}"
+        )
     d = keys.dlq()
     key_list = [keys.meta, keys.msgs, keys.vis, keys.state, d.meta, d.msgs, d.vis, d.why, d.wake]
     args: list[bytes | str | int] = [reason, keys.events, REPLY_TTL_MS]

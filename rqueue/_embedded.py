@@ -96,7 +96,8 @@ class ServerProcess:
         #: The guard process; the server is its child, ``pid``.
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
-        self.log_path = self.data_dir / f"server-{self.port}.log"
+        # A kept folder (embedded:///dir) gets one log for every run, not one more per port.
+        self.log_path = self.data_dir / ("server.log" if data_dir else f"server-{self.port}.log")
 
     @property
     def url(self) -> str:
