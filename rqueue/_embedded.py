@@ -11,6 +11,7 @@ way (SIGKILL too), whichever of its threads started it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import shutil
@@ -98,6 +99,8 @@ class ServerProcess:
         self.pid: int | None = None
         # A kept folder (embedded:///dir) gets one log for every run, not one more per port.
         self.log_path = self.data_dir / ("server.log" if data_dir else f"server-{self.port}.log")
+        #: An open lock on a kept folder (embedded:///dir), held while this server uses it.
+        self.lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -217,8 +220,11 @@ class ServerProcess:
         self.start()
 
     def close(self) -> None:
-        """Stop and remove a temporary data directory."""
+        """Stop, release a kept folder and remove a temporary one."""
         self.stop()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # closing the descriptor releases the lock
+            self.lock_fd = None
         if self._tmp is not None:
             with contextlib.suppress(OSError):
                 self._tmp.cleanup()
@@ -230,12 +236,33 @@ class ServerProcess:
         self.close()
 
 
+LOCK_FILE = "rqueue-embedded.lock"
+
+
+def _lock_folder(folder: Path) -> int:
+    """Lock a kept folder for one server: two servers on one append-only file would each keep
+    only their own writes. The lock file names the running server's URL."""
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        running = os.read(fd, 200).decode(errors="replace").strip()
+        os.close(fd)
+        raise RQueueError(
+            f"url 'embedded://{folder}': another embedded server uses that folder"
+            + (f" ({running})" if running else "")
+            + "; connect to that server's redis:// URL, or name another folder"
+        ) from None
+    return fd
+
+
 def embedded(path: str) -> ServerProcess:
-    """The server behind ``embedded://`` (temporary) or ``embedded:///dir`` (AOF)."""
+    """The server behind ``embedded://`` (temporary) or ``embedded:///dir`` (AOF, one server at a time)."""
     try:
         if path and path != "/":
             server = ServerProcess(data_dir=os.path.abspath(path), persistent=True)
             server.extra = ["--appendfsync", "everysec"]
+            server.lock_fd = _lock_folder(server.data_dir)
         else:
             server = ServerProcess()
     except OSError as e:
@@ -243,4 +270,12 @@ def embedded(path: str) -> ServerProcess:
             f"url 'embedded://{path}': cannot make the folder {path!r} ({e.strerror or e}); "
             "name a folder this process can create and write, or use embedded:// for a temporary one"
         ) from None
-    return server.start()
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    if server.lock_fd is not None:
+        os.ftruncate(server.lock_fd, 0)
+        os.pwrite(server.lock_fd, f"{server.url}, pid {os.getpid()}\n".encode(), 0)
+    return server

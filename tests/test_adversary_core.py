@@ -127,21 +127,13 @@ def test_a_kept_embedded_folder_does_not_gather_a_log_file_per_run(tmp_path: Pat
         assert c.queue("orders").stats().visible == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="embedded:///dir starts a second server on the same AOF folder: two processes split the data "
-    "while they run (needs a lock, or reuse of the running server, in rqueue/_embedded.py)",
-)
-def test_two_clients_of_one_kept_embedded_folder_share_its_queues(tmp_path: Path) -> None:
-    """A second connect to a folder in use must use the running server's data, or refuse clearly."""
+def test_a_second_server_on_a_kept_embedded_folder_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    """Two servers on one append-only file would each keep only their own writes: refuse clearly."""
     url = f"embedded://{tmp_path / 'data'}"
     with rqueue.connect(url) as a:
         a.create_queue("orders").send("from a")
-        try:
-            b = rqueue.connect(url)
-        except rqueue.RQueueError:
-            return
-        with b:
-            a.queue("orders").send("from a, later")
-            b.queue("orders").send("from b")
-            assert [a.queue("orders").stats().visible, b.queue("orders").stats().visible] == [3, 3]
+        with pytest.raises(rqueue.RQueueError, match=r"another embedded server uses that folder \(redis://127"):
+            rqueue.connect(url)
+        a.queue("orders").send("from a, later")
+    with rqueue.connect(url) as b:  # the folder is free again, with everything a stored
+        assert b.queue("orders").stats().visible == 2
