@@ -104,6 +104,8 @@ class Consumer:
         self._in_run = False  # run() is waiting and will shut down
         self._stopping: asyncio.Future[None] | None = None  # the shutdown, in a task of its own
         self._done = asyncio.Event()
+        self._halt_event = asyncio.Event()  # set when stopping: receivers' backoffs end at once
+        self._exit_event = asyncio.Event()  # set when the maintainer must exit: its backoff ends
         self._outage = Outage()
         self._poked: set[int] = set()
         self._crashed: BaseException | None = None
@@ -218,6 +220,7 @@ class Consumer:
         self._stop_asked = self._stop_asked or outside
         self._stop_requested.set()
         self._halting = True
+        self._halt_event.set()
         self._slot.set()
 
     async def stop(self) -> None:
@@ -261,6 +264,7 @@ class Consumer:
         assert tracker is not None
         try:
             self._halting = True
+            self._halt_event.set()
             self._slot.set()
             for qi in list(self._waiting):
                 self._poke(qi)
@@ -283,6 +287,7 @@ class Consumer:
             if self._workers:
                 await asyncio.wait(self._workers, timeout=JOIN_TIMEOUT)
             self._maint_exit = True
+            self._exit_event.set()
             self._maint.set()
             if self._maintainer is not None:
                 await asyncio.wait([self._maintainer], timeout=JOIN_TIMEOUT)
@@ -295,7 +300,13 @@ class Consumer:
 
     # ------------------------------------------------------------ round trips
 
-    async def _exchange(self, flush: Flush, tail: list[Call[Any]]) -> list[Any] | None:
+    @staticmethod
+    async def _pause(seconds: float, until: asyncio.Event) -> None:
+        """Back off ``seconds``, or less if ``until`` is set (stopping must not wait out a backoff)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until.wait(), seconds)
+
+    async def _exchange(self, flush: Flush, tail: list[Call[Any]], pause: asyncio.Event) -> list[Any] | None:
         """Send ``flush`` and run ``tail`` in one round trip; None if the server is unreachable.
 
         The one place acks (with their replies) leave the consumer.
@@ -313,7 +324,7 @@ class Consumer:
             delay, starts = self._outage.failed()
             if starts:
                 log.warning("lost the server (%s); retrying with backoff until it is back", e)
-            await asyncio.sleep(delay)
+            await self._pause(delay, pause)
             return None
         lasted = self._outage.ok()
         if lasted is not None:
@@ -385,7 +396,7 @@ class Consumer:
             self._poked.discard(qi)
             tracker.receiving += 1
             try:
-                got = await self._exchange(tracker.take(), [_core.receive(keys, n, lease)])
+                got = await self._exchange(tracker.take(), [_core.receive(keys, n, lease)], self._halt_event)
             finally:
                 tracker.receiving -= 1
             result = got[0] if got else None
@@ -396,7 +407,7 @@ class Consumer:
                     delay, starts = errors.failed()
                     if starts:
                         log.error("queue %r: receive failed: %s; retrying with backoff", keys.name, result)
-                    await asyncio.sleep(delay)
+                    await self._pause(delay, self._halt_event)
                 continue
             if errors.ok() is not None:
                 log.warning("queue %r: receiving again", keys.name)
@@ -434,7 +445,7 @@ class Consumer:
                 delay, starts = self._outage.failed()
                 if starts:
                     log.warning("lost the server (%s); retrying with backoff until it is back", e)
-                await asyncio.sleep(delay)
+                await self._pause(delay, self._halt_event)
             finally:
                 self._waiting.pop(qi, None)
 
@@ -550,7 +561,7 @@ class Consumer:
             self._maint_wake_at = 0.0
             flush = tracker.take() if f == 0 else Flush()
             due = tracker.heartbeat(now) if h == 0 else []
-            got = await self._exchange(flush, tracker.heartbeat_calls(self._keys, due))
+            got = await self._exchange(flush, tracker.heartbeat_calls(self._keys, due), self._exit_event)
             if got is None:
                 tracker.heartbeat_failed(due, time.monotonic())
                 continue
