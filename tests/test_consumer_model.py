@@ -6,14 +6,16 @@ messages (plain, tracked, or as requests from threads) and scripts, per
 message, what its handler does on each run: return a reply of some kind
 (unencodable ones included), raise ``ValueError``, let a ``CancelledError``
 escape, raise ``rqueue.Reject`` with a reason of any type, sleep past the
-lease, or call ``consumer.stop()`` from inside. A consumer (threads or
-asyncio) runs until every message has settled; one stopped from inside a
-handler is replaced by a fresh one. Then, exactly:
+lease, or call ``consumer.stop()`` from inside. One or two consumers (threads
+or asyncio, random concurrency and batch size) run side by side until every
+message has settled; one stopped from inside a handler is replaced by a fresh
+one. Then, exactly:
 
 - every message ended acknowledged (with the reply the model says its sender
   gets) or dead-lettered (with the model's detail), after the model's number
   of runs;
-- no message ever ran twice at once (its lease held while it ran);
+- no message ever ran twice at once, in one consumer or two (its lease held
+  while it ran), and without a stop every receive was a run;
 - every consumer kept going, or stopped because a handler asked it to; none
   crashed, none idled with work waiting.
 
@@ -87,6 +89,8 @@ REPLIES: dict[str, Callable[[], Any]] = {
     "str": lambda: "done",
     "dict": lambda: {"ok": [1, 2.5, None]},
     "none": lambda: None,
+    "empty-str": lambda: "",
+    "false": lambda: False,
     "bytes": lambda: b"\x00\xff",
     "surrogate": lambda: "caf\udce9",  # os.fsdecode of a non-UTF-8 file name
     "surrogate-in-dict": lambda: {"name": "\ud800"},
@@ -94,11 +98,12 @@ REPLIES: dict[str, Callable[[], Any]] = {
     "big-int": lambda: 2**70,
     "object": lambda: object(),
 }
-ENCODABLE_REPLIES = {"int", "str", "dict", "none", "bytes"}
+ENCODABLE_REPLIES = {"int", "str", "dict", "none", "empty-str", "false", "bytes"}
 
 #: What a handler passes to rqueue.Reject, by kind.
 REASONS: dict[str, Any] = {
     "text": "customer does not exist",
+    "separators": "left|right:middle",
     "empty": "",
     "none": None,
     "long": "x" * 5000,
@@ -194,6 +199,7 @@ Script = tuple[Behaviour, ...]
 class Example:
     vt: float
     mrc: int | None
+    consumers: int  # side by side on the queue
     concurrency: int
     batch_size: int
     messages: tuple[tuple[str, Script], ...]  # (send mode, script) per message
@@ -207,12 +213,12 @@ class Example:
 
 @st.composite
 def examples(draw: st.DrawFn) -> Example:
-    """A queue, a consumer's options and 1-12 scripted messages.
+    """A queue, how many consumers with which options, and 1-12 scripted messages.
 
     Scripts with ``stop`` only on queues without max_receive_count: a stop makes
     the unstarted messages visible again, which spends receives the model cannot
     foresee (the handler picks its behaviour by its own run count, so nothing else
-    depends on them). At most two slow runs and two stops keep an example short.
+    depends on them). At most one slow run and two stops keep an example short.
     """
     vt = draw(st.sampled_from(VISIBILITY_TIMEOUTS))
     mrc = draw(st.none() | st.integers(1, 4))
@@ -224,7 +230,7 @@ def examples(draw: st.DrawFn) -> Example:
         failures = draw(st.lists(st.sampled_from(["fail", "cancel"]), max_size=3))
         script: list[Behaviour] = [(f, "") for f in failures]
         end = draw(st.sampled_from(endings))
-        if (end == "slow" and slow == 2) or (end == "stop" and stops == 2):
+        if (end == "slow" and slow == 1) or (end == "stop" and stops == 2):
             end = "ok"
         slow += end == "slow"
         stops += end == "stop"
@@ -232,7 +238,7 @@ def examples(draw: st.DrawFn) -> Example:
         script.append((end, arg))
         mode = draw(st.sampled_from(["plain", "tracked", "request"]))
         messages.append((mode, tuple(script)))
-    return Example(vt, mrc, draw(st.integers(1, 4)), draw(st.integers(1, 5)), tuple(messages))
+    return Example(vt, mrc, draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 5)), tuple(messages))
 
 
 # ---------------------------------------------------------------- what the handlers saw
@@ -433,9 +439,9 @@ class Env:
 _names = itertools.count()
 
 
-def _request(q: rqueue.Queue, i: int) -> tuple[Any, ...]:
+def _request(q: rqueue.Queue, i: int, timeout: float) -> tuple[Any, ...]:
     try:
-        return ("reply", q.request({"i": i}, timeout=SETTLE * 3))
+        return ("reply", q.request({"i": i}, timeout=timeout))
     except rqueue.MessageDeadLettered as e:
         return ("dead", e.reason, e.detail)
 
@@ -455,7 +461,8 @@ def run_example(env: Env, ex: Example) -> None:
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(ex.messages))
     requests: dict[int, concurrent.futures.Future[tuple[Any, ...]]] = {}
     trackers: dict[int, rqueue.Tracker] = {}
-    run: SyncRun | AsyncRun | None = None
+    started: list[SyncRun | AsyncRun] = []
+    live: list[SyncRun | AsyncRun] = []
 
     def state() -> str:
         return (
@@ -478,6 +485,7 @@ def run_example(env: Env, ex: Example) -> None:
         extra = [i for i, r in enumerate(record.runs) if len(r) > model[i].runs]
         assert not extra, f"messages {extra} ran more often than the model says" + state()
 
+    deadline = time.monotonic() + SETTLE + SLOW * ex.slow_runs()
     try:
         for i, (mode, _) in enumerate(ex.messages):
             if mode == "plain":
@@ -485,28 +493,39 @@ def run_example(env: Env, ex: Example) -> None:
             elif mode == "tracked":
                 trackers[i] = q.send_tracked({"i": i})
             else:
-                requests[i] = pool.submit(_request, q, i)
-        deadline = time.monotonic() + SETTLE + SLOW * ex.slow_runs()
+                requests[i] = pool.submit(_request, q, i, deadline + 1 - time.monotonic())
         stops = sum(1 for _, s in ex.messages if s[-1][0] == "stop")
-        for _ in range(stops + 1):  # a consumer stopped from inside a handler is replaced
+
+        def start() -> None:
+            assert len(started) < ex.consumers + stops, "more consumers stopped than stop behaviours" + state()
             aq = env.aclient.queue(name) if env.kind == "async" else None
-            run = SyncRun(q, ex, record) if aq is None else AsyncRun(aq, ex, record, env.loop)  # type: ignore[arg-type]
-            while not run.finished() and not settled():
-                check_runs()
-                now = time.monotonic()
-                assert now < deadline, "the consumer idles with work waiting" + state()
-                asked = run.stopper.at
-                assert asked is None or now < asked + STOP_WITHIN, "stop() from a handler did not stop it" + state()
-                time.sleep(0.01)
-            if not run.finished():
-                run.stop()
+            started.append(SyncRun(q, ex, record) if aq is None else AsyncRun(aq, ex, record, env.loop))  # type: ignore[arg-type]
+            live.append(started[-1])
+
+        def ended(run: SyncRun | AsyncRun) -> None:
             assert run.finished(), f"the consumer did not stop within {STOP_WITHIN} s" + state()
             assert run.error is None, f"the consumer stopped with an error: {run.error!r}" + state()
             assert run.stopper.at is not None, "the consumer stopped by itself" + state()
-            run = None
-            if settled():
-                break
-        assert settled(), "messages left after every stop behaviour ran" + state()
+            live.remove(run)
+
+        for _ in range(ex.consumers):
+            start()
+        while not settled():
+            check_runs()
+            now = time.monotonic()
+            assert now < deadline, "the consumers idle with work waiting" + state()
+            for run in list(live):
+                asked = run.stopper.at
+                assert asked is None or now < asked + STOP_WITHIN or run.finished(), (
+                    "stop() from inside a handler did not stop the consumer" + state()
+                )
+                if run.finished():  # stopped from inside a handler: a fresh one goes on
+                    ended(run)
+                    start()
+            time.sleep(0.01)
+        for run in list(live):
+            run.stop()
+            ended(run)
 
         # -- every message where the model says, after the model's number of runs
         check_runs()
@@ -536,8 +555,9 @@ def run_example(env: Env, ex: Example) -> None:
                 assert [e.kind for e in t.events].count("received") == m.runs, (i, t.events)
         assert all(seconds < STOP_WITHIN for seconds in record.stop_calls), record.stop_calls
     finally:
-        if run is not None and not run.finished():
-            run.abandon()
+        for run in live:
+            if not run.finished():
+                run.abandon()
         pool.shutdown(wait=False, cancel_futures=True)
         env.client.delete_queue(name)
 
