@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 import rqueue
@@ -82,6 +82,24 @@ class _Unprintable:
     def __repr__(self) -> str:
         raise RuntimeError("no repr")
 
+
+class _MuteError(Exception):
+    """An exception whose str() raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def failure(kind: str, i: int, run: int) -> BaseException:
+    """The exception a failing run raises, by kind (``cancel`` is raised where it escapes)."""
+    if kind == "fail":
+        return ValueError(f"boom {i}/{run}")
+    if kind == "fail-odd":  # several lines, a lone surrogate
+        return ValueError(f"two\n  lines caf\udce9 {i}/{run}")
+    return _MuteError()
+
+
+FAILURES = ["fail", "fail-odd", "fail-mute", "cancel"]
 
 #: What a handler returns, by kind. Made fresh per run (object(), nan).
 REPLIES: dict[str, Callable[[], Any]] = {
@@ -150,9 +168,15 @@ def reject_detail(reason: Any) -> str:
     return text.encode("utf-8", "backslashreplace").decode()[:MAX_REASON]
 
 
-def failure_text(behaviour: Behaviour, i: int, run: int) -> str:
-    """``Type: message`` of the exception a failing run raised."""
-    return f"ValueError: boom {i}/{run}" if behaviour[0] == "fail" else "CancelledError"
+def failure_text(kind: str, i: int, run: int) -> str:
+    """``Type: message`` of the exception a failing run raised: one line, surrogates escaped,
+    ``<unprintable>`` when its str() raises."""
+    return {
+        "fail": f"ValueError: boom {i}/{run}",
+        "fail-odd": f"ValueError: two lines caf\\udce9 {i}/{run}",
+        "fail-mute": "_MuteError: <unprintable>",
+        "cancel": "CancelledError",
+    }[kind]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +208,7 @@ def expected(i: int, script: Script, mrc: int | None) -> Expected:
         if kind == "reject":
             return Expected(run, False, detail=reject_detail(REASONS[arg]))
         if mrc is not None and run >= mrc:
-            why = f"failed on receive {run} of max_receive_count {mrc}: {failure_text(behaviour, i, run)}"
+            why = f"failed on receive {run} of max_receive_count {mrc}: {failure_text(kind, i, run)}"
             return Expected(run, False, detail=why)
     raise AssertionError(f"script {script} does not end")
 
@@ -227,7 +251,7 @@ def examples(draw: st.DrawFn) -> Example:
     slow = stops = 0
     messages = []
     for _ in range(n):
-        failures = draw(st.lists(st.sampled_from(["fail", "cancel"]), max_size=3))
+        failures = draw(st.lists(st.sampled_from(FAILURES), max_size=3))
         script: list[Behaviour] = [(f, "") for f in failures]
         end = draw(st.sampled_from(endings))
         if (end == "slow" and slow == 1) or (end == "stop" and stops == 2):
@@ -297,10 +321,10 @@ class Stopper:
 
 def _sync_act(behaviour: Behaviour, i: int, run: int, consumer: Any, stopper: Stopper, record: Record) -> Any:
     kind, arg = behaviour
-    if kind == "fail":
-        raise ValueError(f"boom {i}/{run}")
     if kind == "cancel":
         raise asyncio.CancelledError()
+    if kind.startswith("fail"):
+        raise failure(kind, i, run)
     if kind == "reject":
         raise rqueue.Reject(REASONS[arg])
     if kind == "slow":
@@ -391,8 +415,8 @@ class AsyncRun:
         i, run, behaviour = self.record.begin(m)
         try:
             kind, arg = behaviour
-            if kind == "fail":
-                raise ValueError(f"boom {i}/{run}")
+            if kind.startswith("fail"):
+                raise failure(kind, i, run)
             if kind == "cancel":  # an inner task's cancellation escapes the handler
                 inner = asyncio.ensure_future(asyncio.sleep(3600))
                 inner.cancel()
@@ -529,31 +553,31 @@ def run_example(env: Env, ex: Example) -> None:
 
         # -- every message where the model says, after the model's number of runs
         check_runs()
-        assert [len(r) for r in record.runs] == [m.runs for m in model], state()
+        assert [len(r) for r in record.runs] == [m.runs for m in model], "runs differ from the model" + state()
         dead = {p.body["i"]: p.dead_letter for p in env.client.run(peek(q.dead_letter_queue._keys, 100))}
-        assert sorted(dead) == [i for i, m in enumerate(model) if not m.acked], state()
+        assert sorted(dead) == [i for i, m in enumerate(model) if not m.acked], "dead letters differ" + state()
         for i, why in dead.items():
             assert why is not None
-            assert (why.reason, why.detail) == ("rejected", model[i].detail), (i, why, model[i])
+            assert (why.reason, why.detail) == ("rejected", model[i].detail), f"dead letter {i}: {why}" + state()
         s = q.stats()
-        assert (s.deleted_total, s.dead) == (sum(m.acked for m in model), len(dead)), state()
+        assert (s.deleted_total, s.dead) == (sum(m.acked for m in model), len(dead)), "counters differ" + state()
         if not ex.has_stop():  # a stop makes unstarted messages visible again: receives without a run
-            assert s.received_total == sum(m.runs for m in model), state()
+            assert s.received_total == sum(m.runs for m in model), "a receive without a run" + state()
         # -- what the senders heard
         for i, f in requests.items():
             m = model[i]
             want = ("reply", m.reply) if m.acked else ("dead", "rejected", m.detail)
-            assert f.result(0) == want, (i, m)
+            assert f.result(0) == want, f"request {i} got {f.result(0)}" + state()
         for i, t in trackers.items():
             m = model[i]
             event = _final_event(t)
             assert event is not None
             got = (event.kind, event.reply) if m.acked else (event.kind, event.reason, event.detail)
             want = ("processed", m.reply) if m.acked else ("dead_lettered", "rejected", m.detail)
-            assert got == want, (i, t.events, m)
+            assert got == want, f"tracked {i} heard {t.events}" + state()
             if not ex.has_stop():
-                assert [e.kind for e in t.events].count("received") == m.runs, (i, t.events)
-        assert all(seconds < STOP_WITHIN for seconds in record.stop_calls), record.stop_calls
+                assert [e.kind for e in t.events].count("received") == m.runs, f"tracked {i} heard {t.events}"
+        assert all(took < STOP_WITHIN for took in record.stop_calls), f"stop() in a handler took {record.stop_calls} s"
     finally:
         for run in live:
             if not run.finished():
@@ -565,41 +589,75 @@ def run_example(env: Env, ex: Example) -> None:
 # ---------------------------------------------------------------- the tests
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("standalone", id="standalone"),
-        pytest.param("cluster", id="cluster", marks=pytest.mark.cluster),
-    ]
-)
-def model_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue("server_url" if request.param == "standalone" else "cluster_url"))
+@pytest.fixture
+def envs(request: pytest.FixtureRequest) -> Iterator[Callable[[str, str], Env]]:
+    """envs(kind, backend) -> clients for that consumer kind ("sync", "async") and backend, once per test."""
+    made: dict[tuple[str, str], Env] = {}
+
+    def get(kind: str, backend: str) -> Env:
+        if (kind, backend) not in made:
+            url = str(request.getfixturevalue("server_url" if backend == "standalone" else "cluster_url"))
+            prefix = "t" + uuid.uuid4().hex[:10]
+            loop: LoopThread | None = request.getfixturevalue("loop_thread") if kind == "async" else None
+            aclient = loop.run(rqa.connect(url, prefix=prefix)) if loop is not None else None
+            made[kind, backend] = Env(kind, url, prefix, rqueue.connect(url, prefix=prefix), aclient, loop)
+        return made[kind, backend]
+
+    yield get
+    for env in made.values():
+        if env.loop is not None:
+            env.loop.run(env.aclient.aclose())
+        env.client.close()
+        r: redis.Redis = raw_client(env.url)
+        for key in list(r.scan_iter(match=f"{env.prefix}:*", count=1000)):
+            r.unlink(key)
+        r.close()
 
 
-@pytest.fixture(params=["sync", "async"])
-def env(request: pytest.FixtureRequest, model_url: str) -> Iterator[Env]:
-    prefix = "t" + uuid.uuid4().hex[:10]
-    client = rqueue.connect(model_url, prefix=prefix)
-    loop: LoopThread | None = None
-    aclient: Any = None
-    if request.param == "async":
-        loop = request.getfixturevalue("loop_thread")
-        aclient = loop.run(rqa.connect(model_url, prefix=prefix))
-    yield Env(request.param, model_url, prefix, client, aclient, loop)
-    if loop is not None:
-        loop.run(aclient.aclose())
-    client.close()
-    r: redis.Redis = raw_client(model_url)
-    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
-        r.unlink(key)
-    r.close()
-
+#: Run first by every test: each behaviour, reply and reason kind that matters most, on a
+#: queue with visibility_timeout 0 and two consumers (two stops), and on a sub-second one
+#: with max_receive_count.
+PINNED = [
+    Example(
+        vt=0,
+        mrc=None,
+        consumers=2,
+        concurrency=2,
+        batch_size=3,
+        messages=(
+            ("request", (("slow", "bytes"),)),
+            ("tracked", (("cancel", ""), ("stop", "surrogate"))),
+            ("plain", (("fail-mute", ""), ("ok", "nan"))),
+            ("request", (("fail-odd", ""), ("reject", "exception"))),
+            ("tracked", (("ok", "object"),)),
+            ("request", (("stop", "str"),)),
+        ),
+    ),
+    Example(
+        vt=0.3,
+        mrc=2,
+        consumers=1,
+        concurrency=4,
+        batch_size=5,
+        messages=(
+            ("request", (("cancel", ""), ("fail-odd", ""), ("ok", "int"))),
+            ("tracked", (("fail", ""), ("ok", "dict"))),
+            ("plain", (("slow", "int"),)),
+            ("request", (("reject", "unprintable"),)),
+            ("tracked", (("reject", "surrogate"),)),
+            ("request", (("ok", "surrogate-in-dict"),)),
+            ("tracked", (("fail-mute", ""), ("fail", ""))),
+        ),
+    ),
+]
 
 #: Shrinking replays failing examples, each up to SETTLE seconds: off unless asked for
 #: (RQUEUE_MODEL_SHRINK=1) so a failing CI run stays short and reports the example as drawn.
 PHASES = tuple(Phase) if os.environ.get("RQUEUE_MODEL_SHRINK") else (Phase.explicit, Phase.generate)
 
-
-@settings(
+#: Deterministic (the examples derive from each test's source, so the four tests draw
+#: different ones) and bounded: about 10 s per test.
+model_settings = settings(
     max_examples=20,
     deadline=None,
     derandomize=True,
@@ -607,6 +665,32 @@ PHASES = tuple(Phase) if os.environ.get("RQUEUE_MODEL_SHRINK") else (Phase.expli
     phases=PHASES,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(ex=examples())
-def test_consumer_matches_the_model(env: Env, ex: Example) -> None:
-    run_example(env, ex)
+
+
+def model_test(test: Callable[..., None]) -> Callable[..., None]:
+    """given(examples()), the pinned examples first, model_settings."""
+    for ex in reversed(PINNED):
+        test = example(ex=ex)(test)
+    return model_settings(given(ex=examples())(test))
+
+
+@model_test
+def test_thread_consumer_matches_the_model_on_standalone(envs: Callable[[str, str], Env], ex: Example) -> None:
+    run_example(envs("sync", "standalone"), ex)
+
+
+@model_test
+def test_asyncio_consumer_matches_the_model_on_standalone(envs: Callable[[str, str], Env], ex: Example) -> None:
+    run_example(envs("async", "standalone"), ex)
+
+
+@pytest.mark.cluster
+@model_test
+def test_thread_consumer_matches_the_model_on_cluster(envs: Callable[[str, str], Env], ex: Example) -> None:
+    run_example(envs("sync", "cluster"), ex)
+
+
+@pytest.mark.cluster
+@model_test
+def test_asyncio_consumer_matches_the_model_on_cluster(envs: Callable[[str, str], Env], ex: Example) -> None:
+    run_example(envs("async", "cluster"), ex)
