@@ -4,9 +4,9 @@ Each hypothesis example makes a fresh queue (a random visibility timeout, 0 and
 sub-second ones included; a random ``max_receive_count`` or none), sends 1-12
 messages (plain, tracked, or as requests from threads) and scripts, per
 message, what its handler does on each run: return a reply of some kind
-(unencodable ones included), raise ``ValueError``, let a ``CancelledError``
-escape, raise ``rqueue.Reject`` with a reason of any type, sleep past the
-lease, or call ``consumer.stop()`` from inside. One or two consumers (threads
+(unencodable ones included), raise an exception (odd ones too), let a
+``CancelledError`` escape, raise ``rqueue.Reject`` with a reason of any type,
+sleep past the lease, or call ``consumer.stop()`` from inside. One or two consumers (threads
 or asyncio, random concurrency and batch size) run side by side until every
 message has settled; one stopped from inside a handler is replaced by a fresh
 one. Then, exactly:
@@ -21,6 +21,8 @@ one. Then, exactly:
 
 What the right outcome is lives in the "model" section only (``expected`` and
 the helpers above it), so a decision about it changes in one place.
+Deterministic (derandomized, no example database) and bounded (about 10-20 s a
+test); ``RQUEUE_MODEL_SHRINK=1`` turns shrinking on to minimise a failure.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class _MuteError(Exception):
 
 def failure(kind: str, i: int, run: int) -> BaseException:
     """The exception a failing run raises, by kind (``cancel`` is raised where it escapes)."""
-    if kind == "fail":
+    if kind in ("fail", "stop-fail"):
         return ValueError(f"boom {i}/{run}")
     if kind == "fail-odd":  # several lines, a lone surrogate
         return ValueError(f"two\n  lines caf\udce9 {i}/{run}")
@@ -100,6 +102,8 @@ def failure(kind: str, i: int, run: int) -> BaseException:
 
 
 FAILURES = ["fail", "fail-odd", "fail-mute", "cancel"]
+#: Calls consumer.stop(), then raises ValueError: the retry must go out as the consumer stops.
+STOP_FAIL = "stop-fail"
 
 #: What a handler returns, by kind. Made fresh per run (object(), nan).
 REPLIES: dict[str, Callable[[], Any]] = {
@@ -173,6 +177,7 @@ def failure_text(kind: str, i: int, run: int) -> str:
     ``<unprintable>`` when its str() raises."""
     return {
         "fail": f"ValueError: boom {i}/{run}",
+        "stop-fail": f"ValueError: boom {i}/{run}",
         "fail-odd": f"ValueError: two lines caf\\udce9 {i}/{run}",
         "fail-mute": "_MuteError: <unprintable>",
         "cancel": "CancelledError",
@@ -195,8 +200,8 @@ def expected(i: int, script: Script, mrc: int | None) -> Expected:
     Run k (from 1) does ``script[k-1]``. Returning (``ok``, ``slow`` past the
     lease, ``stop`` after calling consumer.stop()) acknowledges, the reply
     going to a tracked sender. ``Reject(reason)`` dead-letters at once with
-    ``reject_detail(reason)``. Any other exception, a ``CancelledError``
-    escaping an async handler included, retries; on receive ``max_receive_count``
+    ``reject_detail(reason)``. Any other exception (also after calling stop()),
+    a ``CancelledError`` escaping an async handler included, retries; on receive ``max_receive_count``
     it dead-letters with ``failed on receive k of max_receive_count m: Type:
     message``. Every dead letter's reason is ``rejected`` (the consumer put it
     there, not the receive script).
@@ -221,6 +226,8 @@ Script = tuple[Behaviour, ...]
 
 @dataclasses.dataclass(frozen=True)
 class Example:
+    """One queue's settings, the consumers on it and each message's send mode and script."""
+
     vt: float
     mrc: int | None
     consumers: int  # side by side on the queue
@@ -232,7 +239,11 @@ class Example:
         return sum(1 for _, s in self.messages for b in s if b[0] == "slow")
 
     def has_stop(self) -> bool:
-        return any(b[0] == "stop" for _, s in self.messages for b in s)
+        return self.stops() > 0
+
+    def stops(self) -> int:
+        """Runs that call consumer.stop()."""
+        return sum(1 for _, s in self.messages for b in s if b[0] in ("stop", STOP_FAIL))
 
 
 @st.composite
@@ -242,7 +253,7 @@ def examples(draw: st.DrawFn) -> Example:
     Scripts with ``stop`` only on queues without max_receive_count: a stop makes
     the unstarted messages visible again, which spends receives the model cannot
     foresee (the handler picks its behaviour by its own run count, so nothing else
-    depends on them). At most one slow run and two stops keep an example short.
+    depends on them). At most one slow run and two stopping runs keep an example short.
     """
     vt = draw(st.sampled_from(VISIBILITY_TIMEOUTS))
     mrc = draw(st.none() | st.integers(1, 4))
@@ -251,7 +262,11 @@ def examples(draw: st.DrawFn) -> Example:
     slow = stops = 0
     messages = []
     for _ in range(n):
-        failures = draw(st.lists(st.sampled_from(FAILURES), max_size=3))
+        failures = draw(st.lists(st.sampled_from(FAILURES + ([STOP_FAIL] if mrc is None else [])), max_size=3))
+        for k, f in enumerate(failures):
+            if f == STOP_FAIL:
+                failures[k] = f if stops < 2 else "fail"
+                stops += f == failures[k]
         script: list[Behaviour] = [(f, "") for f in failures]
         end = draw(st.sampled_from(endings))
         if (end == "slow" and slow == 1) or (end == "stop" and stops == 2):
@@ -323,16 +338,18 @@ def _sync_act(behaviour: Behaviour, i: int, run: int, consumer: Any, stopper: St
     kind, arg = behaviour
     if kind == "cancel":
         raise asyncio.CancelledError()
-    if kind.startswith("fail"):
+    if kind in FAILURES:
         raise failure(kind, i, run)
     if kind == "reject":
         raise rqueue.Reject(REASONS[arg])
     if kind == "slow":
         time.sleep(SLOW)
-    if kind == "stop" and stopper.claim():
+    if kind.startswith("stop") and stopper.claim():
         t0 = time.monotonic()
         consumer.stop()
         record.stop_calls.append(time.monotonic() - t0)
+    if kind == "stop-fail":
+        raise failure(kind, i, run)
     return REPLIES[arg]()
 
 
@@ -415,7 +432,7 @@ class AsyncRun:
         i, run, behaviour = self.record.begin(m)
         try:
             kind, arg = behaviour
-            if kind.startswith("fail"):
+            if kind in FAILURES and kind != "cancel":
                 raise failure(kind, i, run)
             if kind == "cancel":  # an inner task's cancellation escapes the handler
                 inner = asyncio.ensure_future(asyncio.sleep(3600))
@@ -425,10 +442,12 @@ class AsyncRun:
                 raise rqueue.Reject(REASONS[arg])
             if kind == "slow":
                 await asyncio.sleep(SLOW)
-            if kind == "stop" and self.stopper.claim():
+            if kind.startswith("stop") and self.stopper.claim():
                 t0 = time.monotonic()
                 await self.consumer.stop()
                 self.record.stop_calls.append(time.monotonic() - t0)
+            if kind == "stop-fail":
+                raise failure(kind, i, run)
             return REPLIES[arg]()
         finally:
             self.record.end(i)
@@ -518,7 +537,7 @@ def run_example(env: Env, ex: Example) -> None:
                 trackers[i] = q.send_tracked({"i": i})
             else:
                 requests[i] = pool.submit(_request, q, i, deadline + 1 - time.monotonic())
-        stops = sum(1 for _, s in ex.messages if s[-1][0] == "stop")
+        stops = ex.stops()
 
         def start() -> None:
             assert len(started) < ex.consumers + stops, "more consumers stopped than stop behaviours" + state()
@@ -627,7 +646,7 @@ PINNED = [
         messages=(
             ("request", (("slow", "bytes"),)),
             ("tracked", (("cancel", ""), ("stop", "surrogate"))),
-            ("plain", (("fail-mute", ""), ("ok", "nan"))),
+            ("plain", (("stop-fail", ""), ("fail-mute", ""), ("ok", "nan"))),
             ("request", (("fail-odd", ""), ("reject", "exception"))),
             ("tracked", (("ok", "object"),)),
             ("request", (("stop", "str"),)),
