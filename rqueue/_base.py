@@ -163,6 +163,8 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
         return _errors.ServerError(f"the cluster at {url} refused a call{where}: {msg}; report this message")
     if isinstance(e, (*CONNECTION_ERRORS, OSError)):
         return _errors.ConnectionError(f"cannot reach {url}: {msg}{_hint(msg, url, connecting)}")
+    if type(e) is rx.RedisError and low.startswith("invalid"):  # redis-py refused a URL option it parsed late
+        return _errors.InvalidParameter(f"url {url!r} or an option of connect() cannot be used: {msg}")
     if isinstance(e, rx.RedisError):
         return _errors.ServerError(f"the server at {url} failed a call{where}: {msg}; report this message")
     return e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 import rqueue
+import rqueue.asyncio as rqa
 
 # ---------------------------------------------------------------- NaN in a dataclass's non-field attribute
 
@@ -137,3 +139,13 @@ def test_a_second_server_on_a_kept_embedded_folder_is_refused_until_the_first_cl
         a.queue("orders").send("from a, later")
     with rqueue.connect(url) as b:  # the folder is free again, with everything a stored
         assert b.queue("orders").stats().visible == 2
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_bad_ssl_option_in_the_url_is_an_invalid_parameter(aio: bool) -> None:
+    url = "rediss://127.0.0.1:1/0?ssl_cert_reqs=bogus"
+    with pytest.raises(rqueue.InvalidParameter, match=r"url .*ssl_cert_reqs=bogus.* cannot be used: Invalid SSL"):
+        if aio:
+            asyncio.run(rqa.connect(url))
+        else:
+            rqueue.connect(url)
