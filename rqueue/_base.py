@@ -70,3 +70,23 @@ def policy_from(reply: Any) -> str | None:
             if (k.decode() if isinstance(k, bytes) else k) == "maxmemory-policy":
                 return v.decode() if isinstance(v, bytes) else str(v)
     return None
+
+
+#: Pool connections a client leaves to what runs beside its calls (the sync event
+#: listener's connection, handing a wake-up token on).
+CALL_RESERVE = 4
+
+
+def call_limit(redis: Any) -> int:
+    """How many calls of one client may use its pool at once.
+
+    redis-py's pool fails with "Too many connections" past its size (100 unless
+    ``max_connections`` says otherwise; per node on a cluster) instead of
+    waiting; the clients let at most this many calls in, so more concurrent
+    calls (threads, tasks, a consumer's handlers) wait for a free connection.
+    """
+    size = getattr(getattr(redis, "connection_pool", None), "max_connections", None)
+    if size is None:
+        kwargs = getattr(getattr(redis, "nodes_manager", None), "connection_kwargs", None) or {}
+        size = kwargs.get("max_connections") or 100
+    return max(1, int(size) - CALL_RESERVE)

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from redis import exceptions as rx
 
 from . import _codec, _core, _errors
 from ._backends import Backend, check_policy, factory_for, resolve_url
-from ._base import QueueHandle, policy_from, raise_mapped
+from ._base import QueueHandle, call_limit, policy_from, raise_mapped
 from ._codec import Attributes
 from ._core import Call, Op, Pop
 from ._errors import InvalidParameter, QueueDoesNotExist
 from ._keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
 from ._listen import SyncListener, Tracker
 from ._models import Event, Message, QueueAttributes, QueueStats
-from ._wait import SyncWaiter
+from ._wait import DEFAULT_MAX_LANES, SyncWaiter, check_max_lanes
 
 if TYPE_CHECKING:
     from ._topic import Topic
@@ -24,15 +25,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -> Client:
+def connect(
+    url: str | None = None,
+    *,
+    prefix: str = "rqueue",
+    max_wait_connections: int = DEFAULT_MAX_LANES,
+    **options: Any,
+) -> Client:
     """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost).
 
     ``options`` go to redis-py (``socket_timeout``, ``ssl_ca_certs``, ...).
+    ``max_wait_connections`` caps the connections the client's waiting calls
+    (long polls, requests) share; see the README's "Long polling".
     Warns once when the server's maxmemory-policy is not ``noeviction``.
     """
     url = resolve_url(url)
+    check_max_lanes(max_wait_connections)
     backend = factory_for(url)(url, is_async=False, **options)
-    client = Client(backend, prefix=prefix)
+    client = Client(backend, prefix=prefix, max_wait_connections=max_wait_connections)
     try:
         client._check_server()
     except BaseException:
@@ -44,17 +54,22 @@ def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -
 class Client:
     """A connection to one server or cluster; makes ``Queue`` handles.
 
-    Thread-safe: every call takes a connection from redis-py's pool, and a
-    long poll holds its own, so it never stalls other calls.
+    Thread-safe: every call takes a connection from redis-py's pool; waiting
+    calls (long polls, requests) share a few connections of their own
+    (``rqueue._wait``), so they never take the pool from other calls.
     """
 
-    def __init__(self, backend: Backend, *, prefix: str = "rqueue") -> None:
+    def __init__(
+        self, backend: Backend, *, prefix: str = "rqueue", max_wait_connections: int = DEFAULT_MAX_LANES
+    ) -> None:
         self._backend = backend
         self.redis: Any = backend.client
         self.url = backend.url
         self.prefix = check_prefix(prefix)
         self._listener: SyncListener | None = None
-        self._waiter = SyncWaiter(self.redis)
+        self._waiter = SyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
+        #: Calls beyond the pool's size wait here for a connection instead of failing.
+        self._calls = threading.BoundedSemaphore(call_limit(self.redis))
 
     def __repr__(self) -> str:
         return f"<rqueue.Client {self.url}>"
@@ -70,16 +85,24 @@ class Client:
             raise_mapped(e, self.url, "")
         check_policy(policy_from(reply), self.url)
 
+    def _fail(self, e: BaseException, queue: str) -> NoReturn:
+        """Raise ``e`` as the rqueue error it means; anything met once the
+        client is closed (redis-py's internals included) as 'client is closed'."""
+        if self._waiter.core.closed:
+            raise self._waiter.core.closed_error() from e
+        raise_mapped(e, self.url, queue)
+
     def run(self, call: Call[T]) -> T:
         """Run one script call and parse its reply."""
         try:
-            try:
-                reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            except rx.NoScriptError:
-                self.redis.script_load(call.script.source)
-                reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            with self._calls:
+                try:
+                    reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                except rx.NoScriptError:
+                    self.redis.script_load(call.script.source)
+                    reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, call.queue)
+            self._fail(e, call.queue)
         return call.parse(reply)
 
     def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
@@ -92,9 +115,10 @@ class Client:
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            replies = pipe.execute(raise_on_error=False)
+            with self._calls:
+                replies = pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
         out: list[Any] = []
         for call, reply in zip(calls, replies, strict=True):
             try:
@@ -118,14 +142,14 @@ class Client:
         try:
             return self._waiter.wait(key, timeout, on_block=on_block)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
 
     def pop(self, key: str, timeout: float) -> bytes | None:
         """Pop the value pushed on ``key``, or None after ``timeout`` seconds."""
         try:
             return self._waiter.pop(key, timeout)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
 
     def listener(self) -> SyncListener:
         """The client's one event listener (started on the first tracked send)."""
@@ -175,7 +199,8 @@ class Client:
 
     def _registry_add(self, name: str) -> None:
         try:
-            self.redis.sadd(registry(self.prefix), name)
+            with self._calls:
+                self.redis.sadd(registry(self.prefix), name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
 
@@ -195,7 +220,8 @@ class Client:
     def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""
         try:
-            names = sorted(n.decode() for n in self.redis.smembers(registry(self.prefix)))
+            with self._calls:
+                names = sorted(n.decode() for n in self.redis.smembers(registry(self.prefix)))
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
         return names
@@ -205,15 +231,21 @@ class Client:
         keys = QueueKeys.for_queue(self.prefix, check_name(name))
         existed = self.run(_core.delete_queue(keys))
         try:
-            self.redis.srem(registry(self.prefix), keys.name)
+            with self._calls:
+                self.redis.srem(registry(self.prefix), keys.name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
         if not existed:
             raise QueueDoesNotExist(f"queue {name!r} does not exist")
 
     def close(self) -> None:
-        """Close connections (and stop an embedded server)."""
+        """Close connections (and stop an embedded server).
+
+        Calls waiting meanwhile (long polls, requests, in other threads) end
+        with ``rqueue.ConnectionError`` ('the client ... is closed').
+        """
         try:
+            self._waiter.close()
             if self._listener is not None:
                 self._listener.close()
             self.redis.close()

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from redis import exceptions as rx
 
 from .. import _codec, _core, _errors
 from .._backends import Backend, check_policy, factory_for, resolve_url
-from .._base import QueueHandle, policy_from, raise_mapped
+from .._base import QueueHandle, call_limit, policy_from, raise_mapped
 from .._codec import Attributes
 from .._core import Call, Op, Pop
 from .._errors import InvalidParameter, QueueDoesNotExist
 from .._keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
 from .._listen import AsyncListener, AsyncTracker
 from .._models import Event, Message, QueueAttributes, QueueStats
-from .._wait import AsyncWaiter
+from .._wait import DEFAULT_MAX_LANES, AsyncWaiter, check_max_lanes
 
 if TYPE_CHECKING:
     from ._topic import AsyncTopic
@@ -25,11 +26,18 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -> AsyncClient:
-    """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost)."""
+async def connect(
+    url: str | None = None,
+    *,
+    prefix: str = "rqueue",
+    max_wait_connections: int = DEFAULT_MAX_LANES,
+    **options: Any,
+) -> AsyncClient:
+    """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost); see ``rqueue.connect``."""
     url = resolve_url(url)
+    check_max_lanes(max_wait_connections)
     backend = factory_for(url)(url, is_async=True, **options)
-    client = AsyncClient(backend, prefix=prefix)
+    client = AsyncClient(backend, prefix=prefix, max_wait_connections=max_wait_connections)
     try:
         await client._check_server()
     except BaseException:
@@ -41,13 +49,17 @@ async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: 
 class AsyncClient:
     """An asyncio connection to one server or cluster; makes ``AsyncQueue`` handles."""
 
-    def __init__(self, backend: Backend, *, prefix: str = "rqueue") -> None:
+    def __init__(
+        self, backend: Backend, *, prefix: str = "rqueue", max_wait_connections: int = DEFAULT_MAX_LANES
+    ) -> None:
         self._backend = backend
         self.redis: Any = backend.client
         self.url = backend.url
         self.prefix = check_prefix(prefix)
         self._listener: AsyncListener | None = None
-        self._waiter = AsyncWaiter(self.redis)
+        self._waiter = AsyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
+        #: Calls beyond the pool's size wait here for a connection instead of failing.
+        self._calls = asyncio.Semaphore(call_limit(self.redis))
 
     def __repr__(self) -> str:
         return f"<rqueue.asyncio.AsyncClient {self.url}>"
@@ -66,16 +78,23 @@ class AsyncClient:
             raise_mapped(e, self.url, "")
         check_policy(policy_from(reply), self.url)
 
+    def _fail(self, e: BaseException, queue: str) -> NoReturn:
+        """Raise ``e`` as the rqueue error it means ('client is closed' once it is)."""
+        if self._waiter.core.closed:
+            raise self._waiter.core.closed_error() from e
+        raise_mapped(e, self.url, queue)
+
     async def run(self, call: Call[T]) -> T:
         """Run one script call and parse its reply."""
         try:
-            try:
-                reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            except rx.NoScriptError:
-                await self.redis.script_load(call.script.source)
-                reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            async with self._calls:
+                try:
+                    reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                except rx.NoScriptError:
+                    await self.redis.script_load(call.script.source)
+                    reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, call.queue)
+            self._fail(e, call.queue)
         return call.parse(reply)
 
     async def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
@@ -88,9 +107,10 @@ class AsyncClient:
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            async with self._calls:
+                replies = await pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
         out: list[Any] = []
         for call, reply in zip(calls, replies, strict=True):
             try:
@@ -111,7 +131,7 @@ class AsyncClient:
         try:
             return await self._waiter.wait(key, timeout)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
 
     async def hand_on(self, key: str) -> None:
         """Pass a wake-up token this client took but will not use to another waiter."""
@@ -122,7 +142,7 @@ class AsyncClient:
         try:
             return await self._waiter.pop(key, timeout)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
 
     def listener(self) -> AsyncListener:
         """The client's one event listener (started on the first tracked send)."""
@@ -161,7 +181,8 @@ class AsyncClient:
             _core.create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
         )
         try:
-            await self.redis.sadd(registry(self.prefix), keys.name)
+            async with self._calls:
+                await self.redis.sadd(registry(self.prefix), keys.name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
         return AsyncQueue(self, keys)
@@ -179,7 +200,8 @@ class AsyncClient:
     async def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""
         try:
-            members = await self.redis.smembers(registry(self.prefix))
+            async with self._calls:
+                members = await self.redis.smembers(registry(self.prefix))
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
         return sorted(n.decode() for n in members)
@@ -189,15 +211,20 @@ class AsyncClient:
         keys = QueueKeys.for_queue(self.prefix, check_name(name))
         existed = await self.run(_core.delete_queue(keys))
         try:
-            await self.redis.srem(registry(self.prefix), keys.name)
+            async with self._calls:
+                await self.redis.srem(registry(self.prefix), keys.name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
         if not existed:
             raise QueueDoesNotExist(f"queue {name!r} does not exist")
 
     async def aclose(self) -> None:
-        """Close connections (and stop an embedded server)."""
+        """Close connections (and stop an embedded server).
+
+        Calls still waiting (long polls, requests) end with ``rqueue.ConnectionError``.
+        """
         try:
+            await self._waiter.aclose()
             if self._listener is not None:
                 await self._listener.aclose()
             await self.redis.aclose()

@@ -1,0 +1,327 @@
+"""Waiting calls (long polls, requests): many at once, a closed client, asyncio cancellation.
+
+Issue 17 defect 1: every waiter used to hold a pool connection, so ~100 of them broke the
+client's other calls; issue 9 defect 14: closing a client under a waiting request raised a raw
+TypeError; issue 17 defects 7 and 8: a cancelled asyncio receive could hide messages for the
+whole visibility timeout, and a cancelled asyncio request was not withdrawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis
+
+import rqueue
+import rqueue.asyncio as rqa
+
+from .conftest import raw_client
+
+# ---------------------------------------------------------------- helpers
+
+
+def nodes(raw: Any) -> list[Any]:
+    """A plain client per server of ``raw`` (one; three on the cluster)."""
+    if hasattr(raw, "get_nodes"):
+        return [n.redis_connection for n in raw.get_primaries()]
+    return [raw]
+
+
+def node_of(raw: Any, key: str) -> Any:
+    """A plain client for the server holding ``key``."""
+    return raw.get_node_from_key(key).redis_connection if hasattr(raw, "get_node_from_key") else raw
+
+
+def blocked(raw: Any, cmd: str) -> int:
+    """Clients blocked in ``cmd`` (a BLPOP, or an EVALSHA held by CLIENT PAUSE), on every server."""
+    return sum(1 for r in nodes(raw) for c in r.client_list() if c["cmd"] == cmd and "b" in c["flags"])
+
+
+def until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.002)
+
+
+async def auntil(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.002)
+
+
+def waiting(client: Any, raw: Any = None) -> int:
+    """Waits registered with the client (sync Client, AsyncClient or its bridge); before
+    waits were multiplexed each blocked a BLPOP of its own, so count those there."""
+    waiter = client._waiter
+    return int(waiter.waiting()) if hasattr(waiter, "waiting") else blocked(raw, "blpop")
+
+
+class Paused:
+    """CLIENT PAUSE WRITE on the server holding ``key``: scripts sent meanwhile wait
+    there, so a test can cancel a call while its script is on the server."""
+
+    def __init__(self, raw: Any, key: str) -> None:
+        self.node = node_of(raw, key)
+        self.raw = raw
+
+    def __enter__(self) -> Paused:
+        self.node.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        return self
+
+    def held(self) -> bool:
+        return any(c["cmd"] == "evalsha" and "b" in c["flags"] for c in self.node.client_list())
+
+    def __exit__(self, *exc: object) -> None:
+        self.node.execute_command("CLIENT", "UNPAUSE")
+
+
+async def cancel_when_held(raw: Any, key: str, start: Callable[[], Awaitable[Any]]) -> None:
+    """Start a call, cancel it while its script waits on the paused server, then let the server go on."""
+    with Paused(raw, key) as paused:
+        task = asyncio.ensure_future(start())
+        await auntil(paused.held, "the call's script is on the server")
+        task.cancel()
+        await asyncio.sleep(0.05)  # the cancellation reaches the task while the server still holds the script
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def cancel_after_it_ran(task: asyncio.Future[Any], ran: Callable[[], bool]) -> None:
+    """Cancel ``task`` once the server has run its script but before the client read the
+    reply (as when the reply is still on the way): between two turns of the event loop,
+    poll the server with a blocking client, so the loop cannot read the reply meanwhile.
+
+    The client must have no socket_timeout: redis-py then sends without yielding, so the
+    cancellation lands in the read of the reply (with one, it lands in an asyncio.wait_for
+    around the send, which on Python 3.11 may swallow it).
+    """
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        assert not task.done(), "the call ended before it could be cancelled"
+        deadline = time.monotonic() + 0.05
+        while time.monotonic() < deadline:
+            if ran():
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                return
+            time.sleep(0.001)
+    raise AssertionError("the script never ran")
+
+
+# ---------------------------------------------------------------- 17/1: many waiters
+
+
+async def test_a_thousand_async_waiters_share_a_few_connections(backend_url: str, prefix: str, raw: Any) -> None:
+    """1,000 waiting calls of one client (500 long polls, 500 requests) leave its other
+    calls working, hold a few connections between them, and each wakes on its message."""
+    c = await rqa.connect(backend_url, prefix=prefix)
+    server = await rqa.connect(backend_url, prefix=prefix)
+    try:
+        polled = [await c.create_queue(f"poll{i}") for i in range(5)]
+        orders = await c.create_queue("orders")
+        side = await c.create_queue("side")
+        polls = [asyncio.ensure_future(polled[i % 5].receive(wait_time=60)) for i in range(500)]
+        requests = [asyncio.ensure_future(orders.request(i, timeout=60)) for i in range(500)]
+        everyone = (*polls, *requests)
+        await auntil(
+            lambda: waiting(c, raw) == 1000 or any(t.done() for t in everyone), "1,000 waits are registered", 30
+        )
+        assert [t.result() for t in everyone if t.done()] == []
+
+        # Few connections between them, none taken from the pool.
+        assert blocked(raw, "blpop") <= 40
+        # Ordinary calls of the same client go on, one after another and 50 at once.
+        for i in range(100):
+            t0 = time.monotonic()
+            await side.send(i)
+            assert time.monotonic() - t0 < 1.0
+        await asyncio.gather(*(side.send(i) for i in range(50)))
+        assert (await side.stats()).visible == 150
+
+        # Each long poll wakes on its message.
+        t0 = time.monotonic()
+        for q in polled:
+            await server.queue(q.name).send_batch([f"{q.name}-{i}" for i in range(100)])
+        got = await asyncio.wait_for(asyncio.gather(*polls), 20)
+        assert sorted(m.body for batch in got for m in batch) == sorted(
+            f"poll{k}-{i}" for k in range(5) for i in range(100)
+        )
+        polls_took = time.monotonic() - t0
+
+        # Each request gets its own reply.
+        t0 = time.monotonic()
+        answerer = server.queue("orders")
+        answered = 0
+        while answered < 500:
+            batch = await answerer.receive(100, wait_time=5)
+            await answerer.delete_batch([m.receipt for m in batch], replies=[m.body * 2 for m in batch])
+            answered += len(batch)
+        replies = await asyncio.wait_for(asyncio.gather(*requests), 20)
+        assert replies == [i * 2 for i in range(500)]
+        assert polls_took < 10 and time.monotonic() - t0 < 10
+        assert waiting(c, raw) == 0
+    finally:
+        await c.aclose()
+        await server.aclose()
+
+
+def test_two_hundred_waiting_threads_leave_the_pool_to_other_calls(connect: Any, raw: Any) -> None:
+    """200 threads waiting (100 long polls, 100 requests) on one client: its other calls
+    go on and every waiter is served (sync threads; asyncio through the bridge)."""
+    c = connect()
+    server = connect()
+    polled = [c.create_queue("poll0"), c.create_queue("poll1")]
+    orders = c.create_queue("orders")
+    side = c.create_queue("side")
+    results: dict[int, Any] = {}
+
+    def poll(i: int) -> None:
+        try:
+            results[i] = polled[i % 2].receive(wait_time=60)
+        except Exception as e:  # noqa: BLE001 - recorded for the assertion
+            results[i] = e
+
+    def request(i: int) -> None:
+        try:
+            results[i] = orders.request(i, timeout=60)
+        except Exception as e:  # noqa: BLE001
+            results[i] = e
+
+    threads = [threading.Thread(target=poll, args=(i,)) for i in range(100)]
+    threads += [threading.Thread(target=request, args=(i,)) for i in range(100, 200)]
+    for t in threads:
+        t.start()
+    until(lambda: waiting(c, raw) == 200 or results, "200 waits are registered", timeout=30)
+    assert results == {}
+    for i in range(100):
+        side.send(i)
+    assert side.stats().visible == 100
+
+    for q in polled:
+        server.queue(q.name).send_batch([f"{q.name}-{i}" for i in range(50)])
+    answerer = server.queue("orders")
+    answered = 0
+    while answered < 100:
+        batch = answerer.receive(100, wait_time=5)
+        answerer.delete_batch([m.receipt for m in batch], replies=[m.body for m in batch])
+        answered += len(batch)
+    for t in threads:
+        t.join(20)
+    assert sorted(m.body for i in range(100) for m in results[i]) == sorted(
+        f"poll{k}-{i}" for k in range(2) for i in range(50)
+    )
+    assert [results[i] for i in range(100, 200)] == list(range(100, 200))
+
+
+def test_the_wait_connection_limit_is_named(cluster_url: str, prefix: str, raw_cluster: Any) -> None:
+    """On a cluster each hash slot waited on at once needs a connection: past the limit a
+    waiting call fails with an rqueue error naming it and how to raise it."""
+    c = rqueue.connect(cluster_url, prefix=prefix, max_wait_connections=1)
+    try:
+        a, b = c.create_queue("a"), c.create_queue("b")
+        assert raw_cluster.keyslot(a._keys.wake) != raw_cluster.keyslot(b._keys.wake)
+        t = threading.Thread(target=a.receive, kwargs={"wait_time": 2})
+        t.start()
+        until(lambda: waiting(c) == 1, "the first wait is registered")
+        with pytest.raises(rqueue.ConnectionError, match=r"max_wait_connections=N") as err:
+            b.receive(wait_time=1)
+        assert "all 1 connections for waiting calls" in str(err.value)
+        b.send("ordinary calls are not limited")
+        t.join()
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def raw_cluster(cluster_url: str) -> Any:
+    r = raw_client(cluster_url)
+    yield r
+    r.close()
+
+
+def test_max_wait_connections_is_checked(server_url: str) -> None:
+    for bad in (0, -1, 100_001, 1.5, True, "8"):
+        with pytest.raises(rqueue.InvalidParameter, match="max_wait_connections must be an integer from 1 to 100000"):
+            rqueue.connect(server_url, max_wait_connections=bad)
+
+
+@pytest.fixture
+def no_unblock_url(server_url: str) -> Any:
+    """The standalone server's URL for a user whom ACLs deny CLIENT UNBLOCK."""
+    admin = redis.Redis.from_url(server_url)
+    admin.acl_setuser("nounblock", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"])
+    admin.execute_command("ACL", "SETUSER", "nounblock", "-client|unblock")
+    host, port = admin.connection_pool.connection_kwargs["host"], admin.connection_pool.connection_kwargs["port"]
+    yield f"redis://nounblock:pw@{host}:{port}/0"
+    admin.acl_deluser("nounblock")
+    admin.close()
+
+
+def test_without_client_unblock_waits_time_out_on_the_server_tick(no_unblock_url: str, prefix: str) -> None:
+    """Where ACLs deny CLIENT UNBLOCK, waits still wake on a send and time out (on the
+    server's tick), each blocked lane taking no new key, up to the limit, which is then named."""
+    c = rqueue.connect(no_unblock_url, prefix=prefix, max_wait_connections=3)
+    raw = redis.Redis.from_url(no_unblock_url)
+    try:
+        qs = [c.create_queue(f"q{i}") for i in range(4)]
+        t0 = time.monotonic()
+        assert qs[0].receive(wait_time=0.3) == []
+        assert 0.3 <= time.monotonic() - t0 < 0.3 + 0.5
+        got: list[Any] = []
+        threads = []
+        for i in range(3):
+            threads.append(threading.Thread(target=lambda q=qs[i]: got.extend(q.receive(wait_time=10))))
+            threads[-1].start()
+            until(lambda i=i: blocked(raw, "blpop") == i + 1, f"{i + 1} lanes block")
+        with pytest.raises(rqueue.ConnectionError, match="CLIENT UNBLOCK"):
+            qs[3].receive(wait_time=5)
+        t0 = time.monotonic()
+        for q in qs[:3]:
+            q.send(q.name)
+        for t in threads:
+            t.join(5)
+        assert sorted(m.body for m in got) == ["q0", "q1", "q2"]
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        c.close()
+        raw.close()
+
+
+# ---------------------------------------------------------------- 9/14: closing a client under waiters
+
+
+@pytest.mark.parametrize("call", ["request", "long poll"])
+def test_closing_the_client_ends_its_waiting_calls_with_an_rqueue_error(connect: Any, raw: Any, call: str) -> None:
+    c = connect()
+    q = c.create_queue("orders")
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            if call == "request":
+                q.request("x", timeout=10)
+            else:
+                q.receive(wait_time=10)
+        except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    until(lambda: blocked(raw, "blpop") >= 1, "the call waits")
+    t0 = time.monotonic()
+    c.close()
+    t.join(5)
+    assert not t.is_alive() and time.monotonic() - t0 < 2
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], rqueue.ConnectionError), repr(outcome[0])
+    assert "is closed" in str(outcome[0])
