@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -144,12 +145,30 @@ class Client:
         except Exception as e:  # noqa: BLE001
             self._fail(e, "")
 
-    def pop(self, key: str, timeout: float) -> bytes | None:
-        """Pop the value pushed on ``key``, or None after ``timeout`` seconds."""
+    def pop(self, key: str, timeout: float, settle: Call[Any] | None = None) -> bytes | None:
+        """Pop the value pushed on ``key``, or None after ``timeout`` seconds.
+
+        A caller interrupted (KeyboardInterrupt, SystemExit) before a value
+        came runs ``settle`` (a request withdraws its message) and re-raises.
+        """
+        w = None
         try:
-            return self._waiter.pop(key, timeout)
+            w = self._waiter.join_pop(key, timeout)
+            return self._waiter.result(w, timeout)
         except Exception as e:  # noqa: BLE001
+            if w is not None:
+                self._waiter.leave(w)
             self._fail(e, "")
+        except BaseException:
+            got = None if w is None else self._waiter.leave(w)
+            if settle is not None and not isinstance(got, bytes):
+                self._settle([settle])
+            raise
+
+    def _settle(self, calls: Sequence[Call[Any]]) -> None:
+        for call in calls:
+            with contextlib.suppress(Exception):  # best effort: the caller has given up
+                self.run(call)
 
     def listener(self) -> SyncListener:
         """The client's one event listener (started on the first tracked send)."""
@@ -169,7 +188,7 @@ class Client:
                 if isinstance(op, Call):
                     result = self.run(op)
                 elif isinstance(op, Pop):
-                    result = self.pop(op.key, op.timeout)
+                    result = self.pop(op.key, op.timeout, op.settle)
                 else:
                     result = self.wait(op.key, op.timeout)
                 op = flow.send(result)

@@ -9,6 +9,7 @@ whole visibility timeout, and a cancelled asyncio request was not withdrawn.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ import redis
 import rqueue
 import rqueue.asyncio as rqa
 
-from .conftest import raw_client
+from .conftest import raw_client, stored_keys
 
 # ---------------------------------------------------------------- helpers
 
@@ -325,3 +326,253 @@ def test_closing_the_client_ends_its_waiting_calls_with_an_rqueue_error(connect:
     assert len(outcome) == 1
     assert isinstance(outcome[0], rqueue.ConnectionError), repr(outcome[0])
     assert "is closed" in str(outcome[0])
+
+
+# ---------------------------------------------------------------- 17/7: cancelled asyncio receives
+
+
+async def test_receive_cancelled_while_its_reply_is_on_the_way_leaves_the_messages_visible(
+    backend_url: str, prefix: str, raw: Any
+) -> None:
+    c = await rqa.connect(backend_url, prefix=prefix, socket_timeout=None)  # see cancel_after_it_ran
+    observer = rqueue.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders", visibility_timeout=60)
+        seen = observer.queue("orders")
+        await q.send_batch(["a", "b", "c"])
+        await cancel_after_it_ran(asyncio.ensure_future(q.receive(10)), lambda: seen.stats().in_flight == 3)
+        got = await q.receive(10)
+        assert sorted(m.body for m in got) == ["a", "b", "c"]
+        assert {m.receive_count for m in got} == {2}  # the cancelled receive took them, then gave them back
+    finally:
+        await c.aclose()
+        observer.close()
+
+
+async def test_receive_cancelled_while_its_script_is_held_leaves_the_messages_visible(
+    backend_url: str, prefix: str, raw: Any
+) -> None:
+    """The same when the server holds the script (writes paused, as in a failover) past the cancel."""
+    c = await rqa.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders", visibility_timeout=60)
+        await q.send_batch(["a", "b", "c"])
+        await cancel_when_held(raw, q._keys.meta, lambda: q.receive(10))
+        got = await q.receive(10)
+        assert sorted(m.body for m in got) == ["a", "b", "c"]
+    finally:
+        await c.aclose()
+
+
+async def test_long_poll_cancelled_just_after_it_woke_leaves_the_message_visible(
+    backend_url: str, prefix: str, raw: Any
+) -> None:
+    c = await rqa.connect(backend_url, prefix=prefix, socket_timeout=None)  # see cancel_after_it_ran
+    observer = rqueue.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders", visibility_timeout=60)
+        seen = observer.queue("orders")
+        task = asyncio.ensure_future(q.receive(wait_time=20))
+        await auntil(lambda: waiting(c, raw) == 1 and blocked(raw, "blpop") == 1, "it long-polls")
+        seen.send("x")  # wakes it: it receives, and is cancelled with the reply on the way
+        await cancel_after_it_ran(task, lambda: seen.stats().in_flight == 1)
+        (m,) = await q.receive()
+        assert (m.body, m.receive_count) == ("x", 2)
+    finally:
+        await c.aclose()
+        observer.close()
+
+
+async def test_cancelled_long_poll_hands_a_wake_up_it_took_on(backend_url: str, prefix: str, raw: Any) -> None:
+    """Cancelled while waiting: nothing is hidden, and another waiter still wakes on the send."""
+    c = await rqa.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders")
+        first = asyncio.ensure_future(q.receive(wait_time=20))
+        await auntil(lambda: waiting(c, raw) == 1, "it long-polls")
+        second = asyncio.ensure_future(q.receive(wait_time=20))
+        await auntil(lambda: waiting(c, raw) == 2, "both long-poll")
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await q.send("x")
+        (m,) = await asyncio.wait_for(second, 2)
+        assert m.body == "x"
+        assert waiting(c, raw) == 0
+    finally:
+        await c.aclose()
+
+
+async def test_cancelled_receive_still_tells_a_waiting_requester(backend_url: str, prefix: str, raw: Any) -> None:
+    """A receive cancelled after it dead-lettered a request still tells its sender at once."""
+    c = await rqa.connect(backend_url, prefix=prefix, socket_timeout=None)  # see cancel_after_it_ran
+    observer = rqueue.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders", visibility_timeout=0.1, max_receive_count=1)
+        sender = asyncio.ensure_future(q.request("x", timeout=20))
+        await auntil(lambda: waiting(c, raw) == 1, "the sender waits")
+        assert len(await q.receive()) == 1  # its one receive; the lease ends 0.1 s later
+        await asyncio.sleep(0.15)
+        t0 = time.monotonic()
+        dlq = observer.queue("orders:dlq")
+        await cancel_after_it_ran(asyncio.ensure_future(q.receive()), lambda: dlq.stats().visible == 1)
+        with pytest.raises(rqueue.MessageDeadLettered):
+            await asyncio.wait_for(sender, 5)
+        assert time.monotonic() - t0 < 2
+    finally:
+        await c.aclose()
+        observer.close()
+
+
+# ---------------------------------------------------------------- 17/8: cancelled asyncio requests
+
+
+async def test_request_given_up_by_wait_for_is_withdrawn(backend_url: str, prefix: str, raw: Any) -> None:
+    c = await rqa.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(q.request("x", timeout=30), 0.3)
+        stats = await q.stats()
+        assert (stats.visible, stats.in_flight, stats.deleted_total) == (0, 0, 1)
+        assert await q.receive(wait_time=0.2) == []
+    finally:
+        await c.aclose()
+
+
+async def test_request_cancelled_while_sending_is_withdrawn(backend_url: str, prefix: str, raw: Any) -> None:
+    c = await rqa.connect(backend_url, prefix=prefix, socket_timeout=None)  # see cancel_after_it_ran
+    observer = rqueue.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders")
+        seen = observer.queue("orders")
+        await cancel_after_it_ran(
+            asyncio.ensure_future(q.request("x", timeout=30)), lambda: seen.stats().sent_total == 1
+        )
+        stats = await q.stats()
+        assert (stats.sent_total, stats.visible, stats.deleted_total) == (1, 0, 1)
+    finally:
+        await c.aclose()
+        observer.close()
+
+
+async def test_request_cancelled_while_its_send_is_held_is_withdrawn(backend_url: str, prefix: str, raw: Any) -> None:
+    c = await rqa.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders")
+        await cancel_when_held(raw, q._keys.meta, lambda: q.request("x", timeout=30))
+        stats = await q.stats()
+        assert (stats.visible, stats.in_flight) == (0, 0)
+    finally:
+        await c.aclose()
+
+
+async def test_request_cancelled_while_withdrawing_still_withdraws(backend_url: str, prefix: str, raw: Any) -> None:
+    c = await rqa.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders")
+        task = asyncio.ensure_future(q.request("x", timeout=0.3))
+        await auntil(lambda: waiting(c, raw) == 1 and blocked(raw, "blpop") == 1, "the request waits for its reply")
+        with Paused(raw, q._keys.meta) as paused:
+            await auntil(paused.held, "its withdraw is on the server")
+            task.cancel()
+            await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stats = await q.stats()
+        assert (stats.visible, stats.deleted_total) == (0, 1)
+    finally:
+        await c.aclose()
+
+
+async def test_request_cancelled_while_a_consumer_holds_it_gets_no_reply_key(
+    backend_url: str, prefix: str, raw: Any
+) -> None:
+    c = await rqa.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders")
+        task = asyncio.ensure_future(q.request("x", timeout=30))
+        (m,) = await q.receive(wait_time=5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await q.delete(m.receipt, reply="late")
+        assert [k for k in stored_keys(raw, prefix) if ":reply:" in k] == []
+    finally:
+        await c.aclose()
+
+
+def test_sync_request_interrupted_while_waiting_is_withdrawn(lib: rqueue.Client, server_url: str) -> None:
+    """Ctrl-C (KeyboardInterrupt in the main thread) during a sync request withdraws it, as a timeout does."""
+    raw = redis.Redis.from_url(server_url)
+    q = lib.create_queue("orders")
+    main = threading.main_thread().ident
+    assert main == threading.get_ident()
+
+    def interrupt() -> None:
+        until(lambda: waiting(lib, raw) == 1, "the request waits")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        q.request("x", timeout=30)
+    t.join()
+    stats = q.stats()
+    assert (stats.visible, stats.deleted_total) == (0, 1)
+    raw.close()
+
+
+# ---------------------------------------------------------------- other awaits of the asyncio API
+
+
+async def test_cancelled_tracked_sends_and_tracker_waits_leave_tracking_working(
+    backend_url: str, prefix: str, raw: Any
+) -> None:
+    c = await rqa.connect(backend_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders")
+        tracker = await q.send_tracked("a")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(tracker.wait("processed"), 0.1)
+        await cancel_when_held(raw, q._keys.meta, lambda: q.send_tracked("b"))
+        later = await q.send_tracked("c")
+        for m in await q.receive(10):
+            await q.delete(m.receipt, reply=m.body.upper())
+        assert (await tracker.wait("processed", timeout=5)).reply == "A"
+        assert (await later.wait("processed", timeout=5)).reply == "C"
+    finally:
+        await c.aclose()
+
+
+OPERATIONS: dict[str, Callable[[Any, str], Awaitable[Any]]] = {
+    "send": lambda q, r: q.send("y"),
+    "send_batch": lambda q, r: q.send_batch(["y", "z"]),
+    "delete": lambda q, r: q.delete(r),
+    "change_visibility": lambda q, r: q.change_visibility(r, 5),
+    "reject": lambda q, r: q.reject(r, "no"),
+    "stats": lambda q, r: q.stats(),
+    "purge": lambda q, r: q.purge(),
+    "redrive": lambda q, r: q.redrive(),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPERATIONS))
+async def test_any_call_cancelled_on_the_server_leaves_the_client_usable(server_url: str, prefix: str, op: str) -> None:
+    """Cancelling a call while its script is on the server: the call happens or not, and the
+    client's next calls work (no half-read reply left on a pooled connection)."""
+    raw = redis.Redis.from_url(server_url)
+    c = await rqa.connect(server_url, prefix=prefix)
+    try:
+        q = await c.create_queue("orders")
+        await q.send("x")
+        (m,) = await q.receive()
+        await cancel_when_held(raw, q._keys.meta, lambda: OPERATIONS[op](q, m.receipt))
+        await q.send("after")
+        assert (await q.stats()).sent_total in (2, 3, 4)
+        assert await c.list_queues() == ["orders"]
+    finally:
+        await c.aclose()
+        for key in raw.scan_iter(match=f"{prefix}:*"):
+            raw.unlink(key)
+        raw.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -18,7 +19,7 @@ from .._errors import InvalidParameter, QueueDoesNotExist
 from .._keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
 from .._listen import AsyncListener, AsyncTracker
 from .._models import Event, Message, QueueAttributes, QueueStats
-from .._wait import DEFAULT_MAX_LANES, AsyncWaiter, check_max_lanes
+from .._wait import AGAIN, DEFAULT_MAX_LANES, AsyncWaiter, Waiter, check_max_lanes
 
 if TYPE_CHECKING:
     from ._topic import AsyncTopic
@@ -47,7 +48,11 @@ async def connect(
 
 
 class AsyncClient:
-    """An asyncio connection to one server or cluster; makes ``AsyncQueue`` handles."""
+    """An asyncio connection to one server or cluster; makes ``AsyncQueue`` handles.
+
+    Cancelling a call never leaves a message hidden from everyone or a request
+    unanswered for nobody: see ``drive``.
+    """
 
     def __init__(
         self, backend: Backend, *, prefix: str = "rqueue", max_wait_connections: int = DEFAULT_MAX_LANES
@@ -137,12 +142,55 @@ class AsyncClient:
         """Pass a wake-up token this client took but will not use to another waiter."""
         await self._waiter.hand_on(key)
 
-    async def pop(self, key: str, timeout: float) -> bytes | None:
-        """Pop the value pushed on ``key``, or None after ``timeout`` seconds."""
+    async def pop(self, key: str, timeout: float, settle: Call[Any] | None = None) -> bytes | None:
+        """Pop the value pushed on ``key``, or None after ``timeout`` seconds.
+
+        Cancelled before a value came, it runs ``settle`` (a request withdraws
+        its message) before the CancelledError goes on.
+        """
+        w: Waiter | None = None
         try:
-            return await self._waiter.pop(key, timeout)
+            w = await self._waiter.join(key, timeout, True)
+            value = await self._waiter.result(w, timeout)
         except Exception as e:  # noqa: BLE001
+            if w is not None:
+                self._waiter.leave(w)
             self._fail(e, "")
+        except BaseException:
+            got = None if w is None else self._waiter.leave(w)
+            if settle is not None and not isinstance(got, bytes):
+                await self._settle(self._run_all([settle]))
+            raise
+        return None if value is AGAIN else value
+
+    async def _run_kept(self, call: Call[T]) -> T:
+        """Run a call with ``settle``: a cancelled caller lets it finish, then settles it."""
+        task = asyncio.ensure_future(self.run(call))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await self._settle(self._after(task, call))
+            raise
+
+    async def _after(self, task: asyncio.Future[Any], call: Call[Any]) -> None:
+        try:
+            result = await task
+        except Exception:  # noqa: BLE001 - it failed: nothing to undo
+            return
+        if call.settle is not None:
+            await self._run_all(call.settle(result))
+
+    async def _run_all(self, calls: Sequence[Call[Any]]) -> None:
+        for call in calls:
+            with contextlib.suppress(Exception):  # best effort: the caller has given up
+                await self.run(call)
+
+    async def _settle(self, work: Any) -> None:
+        """Run ``work`` to its end even if the caller is cancelled again (it then
+        goes on in the background, and ``aclose`` waits for it)."""
+        job = self._waiter.background(work)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(job)
 
     def listener(self) -> AsyncListener:
         """The client's one event listener (started on the first tracked send)."""
@@ -151,14 +199,19 @@ class AsyncClient:
         return self._listener
 
     async def drive(self, flow: Generator[Op, Any, T]) -> T:
-        """Run a flow of the core (calls and waits) to its result."""
+        """Run a flow of the core (calls and waits) to its result.
+
+        Cancelled at any await, it settles first what the flow had started
+        (``Call.settle``, ``Pop.settle``): a receive's messages become visible
+        again, a request is withdrawn. Then the CancelledError goes on.
+        """
         try:
             op = next(flow)
             while True:
                 if isinstance(op, Call):
-                    result = await self.run(op)
+                    result = await (self.run(op) if op.settle is None else self._run_kept(op))
                 elif isinstance(op, Pop):
-                    result = await self.pop(op.key, op.timeout)
+                    result = await self.pop(op.key, op.timeout, op.settle)
                 else:
                     result = await self.wait(op.key, op.timeout)
                 op = flow.send(result)
@@ -221,7 +274,8 @@ class AsyncClient:
     async def aclose(self) -> None:
         """Close connections (and stop an embedded server).
 
-        Calls still waiting (long polls, requests) end with ``rqueue.ConnectionError``.
+        What cancelled calls left to settle is finished first; calls still
+        waiting (long polls, requests) end with ``rqueue.ConnectionError``.
         """
         try:
             await self._waiter.aclose()
