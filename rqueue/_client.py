@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -11,7 +10,7 @@ from redis import exceptions as rx
 
 from . import _codec, _core, _errors
 from ._backends import Backend, check_policy, factory_for, resolve_url
-from ._base import QueueHandle, call_limit, policy_from, raise_mapped
+from ._base import CallSlots, QueueHandle, call_limit, policy_from, raise_mapped
 from ._codec import Attributes
 from ._core import Call, Op, Pop
 from ._errors import InvalidParameter, QueueDoesNotExist
@@ -70,7 +69,7 @@ class Client:
         self._listener: SyncListener | None = None
         self._waiter = SyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
         #: Calls beyond the pool's size wait here for a connection instead of failing.
-        self._calls = threading.BoundedSemaphore(call_limit(self.redis))
+        self._calls = CallSlots(call_limit(self.redis))
 
     def __repr__(self) -> str:
         return f"<rqueue.Client {self.url}>"

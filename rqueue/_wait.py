@@ -5,21 +5,29 @@ connection each, so about a hundred waiters exhausted redis-py's pool and the
 client's ordinary calls failed. Now the waits of a client share lanes: a lane
 is one connection of its own (never one of the pool's) blocked in one BLPOP on
 the keys of its waiters, up to ``LANE_KEYS`` of them. When a wake-up token or a
-reply is popped, the lane hands it to the first waiter on that key and blocks
+reply is popped, it goes to the first waiter on that key and the lane blocks
 again on the keys still waited for. Any number of waiters costs a few
 connections, and ordinary calls keep the whole pool.
 
+Who drives a lane: one of its own waiters (leader/follower). A waiter whose
+lane has no driver drives it in its own thread or task, and the others wait
+until it hands them their value; when the driver's own wait ends it hands the
+lane to another of its waiters, or, if a BLPOP is still on the way with nobody
+left to read it, to a short-lived background driver. So a lone waiter (a
+request, a consumer's long poll) pays no thread or task switch at all.
+
 Exact timeouts: a server times out a blocked BLPOP only on its periodic tick
-(100 ms at the default ``hz 10``), so a lane keeps its waiters' deadlines
-itself. At the earliest one, or when a waiter joins on a key it does not block
-on, it releases its BLPOP with ``CLIENT UNBLOCK`` sent on a small control
-connection per server, reads what the BLPOP got (a value popped just before
-still goes to its waiter) and blocks again. Where ACLs forbid CLIENT UNBLOCK, a
-blocked lane is never extended (a new waiter gets a lane that is not blocked,
-or a new one, up to the limit) and its waiters time out on the server's tick.
+(100 ms at the default ``hz 10``), so the driver keeps its waiters' deadlines
+itself. At the earliest one, or when a waiter joins on a key the BLPOP in
+flight does not name, it releases the BLPOP with ``CLIENT UNBLOCK`` sent on a
+small control connection per server, reads what it got (a value popped just
+before still goes to its waiter) and blocks again. Where ACLs forbid CLIENT
+UNBLOCK, a blocked lane takes no new key (a waiter gets a lane that is not
+blocked, or a new one, up to the limit) and its waiters time out on the
+server's tick.
 
 On Redis Cluster one BLPOP names keys of one hash slot only, so a lane serves
-one slot of one node at a time. Lanes idle for ``LINGER`` seconds close.
+one slot of one node at a time. Lanes idle for ``LINGER`` seconds are closed.
 
 ``pop`` is a wait that returns the popped value: a request's sender waits for
 its reply this way.
@@ -47,19 +55,38 @@ from ._errors import ConnectionError, InvalidParameter
 
 #: Keys one lane blocks on before waits spread to another lane.
 LANE_KEYS = 64
-#: Lanes per server opened before new waiters join lanes that are blocked (and must be released).
-SPREAD = 4
+#: Lanes per server opened before new waiters join lanes that are blocked (and must be released
+#: with a CLIENT UNBLOCK round trip). Threads join at scattered times, so a sync client is faster
+#: with a lane per waiting thread up to 16; asyncio tasks join in bursts that one release serves,
+#: and an event loop does better with few sockets (measured: 16 lanes cost an asyncio client
+#: 50 us a request at 50 concurrent requests, 4 lanes cost a sync client 10-20 % at 16 threads).
+SYNC_SPREAD = 16
+ASYNC_SPREAD = 4
 #: Connections a client may hold for waiting, unless ``max_wait_connections`` says otherwise.
 DEFAULT_MAX_LANES = 256
 #: An idle lane keeps its connection this long for the next waiter.
 LINGER = 10.0
-#: How long a lane waits for its BLPOP's answer after releasing it before it counts as lost.
+#: How long a blocked BLPOP may stay unanswered past its own timeout before we ask whether
+#: its connection is still there; also the bound of a control command.
 GRACE = 5.0
 
 
 def _server_timeout(timeout: float) -> float:
     # 0 would mean "forever"; the server counts whole milliseconds.
     return max(0.001, math.ceil(timeout * 1000) / 1000)
+
+
+def _blpop_command(conn: Any, keys: list[str], timeout: float) -> bytes:
+    """``BLPOP key... timeout`` in RESP: a lane sends it again after every answer,
+    and redis-py's pack_command costs about 1 us a key where this costs 0.3."""
+    encode = conn.encoder.encode
+    out = [b"*%d\r\n$5\r\nBLPOP\r\n" % (len(keys) + 2)]
+    for key in keys:
+        raw = encode(key)
+        out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    seconds = b"%.3f" % _server_timeout(timeout)
+    out.append(b"$%d\r\n%b\r\n" % (len(seconds), seconds))
+    return b"".join(out)
 
 
 def check_max_lanes(value: object) -> int:
@@ -70,10 +97,14 @@ def check_max_lanes(value: object) -> int:
 
 
 class _Again:
-    """What a wait gets when its slot moved (MOVED/ASK): look again."""
+    """What a wait gets when its slot moved (MOVED/ASK) or its lane was lost: look again."""
 
 
 AGAIN = _Again()
+#: ``_answer``: the driver's own wait ended while the BLPOP is still on the way.
+_STOP = object()
+#: ``Lane.driver`` while a background driver finishes a lane nobody else drives.
+_BACKGROUND = object()
 
 
 class Waiter:
@@ -81,11 +112,15 @@ class Waiter:
 
     __slots__ = ("deadline", "done", "error", "handle", "key", "lane", "pop", "value")
 
-    def __init__(self, key: str, deadline: float, pop: bool, handle: threading.Event | asyncio.Future[None]) -> None:
+    def __init__(
+        self, key: str, deadline: float, pop: bool, handle: threading.Event | asyncio.Future[None] | None
+    ) -> None:
         self.key = key
         self.deadline = deadline
         self.pop = pop
-        #: What the waiting thread or task blocks on: set when it finishes.
+        #: What the waiting thread or task blocks on: set when it finishes, or
+        #: (still not done) when it is to drive its lane. A sync waiter makes
+        #: its Event only if it has to wait for another driver.
         self.handle = handle
         self.lane: Lane | None = None
         self.done = False
@@ -98,23 +133,38 @@ class Waiter:
             self.done = True
             self.value = value
             self.error = error
-            if isinstance(self.handle, threading.Event):
-                self.handle.set()
-            elif not self.handle.done():
-                self.handle.set_result(None)
+            self.signal()
+
+    def signal(self) -> None:
+        if isinstance(self.handle, threading.Event):
+            self.handle.set()
+        elif self.handle is not None and not self.handle.done():
+            self.handle.set_result(None)
 
 
 class Lane:
     """The bookkeeping of one lane (no I/O): its waiters and what it blocks on."""
 
-    __slots__ = ("block_until", "blocked", "node", "orphans", "replan", "retired", "runner", "slot", "waiters")
+    __slots__ = (
+        "block_until",
+        "blocked",
+        "driver",
+        "idle_since",
+        "node",
+        "orphans",
+        "replan",
+        "retired",
+        "runner",
+        "slot",
+        "waiters",
+    )
 
     def __init__(self, node: str) -> None:
         self.node = node
         #: The hash slot of its waiters' keys on a cluster (None: any).
         self.slot: int | None = None
         self.waiters: dict[str, collections.deque[Waiter]] = {}
-        #: The keys of the BLPOP in flight, or None when not blocked.
+        #: The keys of the BLPOP in flight, or None when none is.
         self.blocked: frozenset[str] | None = None
         #: When the server times the BLPOP in flight out by itself.
         self.block_until = 0.0
@@ -123,6 +173,9 @@ class Lane:
         #: The BLPOP in flight names other keys than the waiters' now.
         self.replan = False
         self.retired = False
+        #: The waiter driving the lane, _BACKGROUND, or None.
+        self.driver: object = None
+        self.idle_since = time.monotonic()
         self.runner: Any = None
 
     def size(self) -> int:
@@ -133,16 +186,18 @@ class Lane:
 
 
 class Lanes:
-    """Which lane each waiter goes to, and what a lane does next. No I/O: the
-    sync and asyncio runners below share it (the sync one under a lock)."""
+    """Which lane each waiter goes to, and what a lane's driver does next. No
+    I/O: the sync and asyncio runners below share it (the sync one under a lock)."""
 
-    def __init__(self, url: str, max_lanes: int) -> None:
+    def __init__(self, url: str, max_lanes: int, spread: int) -> None:
         self.url = url
         self.max_lanes = max_lanes
+        self.spread = spread
         self.by_node: dict[str, list[Lane]] = {}
         self.by_key: dict[str, Lane] = {}
         self.count = 0
         self.closed = False
+        self._reaped = time.monotonic()
 
     def waiting(self) -> int:
         """How many waits are registered (for tests and diagnostics)."""
@@ -152,7 +207,7 @@ class Lanes:
         return ConnectionError(f"the client of {self.url} is closed; its waiting calls ended")
 
     def place(self, w: Waiter, node: str, slot: int | None, can_unblock: bool) -> tuple[Lane, bool]:
-        """Add ``w`` to a lane: (lane, whether the lane is new and must be started)."""
+        """Add ``w`` to a lane: (lane, whether the lane is new)."""
         if self.closed:
             raise self.closed_error()
         lane = self.by_key.get(w.key)
@@ -184,7 +239,7 @@ class Lanes:
         free = [ln for ln in roomy if ln.blocked is None]
         if free:
             return min(free, key=Lane.size), False
-        if len(lanes) < SPREAD and self.count < self.max_lanes:
+        if len(lanes) < self.spread and self.count < self.max_lanes:
             return self._new(node), True
         if can_unblock and roomy:
             return min(roomy, key=Lane.size), False
@@ -227,18 +282,17 @@ class Lanes:
                         lane.orphans[w.key] = w.pop
                         lane.replan = True
         w.finish(None)
+        if lane is not None and lane.driver is None and (nxt := self.successor(lane, w)) is not None:
+            nxt.signal()  # ``w`` may have been the one the lane was handed to
         return None
 
-    def plan(self, lane: Lane, now: float) -> list[str] | None:
-        """The keys to block on next ([] when idle); None when the lane must stop."""
-        lane.blocked = None
+    def plan(self, lane: Lane, now: float) -> list[str]:
+        """The keys the next BLPOP names (none: nothing to wait for)."""
         lane.orphans.clear()
         lane.replan = False
-        if self.closed or lane.retired:
-            return None
         keys = list(lane.waiters)
+        lane.blocked = frozenset(keys) if keys else None
         if keys:
-            lane.blocked = frozenset(keys)
             lane.block_until = now + _server_timeout(max(0.0, lane.deadline() - now))
         return keys
 
@@ -246,30 +300,30 @@ class Lanes:
         """Whether the BLPOP in flight must end now: a deadline came, or its keys are out of date."""
         return self.closed or lane.replan or lane.deadline() <= now
 
-    def popped(self, lane: Lane, key: str, value: Any) -> bool | None:
-        """Give a popped value to the first waiter on ``key``.
+    def popped(self, lane: Lane, reply: Any, now: float) -> bool | None:
+        """Take the BLPOP's answer: give a popped value to the first waiter on
+        its key, end the waiters whose deadline has come.
 
-        Returns None when a waiter took it, else whether the orphan key was a
-        pop (its value is dropped) or a wake-up (its token must be handed on).
+        Returns None, or for a value nobody here waits for any more whether it
+        was a pop (it is dropped) or a wake-up (its token must be handed on).
         """
-        q = lane.waiters.get(key)
-        if not q:
-            return lane.orphans.get(key, False)
-        w = q.popleft()
-        if not q:
-            self._drop_key(lane, key)
-        w.finish(value)
-        return None
-
-    def again(self, lane: Lane) -> None:
-        """The lane's slot moved: every waiter looks again."""
-        for key in list(lane.waiters):
-            for w in lane.waiters[key]:
-                w.finish(AGAIN)
-            self._drop_key(lane, key)
-
-    def expire(self, lane: Lane, now: float) -> None:
-        """Finish the waiters whose deadline has come (nothing was popped for them)."""
+        lane.blocked = None
+        orphan: bool | None = None
+        if reply is AGAIN:  # the slot moved: every waiter looks again
+            for key in list(lane.waiters):
+                for w in lane.waiters[key]:
+                    w.finish(AGAIN)
+                self._drop_key(lane, key)
+        elif isinstance(reply, list):
+            key = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            q = lane.waiters.get(key)
+            if q:
+                w = q.popleft()
+                if not q:
+                    self._drop_key(lane, key)
+                w.finish(reply[1])
+            else:
+                orphan = lane.orphans.get(key, False)
         for key in list(lane.waiters):
             q = lane.waiters[key]
             if any(w.deadline <= now for w in q):
@@ -278,9 +332,49 @@ class Lanes:
                     w.finish(None)
                 if not q:
                     self._drop_key(lane, key)
+        return orphan
+
+    def next_step(self, lane: Lane, me: Waiter | None) -> str:
+        """What the driver ``me`` (None: a background driver) does next: 'stop',
+        'last' (its own wait is over, but it finishes the BLPOP in flight that
+        nobody else waits for), or 'drive'."""
+        if lane.retired:
+            return "stop"
+        if me is None:
+            return "stop" if not lane.waiters and lane.blocked is None else "drive"
+        if not me.done:
+            return "drive"
+        return "stop" if lane.blocked is None or self.successor(lane, me) is not None else "last"
+
+    def successor(self, lane: Lane, me: Waiter | None) -> Waiter | None:
+        """A waiter of the lane, other than ``me``, to drive it next."""
+        for q in lane.waiters.values():
+            for w in q:
+                if w is not me and not w.done:
+                    return w
+        return None
+
+    def hand_over(self, lane: Lane, me: Waiter | None, now: float) -> Waiter | object | None:
+        """The driver ``me`` stops: who drives next. A waiter (to be signalled),
+        _BACKGROUND (start one: a BLPOP is on the way and nobody else waits), or None."""
+        lane.driver = None
+        if lane.retired:
+            return None
+        nxt = self.successor(lane, me)
+        if nxt is not None:
+            return nxt
+        if lane.blocked is not None:
+            lane.driver = _BACKGROUND
+            return _BACKGROUND
+        lane.idle_since = now
+        return None
+
+    def fail(self, lane: Lane, error: BaseException) -> None:
+        """The lane's connection failed: its waiters end with ``error``."""
+        self.retire(lane, error)
 
     def retire(self, lane: Lane, error: BaseException | None = None) -> None:
-        """Take the lane out; its waiters (if any) end with ``error``."""
+        """Take the lane out; its waiters (if any) end with ``error`` (default: closed)."""
         if not lane.retired:
             lane.retired = True
             self.count -= 1
@@ -291,14 +385,24 @@ class Lanes:
                 w.finish(None, error or self.closed_error())
             self._drop_key(lane, key)
 
-    def retire_if_idle(self, lane: Lane) -> bool:
-        if lane.waiters and not self.closed:
-            return False
-        self.retire(lane)
-        return True
+    def reap(self, now: float) -> list[Lane]:
+        """Retire the lanes idle for LINGER (looked for at most once a second);
+        returns them (to close their connections)."""
+        if now - self._reaped < 1.0:
+            return []
+        self._reaped = now
+        idle = [
+            ln
+            for lanes in self.by_node.values()
+            for ln in lanes
+            if not ln.waiters and ln.driver is None and ln.blocked is None and now - ln.idle_since > LINGER
+        ]
+        for lane in idle:
+            self.retire(lane)
+        return idle
 
     def close(self) -> list[Lane]:
-        """End every wait with a 'client is closed' error; returns the lanes to stop."""
+        """End every wait with a 'client is closed' error; returns the lanes."""
         self.closed = True
         lanes = [ln for nodes in self.by_node.values() for ln in nodes]
         for lane in lanes:
@@ -306,15 +410,40 @@ class Lanes:
         return lanes
 
 
+class _Wake:
+    """A done-callback / timer callback that completes ``fut`` (once); equal
+    for one future, so it can be removed again."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future[None]) -> None:
+        self.fut = fut
+
+    def __call__(self, _: object) -> None:
+        if not self.fut.done():
+            self.fut.set_result(None)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Wake) and other.fut is self.fut
+
+    def __hash__(self) -> int:
+        return id(self.fut)
+
+
+def _unbounded(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Connection options for lanes and control connections: no socket_timeout.
+
+    Their reads are bounded here (a BLPOP may block far longer than any
+    socket_timeout) and their commands are tiny; without one, redis-py also
+    sends without wrapping each command in asyncio.wait_for (a task each).
+    """
+    return {**kwargs, "socket_timeout": None}
+
+
 def _hand_on_sync(client: Any, key: str | bytes) -> None:
     with contextlib.suppress(Exception):
         client.rpush(key, 1)
         client.ltrim(key, 0, 0)
-
-
-def _popped_key(reply: list[Any]) -> str:
-    key = reply[0]
-    return key.decode() if isinstance(key, bytes) else str(key)
 
 
 # ---------------------------------------------------------------- sync
@@ -326,7 +455,7 @@ class _SyncNode:
 
     def __init__(self, redis: Any) -> None:
         pool = redis.connection_pool
-        self._kwargs = pool.connection_kwargs
+        self._kwargs = _unbounded(pool.connection_kwargs)
         self._class = pool.connection_class
         self._lock = threading.Lock()
         self._control: Any = None
@@ -334,16 +463,16 @@ class _SyncNode:
         self.can_unblock: bool | None = None
 
     def connection(self) -> Any:
-        return self._class(**self._kwargs)
+        conn = self._class(**self._kwargs)
+        conn.connect()  # explicitly: a Sentinel connection finds the master here
+        return conn
 
     def _command(self, *args: Any) -> Any:
         with self._lock:
             conn = self._control
             try:
                 if conn is None:
-                    conn = self.connection()
-                    conn.connect()  # explicitly: a Sentinel connection finds the master here
-                    self._control = conn
+                    conn = self._control = self.connection()
                 conn.send_command(*args)
                 return conn.read_response(timeout=GRACE)
             except ResponseError:
@@ -388,19 +517,22 @@ class _SyncNode:
 
 
 class _SyncLane:
-    """The thread of one lane: blocks in BLPOP, hands out what it pops."""
+    """The I/O of one lane, run by whichever thread drives it."""
 
     def __init__(self, hub: SyncWaiter, lane: Lane, node: _SyncNode) -> None:
         self.hub = hub
         self.lane = lane
         self.node = node
+        self.conn: Any = None
+        self.client_id = 0
         self._r, self._w = socket.socketpair()
         self._r.setblocking(False)
         self._w.setblocking(False)
-        self.thread = threading.Thread(target=self._run, name="rqueue-wait", daemon=True)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._r, selectors.EVENT_READ)
 
     def poke(self) -> None:
-        """Make the lane look at its waiters again (from any thread)."""
+        """Make the driver look at the lane's waiters again (from any thread)."""
         with contextlib.suppress(OSError):
             self._w.send(b"\0")
 
@@ -409,91 +541,137 @@ class _SyncLane:
             while self._r.recv(4096):
                 pass
 
-    def _run(self) -> None:
-        hub, core, lane = self.hub, self.hub.core, self.lane
-        conn: Any = None
-        sel = selectors.DefaultSelector()
-        sel.register(self._r, selectors.EVENT_READ)
+    def _connect(self) -> None:
+        conn = self.node.connection()
         try:
-            conn = self.node.connection()
-            conn.connect()
             conn.send_command("CLIENT", "ID")
-            client_id = int(conn.read_response(timeout=GRACE))
-            sel.register(conn._sock, selectors.EVENT_READ)
-            while True:
-                with hub.lock:
-                    keys = core.plan(lane, time.monotonic())
-                    timeout = lane.block_until - time.monotonic()
-                if keys is None:
-                    break
-                if not keys:
-                    sel.select(LINGER)
-                    self._drain()
-                    if conn.can_read(0):  # the server closed it: raises
-                        conn.read_response(timeout=GRACE)
-                    with hub.lock:
-                        if core.retire_if_idle(lane):
-                            break
-                    continue
-                blpop = conn.pack_command("BLPOP", *keys, _server_timeout(timeout))
-                conn.send_packed_command(blpop, check_health=False)
-                reply = self._answer(conn, client_id, sel)
-                orphan: bool | None = None
-                with hub.lock:
-                    if reply is AGAIN:
-                        core.again(lane)
-                    elif isinstance(reply, list):
-                        orphan = core.popped(lane, _popped_key(reply), reply[1])
-                    core.expire(lane, time.monotonic())
-                if orphan is False and isinstance(reply, list):
-                    _hand_on_sync(hub.client, reply[0])  # a wake-up nobody here waits for any more
-        except BaseException as e:  # noqa: BLE001 - the lane's waiters get the error
-            with hub.lock:
-                core.retire(lane, None if core.closed else e)
-        finally:
-            with hub.lock:
-                core.retire(lane)
-            sel.close()
-            self._r.close()
-            self._w.close()
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.disconnect()
+            self.client_id = int(conn.read_response(timeout=GRACE))
+            self._sel.register(conn._sock, selectors.EVENT_READ)
+        except BaseException:
+            conn.disconnect()
+            raise
+        self.conn = conn
 
-    def _answer(self, conn: Any, client_id: int, sel: selectors.BaseSelector) -> Any:
-        """What the BLPOP in flight got: [key, value], None, or AGAIN."""
+    def _drop_connection(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                self._sel.unregister(conn._sock)
+            with contextlib.suppress(Exception):
+                conn.disconnect()
+
+    def close(self) -> None:
+        """Close the connection and the poke sockets (the lane is retired, nobody drives it)."""
+        self._drop_connection()
+        self._sel.close()
+        self._r.close()
+        self._w.close()
+
+    def drive(self, me: Waiter | None) -> None:
+        """Run the lane's BLPOPs in this thread until ``me`` has finished (None:
+        until the lane is idle), then hand the lane on."""
         hub, core, lane = self.hub, self.hub.core, self.lane
+        try:
+            while True:
+                keys = None
+                with hub.lock:
+                    step = core.next_step(lane, me)
+                    connect = lane.blocked is None and self.conn is None
+                    if step != "stop" and lane.blocked is None and not connect:
+                        now = time.monotonic()
+                        keys = core.plan(lane, now)
+                        timeout = lane.block_until - now
+                if step == "stop":
+                    break
+                if connect:
+                    self._connect()
+                    continue
+                if keys is not None:
+                    if not keys:
+                        continue
+                    self.conn.send_packed_command([_blpop_command(self.conn, keys, timeout)], check_health=False)
+                reply = self._answer(None if step == "last" else me, keys is not None)
+                if reply is _STOP:
+                    continue
+                with hub.lock:
+                    orphan = core.popped(lane, reply, time.monotonic())
+                if orphan is False:
+                    _hand_on_sync(hub.client, reply[0])  # a wake-up nobody here waits for any more
+        except Exception as e:  # noqa: BLE001 - the connection failed: so do the lane's waits
+            with hub.lock:
+                core.fail(lane, e)
+        except BaseException:  # this thread was interrupted (KeyboardInterrupt): hand the lane on
+            lost: frozenset[str] | None = None
+            with hub.lock:
+                if self.conn is not None and not self.conn._sock:  # interrupted mid-read or mid-send: lost
+                    lost, lane.blocked, self.conn = lane.blocked, None, None
+            for key in lost or ():
+                if key.endswith(":wake"):  # whatever it popped is gone: at worst a spurious wake-up
+                    _hand_on_sync(hub.client, key)
+            raise
+        finally:
+            self._after(me)
+
+    def _after(self, me: Waiter | None) -> None:
+        """Hand the lane to the next driver (or close it once retired)."""
+        hub, core, lane = self.hub, self.hub.core, self.lane
+        with hub.lock:
+            nxt = core.hand_over(lane, me, time.monotonic())
+            if isinstance(nxt, Waiter):
+                nxt.signal()
+        if nxt is _BACKGROUND:
+            t = threading.Thread(target=self.drive, args=(None,), name="rqueue-wait", daemon=True)
+            hub.background.add(t)
+            t.start()
+        elif lane.retired:
+            self.close()
+        if me is None:
+            hub.background.discard(threading.current_thread())
+
+    def _answer(self, me: Waiter | None, fresh: bool) -> Any:
+        """What the BLPOP in flight got: [key, value], None, or AGAIN; _STOP when
+        ``me`` finished first (the BLPOP is left for the next driver). ``fresh``:
+        it was just sent, so nothing of its answer can be buffered yet."""
+        hub, core, lane = self.hub, self.hub.core, self.lane
+        conn = self.conn
         released = False
         check = lane.block_until + GRACE  # the server's own timeout has long passed by then
-        while not conn.can_read(0):
+        while fresh or not conn.can_read(0):
+            fresh = False
             now = time.monotonic()
             with hub.lock:
+                if (me is not None and me.done) or lane.retired:
+                    return _STOP
                 release = core.must_release(lane, now)
                 deadline = lane.deadline()
-            if core.closed:
-                raise ConnectionError("closed")
             if now >= check:
-                if not self.node.alive(client_id):
+                if not self.node.alive(self.client_id):
                     raise RedisConnectionError("the connection of a blocked BLPOP was lost")
                 check, released = now + GRACE, False  # held by a paused server (a failover): try again
             if release and not released and self.node.can_unblock:
-                released = self._release(conn, client_id)
+                released = self._release()
                 continue
-            sel.select(max(0.0, (check if release else min(deadline, check)) - now))
-            self._drain()
+            ready = False
+            for key, _ in self._sel.select(max(0.0, (check if release else min(deadline, check)) - now)):
+                if key.fileobj is self._r:
+                    self._drain()
+                else:
+                    ready = True
+            if ready:
+                break
         try:
-            return conn.read_response(timeout=GRACE)
+            return conn.read_response()
         except ResponseError:  # MOVED/ASK during a resharding: look again
             return AGAIN
 
-    def _release(self, conn: Any, client_id: int) -> bool:
+    def _release(self) -> bool:
         """CLIENT UNBLOCK until it works or the BLPOP answers: it may not have
-        reached the server yet, or its answer may be on the way. A server
-        with writes paused holds a BLPOP sent meanwhile: then give up for now."""
+        reached the server yet, or its answer may be on the way. A server with
+        writes paused holds a BLPOP sent meanwhile: then give up for now."""
         delay = 0.0005
         give_up = time.monotonic() + 1.0
-        while not self.node.unblock(client_id):
-            if not self.node.can_unblock or conn.can_read(delay) or time.monotonic() > give_up:
+        while not self.node.unblock(self.client_id):
+            if not self.node.can_unblock or self.conn.can_read(delay) or time.monotonic() > give_up:
                 break
             delay = min(delay * 2, 0.05)
         return True
@@ -507,8 +685,9 @@ class SyncWaiter:
         self._cluster = hasattr(client, "get_node_from_key")
         self.lock = threading.Lock()
         self._node_lock = threading.Lock()
-        self.core = Lanes(url, max_lanes)
+        self.core = Lanes(url, max_lanes, SYNC_SPREAD)
         self._nodes: dict[str, _SyncNode] = {}
+        self.background: set[threading.Thread] = set()
         self._pid = os.getpid()
 
     def _node(self, key: str) -> tuple[str, int | None, _SyncNode]:
@@ -529,26 +708,53 @@ class SyncWaiter:
     def _join(self, key: str, timeout: float, pop: bool) -> Waiter:
         if os.getpid() != self._pid:  # forked: the parent's lanes are not this process's
             with self.lock:
-                self.core = Lanes(self.core.url, self.core.max_lanes)
+                self.core = Lanes(self.core.url, self.core.max_lanes, SYNC_SPREAD)
                 self._nodes = {}
                 self._pid = os.getpid()
         if self.core.closed:
             raise self.core.closed_error()
         name, slot, node = self._node(key)
-        w = Waiter(key, time.monotonic() + timeout, pop, threading.Event())
+        now = time.monotonic()
+        w = Waiter(key, now + timeout, pop, None)
         with self.lock:
+            idle = self.core.reap(now)
             lane, new = self.core.place(w, name, slot, bool(node.can_unblock))
             if new:
                 lane.runner = _SyncLane(self, lane, node)
-                lane.runner.thread.start()
-        lane.runner.poke()
+            driven = lane.driver is not None
+        for old in idle:
+            old.runner.close()
+        if driven:
+            lane.runner.poke()
         return w
 
     def _result(self, w: Waiter, timeout: float) -> Any:
-        assert isinstance(w.handle, threading.Event)
-        if not w.handle.wait(timeout + 2 * GRACE):  # a lane always answers well before this
-            self.leave(w)
-            raise RedisTimeoutError("no answer from the connection waiting for it")
+        """Wait for ``w`` to finish, driving its lane whenever nobody else does."""
+        assert w.lane is not None
+        fail_at = time.monotonic() + timeout + 2 * GRACE  # a lane always answers well before this
+        while True:
+            with self.lock:
+                if w.done:
+                    break
+                lane = w.lane
+                lead = lane.driver is None and not lane.retired
+                if lead:
+                    lane.driver = w
+                elif w.handle is None:
+                    w.handle = event = threading.Event()
+                else:
+                    assert isinstance(w.handle, threading.Event)
+                    event = w.handle
+                    event.clear()
+            if lead:
+                lane.runner.drive(w)
+                continue
+            now = time.monotonic()
+            if now >= fail_at:
+                self.leave(w)
+                raise RedisTimeoutError("no answer from the connection waiting for it")
+            # Woken by its value or a call to drive; past its deadline it looks at the lane again.
+            event.wait(min(fail_at, max(w.deadline, now) + 0.25) - now)
         if w.error is not None:
             raise w.error
         return w.value
@@ -562,9 +768,10 @@ class SyncWaiter:
         """End a wait early (from any thread); the value it got if it had already finished."""
         with self.lock:
             got = self.core.leave(w)
-        lane = w.lane
-        if lane is not None and lane.replan and lane.runner is not None:
-            lane.runner.poke()
+            lane = w.lane
+            runner = lane.runner if lane is not None and lane.driver is not None else None
+        if runner is not None:
+            runner.poke()  # its driver re-plans (or, if it was this waiter, hands the lane on)
         return got
 
     def wait(self, key: str, timeout: float, *, on_block: Callable[[Callable[[], None]], None] | None = None) -> bool:
@@ -615,15 +822,18 @@ class SyncWaiter:
             raise
 
     def close(self) -> None:
-        """End every wait ('client is closed') and stop the lanes."""
+        """End every wait ('client is closed') and close the lanes."""
         with self.lock:
             lanes = self.core.close()
+            idle = [ln for ln in lanes if ln.driver is None and ln.runner is not None]
         for lane in lanes:
             if lane.runner is not None:
-                lane.runner.poke()
-        for lane in lanes:
-            if lane.runner is not None and lane.runner.thread is not threading.current_thread():
-                lane.runner.thread.join(GRACE)
+                lane.runner.poke()  # its driver sees the lane retired and closes it
+        for lane in idle:
+            lane.runner.close()
+        for t in list(self.background):
+            if t is not threading.current_thread():
+                t.join(GRACE)
         for node in list(self._nodes.values()):
             node.close()
 
@@ -634,21 +844,30 @@ class SyncWaiter:
 class _AsyncNode:
     """One server of an asyncio client (see ``_SyncNode``)."""
 
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.connection = make
+    def __init__(self, cls: Any, kwargs: dict[str, Any]) -> None:
+        self._class = cls
+        self._kwargs = _unbounded(kwargs)
         self._lock = asyncio.Lock()
         self._probing = asyncio.Lock()
         self._control: Any = None
         self.can_unblock: bool | None = None
+
+    async def connection(self) -> Any:
+        conn = self._class(**self._kwargs)
+        try:
+            await conn.connect()  # explicitly: a Sentinel connection finds the master here
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            raise
+        return conn
 
     async def _command(self, *args: Any) -> Any:
         async with self._lock:
             conn = self._control
             try:
                 if conn is None:
-                    conn = self.connection()
-                    await conn.connect()  # explicitly: a Sentinel connection finds the master here
-                    self._control = conn
+                    conn = self._control = await self.connection()
                 await conn.send_command(*args)
                 reply = await conn.read_response(timeout=GRACE)
             except ResponseError:
@@ -697,106 +916,189 @@ class _AsyncNode:
                 await conn.disconnect()
 
 
+class _Failed:
+    """An error the reader met, handed to the driver as the BLPOP's answer."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class _AsyncLane:
-    """The task of one lane (see ``_SyncLane``)."""
+    """The I/O of one lane, run by whichever task drives it (see ``_SyncLane``).
+
+    The lane's connection is read by a task of its own, which puts each answer
+    into the in-flight BLPOP's future: a driver that is cancelled leaves that
+    future to the next driver instead of breaking the connection.
+    """
 
     def __init__(self, hub: AsyncWaiter, lane: Lane, node: _AsyncNode) -> None:
         self.hub = hub
         self.lane = lane
         self.node = node
+        self.conn: Any = None
+        self.client_id = 0
+        #: The answer of the BLPOP in flight (a reply, or _Failed).
+        self.answer: asyncio.Future[Any] | None = None
+        self._reading: asyncio.Future[None] | None = None
         self._poked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.task = asyncio.ensure_future(self._run())
 
     def poke(self) -> None:
         if not self._poked.done():
             self._poked.set_result(None)
 
-    async def _sleep(self, timeout: float, reader: asyncio.Future[Any] | None = None) -> None:
-        """Until poked, ``reader`` is done, or ``timeout``."""
-        if not self._poked.done():
-            waits = [self._poked] if reader is None else [self._poked, reader]
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if self._poked.done():
+    async def _sleep(self, timeout: float, answer: asyncio.Future[Any]) -> None:
+        """Until poked, ``answer`` is done, or ``timeout`` (one future and one
+        timer: cheaper than asyncio.wait, and this runs on every BLPOP)."""
+        poked = self._poked
+        if not poked.done():
+            answer.add_done_callback(_Wake(poked))
+            timer = asyncio.get_running_loop().call_later(timeout, _Wake(poked), None)
+            try:
+                await poked  # cancelled with this task: harmless, a fresh one is made
+            finally:
+                timer.cancel()
+                answer.remove_done_callback(_Wake(poked))
+        if poked.done():
             self._poked = asyncio.get_running_loop().create_future()
 
-    async def _run(self) -> None:
-        core, lane = self.hub.core, self.lane
-        conn: Any = None
-        reader: asyncio.Future[Any] | None = None
+    async def _connect(self) -> None:
+        conn = await self.node.connection()
         try:
-            conn = self.node.connection()
-            await conn.connect()
             await conn.send_command("CLIENT", "ID")
-            client_id = int(await conn.read_response(timeout=GRACE))
-            while True:
-                keys = core.plan(lane, time.monotonic())
-                if keys is None:
-                    break
-                if not keys:
-                    await self._sleep(LINGER)
-                    if core.retire_if_idle(lane):
-                        break
-                    continue
-                timeout = _server_timeout(lane.block_until - time.monotonic())
-                await conn.send_packed_command(conn.pack_command("BLPOP", *keys, timeout), check_health=False)
-                # Bounded by _answer, not by the client's socket_timeout (a wait may be longer).
-                reader = asyncio.ensure_future(conn.read_response(timeout=1e9))
-                reply = await self._answer(reader, client_id)
-                reader = None
-                orphan: bool | None = None
-                if reply is AGAIN:
-                    core.again(lane)
-                elif isinstance(reply, list):
-                    orphan = core.popped(lane, _popped_key(reply), reply[1])
-                core.expire(lane, time.monotonic())
-                if orphan is False and isinstance(reply, list):
-                    self.hub.hand_on_later(reply[0])  # a wake-up nobody here waits for any more
-        except BaseException as e:  # the lane's waiters get the error
-            core.retire(lane, None if core.closed or not isinstance(e, Exception) else e)
-            if not isinstance(e, Exception):
-                raise
-        finally:
-            core.retire(lane)
-            if reader is not None and not reader.done():
-                reader.cancel()
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.disconnect()
+            self.client_id = int(await conn.read_response(timeout=GRACE))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            raise
+        self.conn = conn
+        self._reading = asyncio.ensure_future(self._read(conn))
 
-    async def _answer(self, reader: asyncio.Future[Any], client_id: int) -> Any:
+    async def _read(self, conn: Any) -> None:
+        """Put every answer of ``conn`` into the in-flight BLPOP's future."""
+        while True:
+            try:
+                # No socket_timeout: a BLPOP may block for long; _answer bounds the wait.
+                got: Any = await conn.read_response(timeout=1e9)
+            except ResponseError as e:  # MOVED/ASK: the connection itself is fine
+                got = _Failed(e)
+            except BaseException as e:  # lost (or closed): so is the BLPOP in flight
+                if self.answer is not None and not self.answer.done():
+                    self.answer.set_result(_Failed(e if isinstance(e, Exception) else RedisConnectionError("closed")))
+                if not isinstance(e, Exception):
+                    raise
+                return
+            if self.answer is not None and not self.answer.done():
+                self.answer.set_result(got)
+
+    def _drop_connection(self) -> Any:
+        conn, self.conn = self.conn, None
+        self.answer = None
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
+        self._reading = None
+        return conn
+
+    async def close(self) -> None:
+        """Close the connection (the lane is retired, nobody drives it)."""
+        conn = self._drop_connection()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+
+    async def drive(self, me: Waiter | None) -> None:
+        """Run the lane's BLPOPs in this task until ``me`` has finished (None:
+        until the lane is idle), then hand the lane on."""
+        core, lane = self.hub.core, self.lane
+        try:
+            while (step := core.next_step(lane, me)) != "stop":
+                if lane.blocked is None:
+                    if self.conn is not None and (self._reading is None or self._reading.done()):
+                        self.hub.background(_disconnect(self._drop_connection()))  # it was lost while idle
+                    if self.conn is None:
+                        await self._connect()
+                    keys = core.plan(lane, time.monotonic())
+                    if not keys:
+                        continue
+                    blpop = _blpop_command(self.conn, keys, lane.block_until - time.monotonic())
+                    self.answer = asyncio.get_running_loop().create_future()
+                    try:
+                        await self.conn.send_packed_command([blpop], check_health=False)
+                    except BaseException:
+                        lane.blocked, self.answer = None, None  # not sent, or lost with the connection
+                        raise
+                reply = await self._answer(None if step == "last" else me)
+                if reply is _STOP:
+                    continue
+                orphan = core.popped(lane, reply, time.monotonic())
+                if orphan is False:
+                    self.hub.hand_on_later(reply[0])  # a wake-up nobody here waits for any more
+        except Exception as e:  # noqa: BLE001 - the connection failed: so do the lane's waits
+            core.fail(lane, e)
+        except BaseException:  # this task was cancelled: the answer (if any) goes on for the next driver
+            if self.conn is not None and not self.conn.is_connected:
+                lane.blocked = None
+                self.hub.background(_disconnect(self._drop_connection()))
+            raise
+        finally:
+            self._after(me)
+
+    def _after(self, me: Waiter | None) -> None:
+        core, lane = self.hub.core, self.lane
+        nxt = core.hand_over(lane, me, time.monotonic())
+        if isinstance(nxt, Waiter):
+            nxt.signal()
+        elif nxt is _BACKGROUND:
+            self.hub.background(self.drive(None))
+        elif lane.retired:
+            self.hub.background(self.close())
+
+    async def _answer(self, me: Waiter | None) -> Any:
         """What the BLPOP in flight got (see ``_SyncLane._answer``)."""
         core, lane = self.hub.core, self.lane
+        answer = self.answer
+        assert answer is not None
         released = False
         check = lane.block_until + GRACE
-        while not reader.done():
+        while not answer.done():
+            if (me is not None and me.done) or lane.retired:
+                return _STOP
             now = time.monotonic()
             release = core.must_release(lane, now)
-            if core.closed:
-                raise ConnectionError("closed")
             if now >= check:
-                if not await self.node.alive(client_id):
+                if not await self.node.alive(self.client_id):
                     raise RedisConnectionError("the connection of a blocked BLPOP was lost")
                 check, released = now + GRACE, False
             if release and not released and self.node.can_unblock:
-                released = await self._release(reader, client_id)
+                released = await self._release(answer)
                 continue
-            await self._sleep(max(0.0, (check if release else min(lane.deadline(), check)) - now), reader)
-        try:
-            return await reader
-        except ResponseError:  # MOVED/ASK during a resharding: look again
-            return AGAIN
+            await self._sleep(max(0.0, (check if release else min(lane.deadline(), check)) - now), answer)
+        self.answer = None
+        got = answer.result()
+        if isinstance(got, _Failed):
+            if isinstance(got.error, ResponseError):
+                return AGAIN  # MOVED/ASK during a resharding: look again
+            raise got.error
+        return got
 
-    async def _release(self, reader: asyncio.Future[Any], client_id: int) -> bool:
+    async def _release(self, answer: asyncio.Future[Any]) -> bool:
         delay = 0.0005
         give_up = time.monotonic() + 1.0
-        while not await self.node.unblock(client_id):
+        while not await self.node.unblock(self.client_id):
             if not self.node.can_unblock or time.monotonic() > give_up:
                 break
-            await asyncio.wait([reader], timeout=delay)
-            if reader.done():
+            await asyncio.wait([answer], timeout=delay)
+            if answer.done():
                 break
             delay = min(delay * 2, 0.05)
         return True
+
+
+async def _disconnect(conn: Any) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.disconnect()
 
 
 class AsyncWaiter:
@@ -805,7 +1107,7 @@ class AsyncWaiter:
     def __init__(self, client: Any, url: str = "", max_lanes: int = DEFAULT_MAX_LANES) -> None:
         self.client = client
         self._cluster = hasattr(client, "get_node_from_key")
-        self.core = Lanes(url, max_lanes)
+        self.core = Lanes(url, max_lanes, ASYNC_SPREAD)
         self._nodes: dict[str, _AsyncNode] = {}
         self._background: set[asyncio.Future[Any]] = set()
 
@@ -820,7 +1122,7 @@ class AsyncWaiter:
             cls, kwargs = pool.connection_class, pool.connection_kwargs
         node = self._nodes.get(name)
         if node is None:
-            node = self._nodes[name] = _AsyncNode(lambda: cls(**kwargs))
+            node = self._nodes[name] = _AsyncNode(cls, kwargs)
         if node.can_unblock is None:
             await node.probe()
         return name, slot, node
@@ -830,20 +1132,43 @@ class AsyncWaiter:
         if self.core.closed:
             raise self.core.closed_error()
         name, slot, node = await self._node(key)
-        w = Waiter(key, time.monotonic() + timeout, pop, asyncio.get_running_loop().create_future())
+        now = time.monotonic()
+        w = Waiter(key, now + timeout, pop, asyncio.get_running_loop().create_future())
+        for old in self.core.reap(now):
+            self.background(old.runner.close())
         lane, new = self.core.place(w, name, slot, bool(node.can_unblock))
         if new:
             lane.runner = _AsyncLane(self, lane, node)
-        lane.runner.poke()
+        if lane.driver is not None:
+            lane.runner.poke()
         return w
 
     async def result(self, w: Waiter, timeout: float) -> Any:
-        """The waiter's value (bytes, AGAIN or None). A cancelled caller must ``leave``."""
-        assert isinstance(w.handle, asyncio.Future)
-        await asyncio.wait([w.handle], timeout=timeout + 2 * GRACE)  # a lane always answers well before this
-        if not w.done:
-            self.leave(w)
-            raise RedisTimeoutError("no answer from the connection waiting for it")
+        """The waiter's value (bytes, AGAIN or None), driving its lane whenever
+        nobody else does. A cancelled caller must ``leave``."""
+        assert w.lane is not None
+        loop = asyncio.get_running_loop()
+        fail_at = time.monotonic() + timeout + 2 * GRACE  # a lane always answers well before this
+        while not w.done:
+            lane = w.lane
+            if lane.driver is None and not lane.retired:
+                lane.driver = w
+                await lane.runner.drive(w)
+                continue
+            assert isinstance(w.handle, asyncio.Future)
+            if w.handle.done():  # a call to drive that another driver took first
+                w.handle = loop.create_future()
+            now = time.monotonic()
+            if now >= fail_at:
+                self.leave(w)
+                raise RedisTimeoutError("no answer from the connection waiting for it")
+            # Woken by its value or a call to drive; past its deadline it looks at the lane again.
+            fut = w.handle
+            timer = loop.call_later(min(fail_at, max(w.deadline, now) + 0.25) - now, _Wake(fut), None)
+            try:
+                await fut
+            finally:
+                timer.cancel()
         if w.error is not None:
             raise w.error
         return w.value
@@ -856,7 +1181,7 @@ class AsyncWaiter:
         """End a wait early; the value it got if it had already finished."""
         got = self.core.leave(w)
         lane = w.lane
-        if lane is not None and lane.replan and lane.runner is not None:
+        if lane is not None and lane.driver is not None and lane.runner is not None:
             lane.runner.poke()
         return got
 
@@ -898,17 +1223,20 @@ class AsyncWaiter:
         return None if value is AGAIN else value
 
     async def aclose(self, timeout: float = GRACE) -> None:
-        """End every wait ('client is closed'), let background work finish, stop the lanes."""
+        """Let background work finish (settling what cancelled callers left),
+        end every wait ('client is closed'), close the lanes."""
         pending = [t for t in self._background if not t.done()]
-        if pending:  # settling what cancelled callers left (withdraws, releases)
+        if pending:
             await asyncio.wait(pending, timeout=timeout)
         lanes = self.core.close()
         for lane in lanes:
             if lane.runner is not None:
-                lane.runner.poke()
-        tasks = [ln.runner.task for ln in lanes if ln.runner is not None and not ln.runner.task.done()]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=timeout)
+                lane.runner.poke()  # its driver sees the lane retired and closes it
+                if lane.driver is None:
+                    await lane.runner.close()
+        pending = [t for t in self._background if not t.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout)
             for t in late:
                 t.cancel()
         for node in list(self._nodes.values()):

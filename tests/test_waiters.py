@@ -204,6 +204,7 @@ def test_two_hundred_waiting_threads_leave_the_pool_to_other_calls(connect: Any,
         t.start()
     until(lambda: waiting(c, raw) == 200 or results, "200 waits are registered", timeout=30)
     assert results == {}
+    assert blocked(raw, "blpop") <= 50  # lanes, not a connection per waiter
     for i in range(100):
         side.send(i)
     assert side.stats().visible == 100
@@ -576,3 +577,90 @@ async def test_any_call_cancelled_on_the_server_leaves_the_client_usable(server_
         for key in raw.scan_iter(match=f"{prefix}:*"):
             raw.unlink(key)
         raw.close()
+
+
+# ---------------------------------------------------------------- the I/O-free bookkeeping of lanes
+
+
+def waiter(key: str, deadline: float = 1e9, pop: bool = False) -> Any:
+    from rqueue._wait import Waiter
+
+    return Waiter(key, deadline, pop, threading.Event())
+
+
+def test_lanes_hand_a_lane_on_to_another_waiter_and_past_one_that_left() -> None:
+    from rqueue._wait import Lanes
+
+    core = Lanes("redis://x", 8, 4)
+    a, b, c = waiter("k1"), waiter("k2"), waiter("k2")
+    lane, new = core.place(a, "", None, True)
+    assert new and all(core.place(w, "", None, True)[0] is lane for w in (b, c))
+    lane.driver = a
+    assert core.plan(lane, 0) == ["k1", "k2"]
+    core.popped(lane, [b"k1", b"v"], 0)
+    assert (a.done, a.value) == (True, b"v")
+    assert core.next_step(lane, a) == "stop"
+    assert core.hand_over(lane, a, 0) is b  # b drives next (the runner signals it)
+    assert not c.handle.is_set()
+    core.leave(b)  # b leaves before it ever drove: c is asked instead
+    assert c.handle.is_set() and not c.done and lane.driver is None
+
+
+def test_lanes_driver_finishes_a_blpop_nobody_else_waits_for() -> None:
+    from rqueue._wait import _BACKGROUND, Lanes
+
+    core = Lanes("redis://x", 8, 4)
+    a = waiter("k")
+    lane, _ = core.place(a, "", None, True)
+    lane.driver = a
+    core.plan(lane, 0)
+    core.leave(a)  # ended early (a stopping consumer) while its BLPOP is on the way
+    assert (lane.replan, lane.orphans) == (True, {"k": False})
+    assert core.next_step(lane, a) == "last"  # it reads the answer itself rather than leave it unread
+    assert core.popped(lane, [b"k", b"1"], 0) is False  # a wake-up nobody here wants: hand it on
+    assert core.next_step(lane, a) == "stop" and core.hand_over(lane, a, 0) is None
+    b = waiter("k")
+    core.place(b, "", None, True)
+    lane.driver = b
+    core.plan(lane, 0)  # b's BLPOP is on the way when b's thread is interrupted
+    assert core.hand_over(lane, b, 0) is _BACKGROUND  # nobody else waits: a background driver reads it
+
+
+def test_lanes_deliver_in_order_and_expire_exactly() -> None:
+    from rqueue._wait import AGAIN, Lanes
+
+    core = Lanes("redis://x", 8, 4)
+    first, second, late = waiter("k", 5), waiter("k", 10), waiter("r", 2, pop=True)
+    lane = core.place(first, "", None, True)[0]
+    core.place(second, "", None, True)
+    core.place(late, "", None, True)
+    core.plan(lane, 0)
+    assert core.popped(lane, None, 2.0) is None  # released at r's deadline: r times out, the others wait
+    assert (late.done, late.value, first.done) == (True, None, False)
+    core.plan(lane, 2.0)
+    core.popped(lane, [b"k", b"1"], 3.0)
+    assert (first.value, second.done) == (b"1", False)  # first come, first served
+    core.plan(lane, 3.0)
+    core.popped(lane, AGAIN, 3.5)  # the slot moved: look again
+    assert second.value is AGAIN and core.waiting() == 0
+
+
+def test_lanes_limit_on_cluster_and_without_client_unblock() -> None:
+    from rqueue._wait import Lanes
+
+    core = Lanes("redis://x", 2, 1)
+    core.place(waiter("a"), "n1", 1, True)[0].blocked = frozenset({"a"})
+    core.place(waiter("b"), "n1", 2, True)[0].blocked = frozenset({"b"})
+    core.place(waiter("b2"), "n1", 2, True)  # same slot: the lane gets longer
+    with pytest.raises(rqueue.ConnectionError, match=r"all 2 connections .* max_wait_connections=N"):
+        core.place(waiter("c"), "n1", 3, True)  # a third slot at once
+    one = Lanes("redis://x", 1, 1)
+    one.place(waiter("a"), "", None, True)[0].blocked = frozenset({"a"})
+    for i in range(200):  # one server: lanes just get longer, never an error
+        one.place(waiter(f"k{i}"), "", None, True)
+    assert (one.count, one.waiting()) == (1, 201)
+    acl = Lanes("redis://x", 2, 1)
+    acl.place(waiter("a"), "", None, False)[0].blocked = frozenset({"a"})
+    acl.place(waiter("b"), "", None, False)[0].blocked = frozenset({"b"})
+    with pytest.raises(rqueue.ConnectionError, match="CLIENT UNBLOCK"):
+        acl.place(waiter("c"), "", None, False)  # a blocked lane cannot be released for it
