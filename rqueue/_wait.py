@@ -706,11 +706,11 @@ class SyncWaiter:
         return name, slot, node
 
     def _join(self, key: str, timeout: float, pop: bool) -> Waiter:
-        if os.getpid() != self._pid:  # forked: the parent's lanes are not this process's
-            with self.lock:
-                self.core = Lanes(self.core.url, self.core.max_lanes, SYNC_SPREAD)
-                self._nodes = {}
-                self._pid = os.getpid()
+        if os.getpid() != self._pid:  # forked: the parent's lanes (and lock holders) are not this process's
+            self.lock, self._node_lock = threading.Lock(), threading.Lock()
+            self.core = Lanes(self.core.url, self.core.max_lanes, SYNC_SPREAD)
+            self._nodes, self.background = {}, set()
+            self._pid = os.getpid()
         if self.core.closed:
             raise self.core.closed_error()
         name, slot, node = self._node(key)

@@ -9,9 +9,11 @@ whole visibility timeout, and a cancelled asyncio request was not withdrawn.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -577,6 +579,58 @@ async def test_any_call_cancelled_on_the_server_leaves_the_client_usable(server_
         for key in raw.scan_iter(match=f"{prefix}:*"):
             raw.unlink(key)
         raw.close()
+
+
+def test_interrupting_the_thread_that_reads_a_lane_leaves_its_other_waiters_served(
+    lib: rqueue.Client, server_url: str
+) -> None:
+    """Two long polls on one queue share a lane, read by the first; Ctrl-C in that one
+    hands the lane to the other, which still wakes on the next send."""
+    raw = redis.Redis.from_url(server_url)
+    q = lib.create_queue("orders")
+    main = threading.main_thread().ident
+    assert main == threading.get_ident()
+    got: list[Any] = []
+    other = threading.Thread(target=lambda: got.extend(q.receive(wait_time=10)))
+
+    def interrupt() -> None:
+        until(lambda: waiting(lib, raw) == 1, "the main thread waits")
+        other.start()
+        until(lambda: waiting(lib, raw) == 2, "the other thread waits on the same lane")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        q.receive(wait_time=10)
+    t.join()
+    t0 = time.monotonic()
+    q.send("x")
+    other.join(5)
+    assert [m.body for m in got] == ["x"] and time.monotonic() - t0 < 1
+    raw.close()
+
+
+def test_a_forked_child_waits_on_lanes_of_its_own(lib: rqueue.Client) -> None:
+    q = lib.create_queue("orders")
+    assert q.receive(wait_time=0.05) == []  # the parent has a lane now
+    with warnings.catch_warnings():  # Python 3.12+ warns about fork() in a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: wakes on a send, times out on time
+        code = 1
+        try:
+            t = threading.Timer(0.1, lambda: q.send("x"))
+            t.start()
+            (m,) = q.receive(wait_time=5)
+            t0 = time.monotonic()
+            ok = m.body == "x" and q.receive(wait_time=0.2) == [] and 0.2 <= time.monotonic() - t0 < 1
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert q.receive(wait_time=0.05) == []  # and the parent's lane still works
 
 
 # ---------------------------------------------------------------- the I/O-free bookkeeping of lanes
