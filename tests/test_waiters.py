@@ -227,6 +227,69 @@ def test_two_hundred_waiting_threads_leave_the_pool_to_other_calls(connect: Any,
     assert [results[i] for i in range(100, 200)] == list(range(100, 200))
 
 
+def test_readme_consumer_setting_with_handlers_sending_through_the_same_client(server_url: str, prefix: str) -> None:
+    """concurrency 200, batch 100 (the README's advice), each handler sending a message and
+    making a request through the consumer's own client: no handler run fails."""
+    c = rqueue.connect(server_url, prefix=prefix)
+    answerer = rqueue.connect(server_url, prefix=prefix)
+    try:
+        jobs, out, asks = c.create_queue("jobs"), c.create_queue("out"), c.create_queue("asks")
+        outcomes: list[str] = []
+        lock = threading.Lock()
+
+        def record(result: Any) -> None:
+            with lock:
+                outcomes.append(result.outcome)
+
+        def handle(body: int) -> None:
+            out.send(body)
+            assert asks.request(body, timeout=30) == body
+
+        def answer(body: int) -> int:
+            return body
+
+        consumer = rqueue.Consumer(jobs, handle, concurrency=200, batch_size=100, hooks=[record])
+        replier = rqueue.Consumer(answerer.queue("asks"), answer, concurrency=200, batch_size=100)
+        jobs.send_batch(list(range(1000)))
+        with replier, consumer:
+            until(lambda: len(outcomes) >= 1000, "every job is handled", timeout=60)
+        assert outcomes.count("ok") == 1000, sorted(set(outcomes))
+        assert out.stats().visible == 1000
+    finally:
+        c.close()
+        answerer.close()
+
+
+async def test_readme_asyncio_consumer_setting_with_handlers_sending_through_the_same_client(
+    server_url: str, prefix: str
+) -> None:
+    """The same with rqueue.asyncio.Consumer: 200 handler tasks sending and requesting at once."""
+    c = await rqa.connect(server_url, prefix=prefix)
+    answerer = await rqa.connect(server_url, prefix=prefix)
+    try:
+        jobs, out, asks = [await c.create_queue(n) for n in ("jobs", "out", "asks")]
+        outcomes: list[str] = []
+
+        async def handle(body: int) -> None:
+            await out.send(body)
+            assert await asks.request(body, timeout=30) == body
+
+        async def answer(body: int) -> int:
+            return body
+
+        record = lambda r: outcomes.append(r.outcome)  # noqa: E731
+        consumer = rqa.Consumer(jobs, handle, concurrency=200, batch_size=100, hooks=[record])
+        replier = rqa.Consumer(answerer.queue("asks"), answer, concurrency=200, batch_size=100)
+        await jobs.send_batch(list(range(1000)))
+        async with replier, consumer:
+            await auntil(lambda: len(outcomes) >= 1000, "every job is handled", timeout=60)
+        assert outcomes.count("ok") == 1000, sorted(set(outcomes))
+        assert (await out.stats()).visible == 1000
+    finally:
+        await c.aclose()
+        await answerer.aclose()
+
+
 def test_the_wait_connection_limit_is_named(cluster_url: str, prefix: str, raw_cluster: Any) -> None:
     """On a cluster each hash slot waited on at once needs a connection: past the limit a
     waiting call fails with an rqueue error naming it and how to raise it."""
