@@ -334,17 +334,19 @@ class Lanes:
                     self._drop_key(lane, key)
         return orphan
 
-    def next_step(self, lane: Lane, me: Waiter | None) -> str:
+    def next_step(self, lane: Lane, me: Waiter | None, can_release: bool) -> str:
         """What the driver ``me`` (None: a background driver) does next: 'stop',
         'last' (its own wait is over, but it finishes the BLPOP in flight that
-        nobody else waits for), or 'drive'."""
+        nobody else waits for: a CLIENT UNBLOCK away), or 'drive'."""
         if lane.retired:
             return "stop"
         if me is None:
             return "stop" if not lane.waiters and lane.blocked is None else "drive"
         if not me.done:
             return "drive"
-        return "stop" if lane.blocked is None or self.successor(lane, me) is not None else "last"
+        if lane.blocked is None or self.successor(lane, me) is not None or not can_release:
+            return "stop"  # (without CLIENT UNBLOCK a background driver waits out the BLPOP)
+        return "last"
 
     def successor(self, lane: Lane, me: Waiter | None) -> Waiter | None:
         """A waiter of the lane, other than ``me``, to drive it next."""
@@ -575,7 +577,7 @@ class _SyncLane:
             while True:
                 keys = None
                 with hub.lock:
-                    step = core.next_step(lane, me)
+                    step = core.next_step(lane, me, bool(self.node.can_unblock))
                     connect = lane.blocked is None and self.conn is None
                     if step != "stop" and lane.blocked is None and not connect:
                         now = time.monotonic()
@@ -1012,7 +1014,7 @@ class _AsyncLane:
         until the lane is idle), then hand the lane on."""
         core, lane = self.hub.core, self.lane
         try:
-            while (step := core.next_step(lane, me)) != "stop":
+            while (step := core.next_step(lane, me, bool(self.node.can_unblock))) != "stop":
                 if lane.blocked is None:
                     if self.conn is not None and (self._reading is None or self._reading.done()):
                         self.hub.background(_disconnect(self._drop_connection()))  # it was lost while idle

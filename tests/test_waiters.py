@@ -364,6 +364,25 @@ def test_without_client_unblock_waits_time_out_on_the_server_tick(no_unblock_url
         raw.close()
 
 
+def test_without_client_unblock_a_wait_ended_early_returns_at_once(no_unblock_url: str, prefix: str) -> None:
+    """A stopping consumer ends its long poll early: where ACLs deny CLIENT UNBLOCK the BLPOP
+    in flight is left to a background reader, and the wait still returns at once."""
+    c = rqueue.connect(no_unblock_url, prefix=prefix)
+    try:
+        q = c.create_queue("orders")
+        ended: list[float] = []
+
+        def on_block(unblock: Callable[[], None]) -> None:
+            threading.Timer(0.2, lambda: (ended.append(time.monotonic()), unblock())).start()
+
+        assert c.wait(q._keys.wake, 5, on_block=on_block) is False
+        assert time.monotonic() - ended[0] < 0.3
+        q.send("x")  # the background reader hands the token it pops on
+        assert [m.body for m in q.receive(wait_time=2)] == ["x"]
+    finally:
+        c.close()
+
+
 # ---------------------------------------------------------------- 9/14: closing a client under waiters
 
 
@@ -716,7 +735,7 @@ def test_lanes_hand_a_lane_on_to_another_waiter_and_past_one_that_left() -> None
     assert core.plan(lane, 0) == ["k1", "k2"]
     core.popped(lane, [b"k1", b"v"], 0)
     assert (a.done, a.value) == (True, b"v")
-    assert core.next_step(lane, a) == "stop"
+    assert core.next_step(lane, a, True) == "stop"
     assert core.hand_over(lane, a, 0) is b  # b drives next (the runner signals it)
     assert not c.handle.is_set()
     core.leave(b)  # b leaves before it ever drove: c is asked instead
@@ -733,9 +752,10 @@ def test_lanes_driver_finishes_a_blpop_nobody_else_waits_for() -> None:
     core.plan(lane, 0)
     core.leave(a)  # ended early (a stopping consumer) while its BLPOP is on the way
     assert (lane.replan, lane.orphans) == (True, {"k": False})
-    assert core.next_step(lane, a) == "last"  # it reads the answer itself rather than leave it unread
+    assert core.next_step(lane, a, True) == "last"  # it reads the answer itself rather than leave it unread
+    assert core.next_step(lane, a, False) == "stop"  # (no CLIENT UNBLOCK: a background driver waits it out)
     assert core.popped(lane, [b"k", b"1"], 0) is False  # a wake-up nobody here wants: hand it on
-    assert core.next_step(lane, a) == "stop" and core.hand_over(lane, a, 0) is None
+    assert core.next_step(lane, a, True) == "stop" and core.hand_over(lane, a, 0) is None
     b = waiter("k")
     core.place(b, "", None, True)
     lane.driver = b
