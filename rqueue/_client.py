@@ -85,6 +85,15 @@ class Client:
             raise_mapped(e, self.url, "")
         check_policy(policy_from(reply), self.url)
 
+    @contextlib.contextmanager
+    def _slot(self) -> Generator[None, None, None]:
+        """A slot of ``_calls`` for a call other than ``run``'s."""
+        self._calls.take()
+        try:
+            yield
+        finally:
+            self._calls.give(None)
+
     def _fail(self, e: BaseException, queue: str) -> NoReturn:
         """Raise ``e`` as the rqueue error it means; anything met once the
         client is closed (redis-py's internals included) as 'client is closed'."""
@@ -94,15 +103,18 @@ class Client:
 
     def run(self, call: Call[T]) -> T:
         """Run one script call and parse its reply."""
+        slots = self._calls
+        slots.take()
         try:
-            with self._calls:
-                try:
-                    reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-                except rx.NoScriptError:
-                    self.redis.script_load(call.script.source)
-                    reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            try:
+                reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            except rx.NoScriptError:
+                self.redis.script_load(call.script.source)
+                reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         except Exception as e:  # noqa: BLE001
             self._fail(e, call.queue)
+        finally:
+            slots.give(None)
         return call.parse(reply)
 
     def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
@@ -115,7 +127,7 @@ class Client:
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            with self._calls:
+            with self._slot():
                 replies = pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001
             self._fail(e, "")
@@ -217,7 +229,7 @@ class Client:
 
     def _registry_add(self, name: str) -> None:
         try:
-            with self._calls:
+            with self._slot():
                 self.redis.sadd(registry(self.prefix), name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
@@ -238,7 +250,7 @@ class Client:
     def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""
         try:
-            with self._calls:
+            with self._slot():
                 names = sorted(n.decode() for n in self.redis.smembers(registry(self.prefix)))
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
@@ -249,7 +261,7 @@ class Client:
         keys = QueueKeys.for_queue(self.prefix, check_name(name))
         existed = self.run(_core.delete_queue(keys))
         try:
-            with self._calls:
+            with self._slot():
                 self.redis.srem(registry(self.prefix), keys.name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)

@@ -290,6 +290,46 @@ async def test_readme_asyncio_consumer_setting_with_handlers_sending_through_the
         await answerer.aclose()
 
 
+def test_ordinary_calls_past_the_pool_size_wait_for_a_connection(connect: Any) -> None:
+    """redis-py's pool fails past its size ("Too many connections"); the client lets at
+    most that many calls in at once and the others wait (threads; tasks via the bridge)."""
+    c = connect(max_connections=8)
+    q = c.create_queue("orders")
+    errors: list[BaseException] = []
+    start = threading.Barrier(60)
+
+    def send() -> None:
+        start.wait()
+        try:
+            for i in range(20):
+                q.send(i)
+        except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=send) for _ in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and q.stats().visible == 1200
+
+
+async def test_cancelled_callers_waiting_for_a_connection_leave_none_behind(backend_url: str, prefix: str) -> None:
+    c = await rqa.connect(backend_url, prefix=prefix, max_connections=8)
+    try:
+        q = await c.create_queue("orders")
+        crowd = [asyncio.ensure_future(q.send(i)) for i in range(300)]
+        await asyncio.sleep(0)
+        for t in crowd[::2]:
+            t.cancel()
+        await asyncio.gather(*crowd, return_exceptions=True)
+        assert [t.exception() for t in crowd[1::2]] == [None] * 150
+        await asyncio.wait_for(asyncio.gather(*(q.send(i) for i in range(50))), 10)  # every slot is back
+        assert (await q.stats()).visible >= 200
+    finally:
+        await c.aclose()
+
+
 def test_the_wait_connection_limit_is_named(cluster_url: str, prefix: str, raw_cluster: Any) -> None:
     """On a cluster each hash slot waited on at once needs a connection: past the limit a
     waiting call fails with an rqueue error naming it and how to raise it."""

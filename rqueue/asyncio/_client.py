@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from redis import exceptions as rx
 
 from .. import _codec, _core, _errors
 from .._backends import Backend, check_policy, factory_for, resolve_url
-from .._base import QueueHandle, call_limit, policy_from, raise_mapped
+from .._base import AsyncCallSlots, QueueHandle, call_limit, policy_from, raise_mapped
 from .._codec import Attributes
 from .._core import Call, Op, Pop
 from .._errors import InvalidParameter, QueueDoesNotExist
@@ -64,7 +64,7 @@ class AsyncClient:
         self._listener: AsyncListener | None = None
         self._waiter = AsyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
         #: Calls beyond the pool's size wait here for a connection instead of failing.
-        self._calls = asyncio.Semaphore(call_limit(self.redis))
+        self._calls = AsyncCallSlots(call_limit(self.redis))
 
     def __repr__(self) -> str:
         return f"<rqueue.asyncio.AsyncClient {self.url}>"
@@ -83,6 +83,16 @@ class AsyncClient:
             raise_mapped(e, self.url, "")
         check_policy(policy_from(reply), self.url)
 
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncGenerator[None, None]:
+        """A slot of ``_calls`` for a call other than ``run``'s."""
+        if not self._calls.take_now():
+            await self._calls.take()
+        try:
+            yield
+        finally:
+            self._calls.give()
+
     def _fail(self, e: BaseException, queue: str) -> NoReturn:
         """Raise ``e`` as the rqueue error it means ('client is closed' once it is)."""
         if self._waiter.core.closed:
@@ -91,15 +101,19 @@ class AsyncClient:
 
     async def run(self, call: Call[T]) -> T:
         """Run one script call and parse its reply."""
+        slots = self._calls
+        if not slots.take_now():
+            await slots.take()
         try:
-            async with self._calls:
-                try:
-                    reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-                except rx.NoScriptError:
-                    await self.redis.script_load(call.script.source)
-                    reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            try:
+                reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            except rx.NoScriptError:
+                await self.redis.script_load(call.script.source)
+                reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         except Exception as e:  # noqa: BLE001
             self._fail(e, call.queue)
+        finally:
+            slots.give()
         return call.parse(reply)
 
     async def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
@@ -112,7 +126,7 @@ class AsyncClient:
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            async with self._calls:
+            async with self._slot():
                 replies = await pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001
             self._fail(e, "")
@@ -234,7 +248,7 @@ class AsyncClient:
             _core.create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
         )
         try:
-            async with self._calls:
+            async with self._slot():
                 await self.redis.sadd(registry(self.prefix), keys.name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
@@ -253,7 +267,7 @@ class AsyncClient:
     async def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""
         try:
-            async with self._calls:
+            async with self._slot():
                 members = await self.redis.smembers(registry(self.prefix))
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
@@ -264,7 +278,7 @@ class AsyncClient:
         keys = QueueKeys.for_queue(self.prefix, check_name(name))
         existed = await self.run(_core.delete_queue(keys))
         try:
-            async with self._calls:
+            async with self._slot():
                 await self.redis.srem(registry(self.prefix), keys.name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
