@@ -634,8 +634,8 @@ def test_sync_request_interrupted_while_waiting_is_withdrawn(lib: rqueue.Client,
     main = threading.main_thread().ident
     assert main == threading.get_ident()
 
-    def interrupt() -> None:
-        until(lambda: waiting(lib, raw) == 1, "the request waits")
+    def interrupt() -> None:  # once blocked (redis-py leaks a socket interrupted while connecting)
+        until(lambda: waiting(lib, raw) == 1 and blocked(raw, "blpop") == 1, "the request waits")
         signal.pthread_kill(main, signal.SIGINT)
 
     t = threading.Thread(target=interrupt)
@@ -716,7 +716,7 @@ def test_interrupting_the_thread_that_reads_a_lane_leaves_its_other_waiters_serv
     other = threading.Thread(target=lambda: got.extend(q.receive(wait_time=10)))
 
     def interrupt() -> None:
-        until(lambda: waiting(lib, raw) == 1, "the main thread waits")
+        until(lambda: waiting(lib, raw) == 1 and blocked(raw, "blpop") == 1, "the main thread waits")
         other.start()
         until(lambda: waiting(lib, raw) == 2, "the other thread waits on the same lane")
         signal.pthread_kill(main, signal.SIGINT)
