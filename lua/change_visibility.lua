@@ -13,17 +13,20 @@ Wakes waiting receivers when a message becomes visible before the earliest
 hidden one (their computed sleep would otherwise overshoot).
 
 Reply: one integer per receipt: 1 changed, 0 stale or unknown receipt.
-Errors: RQ_NOQUEUE.
+Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
 local meta_key, vis_key, state_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local timeout = arg_int(ARGV[1], 0, 43200000)
+if not timeout then return bad_arg('timeout', 'an integer from 0 to 43200000 (ms)') end
+local n = (#ARGV - 1) / 2
+if n < 1 or n % 1 ~= 0 then return bad_arg('receipts', '1 or more id, token pairs') end
 
 if redis.call('EXISTS', meta_key) == 0 then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local visible_at = now + tonumber(ARGV[1])
-local n = (#ARGV - 1) / 2
+local visible_at = now + timeout
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 * i] end
 local states = redis.call('HMGET', state_key, unpack(ids))

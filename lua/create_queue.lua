@@ -14,11 +14,13 @@ ARGV[6] dlq retention (ms)
 
 Reply: 1 when created, 0 when it existed with the same attributes.
 Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
-        when it exists with other attributes.
+        when it exists with other attributes; RQ_BADARG (see _prelude.lua).
 ]]
 local meta_key, dlq_meta_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
 local vt, delay, retention, max_size, mrc, dlq_retention =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local refused = bad_attributes(vt, delay, retention, max_size, mrc, dlq_retention)
+if refused then return refused end
 
 local cur = redis.call('HMGET', meta_key, 'vt', 'delay', 'retention', 'max_size', 'mrc')
 if cur[1] then
@@ -42,7 +44,11 @@ redis.call('HSET', dlq_meta_key, 'vt', vt, 'delay', 0, 'retention', dlq_retentio
   'max_size', max_size, 'created_at', now, 'dlq', 1)
 -- Ids and receipt tokens start at the server's time in microseconds, so a
 -- queue deleted and created again never reissues a token of its past life.
+-- A counter that ran ahead of the clock outlives delete_queue (with a TTL)
+-- until the clock passes it: it is kept and carries on here.
 if redis.call('EXISTS', seq_key) == 0 then
-  redis.call('SET', seq_key, string.format('%d', now * 1000))
+  redis.call('SET', seq_key, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+else
+  redis.call('PERSIST', seq_key)
 end
 return 1

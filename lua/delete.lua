@@ -21,26 +21,55 @@ ARGV[4..] id, token pairs taken from the receipts; or id, token, tracked
 
 Untracked batches come as pairs and cost nothing extra.
 Reply: one integer per receipt: 1 deleted, 0 stale or unknown receipt.
-Errors: RQ_NOQUEUE.
+Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
 local meta_key, msgs_key, vis_key, state_key, why_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local channel, ttl, tracked = ARGV[1], ARGV[2], ARGV[3] == '1'
+local channel, ttl, mode = ARGV[1], ARGV[2], ARGV[3]
+local tracked = mode == '1'
 
-if redis.call('EXISTS', meta_key) == 0 then
-  return redis.error_reply('RQ_NOQUEUE')
-end
-local stride = tracked and 3 or 2
 local ids, tokens = {}, {}
-if ARGV[3] == 'j' then
-  for id, token in string.gmatch(ARGV[4], '(%d+)%.(%d+)') do
+local stride = tracked and 3 or 2
+if mode == 'j' then
+  -- Each match must start where the last one ended (after one space), and
+  -- the last end the string: nothing else may hide between the receipts.
+  local joined, pos = ARGV[4] or '', 1
+  for s, id, token, e in string.gmatch(joined, '()(%d+)%.(%d+) ?()') do
+    if s ~= pos then break end
+    pos = e
     ids[#ids + 1] = id
     tokens[#tokens + 1] = token
   end
-else
-  for i = 1, (#ARGV - 3) / stride do
+  if pos ~= #joined + 1 or #ids == 0 or string.byte(joined, -1) == 32 then
+    return bad_arg('receipts', "'<id>.<token>' receipts joined by single spaces")
+  end
+elseif tracked or mode == '' then
+  local n = (#ARGV - 3) / stride
+  if n < 1 or n % 1 ~= 0 then
+    return bad_arg('receipts', tracked and '1 or more id, token, tracked triples' or '1 or more id, token pairs')
+  end
+  local requests = 0
+  for i = 1, n do
     ids[i] = ARGV[stride * (i - 1) + 4]
     tokens[i] = ARGV[stride * (i - 1) + 5]
+    if tracked then
+      local f = string.byte(ARGV[stride * (i - 1) + 6], 1)
+      if f == 114 then
+        requests = requests + 1
+      elseif f and f ~= 101 then
+        return bad_arg('receipts', "tracked must be '', 'r' .. reply or 'e' .. reply")
+      end
+    end
   end
+  if tracked then
+    if requests ~= #KEYS - 5 then return bad_arg('receipts', 'one reply key per request receipt') end
+    if not arg_int(ttl, 1, 86400000) then return bad_arg('reply_ttl', 'an integer from 1 to 86400000 (ms)') end
+  end
+else
+  return bad_arg('mode', "'', '1' or 'j'")
+end
+
+if redis.call('EXISTS', meta_key) == 0 then
+  return redis.error_reply('RQ_NOQUEUE')
 end
 local n = #ids
 local states = redis.call('HMGET', state_key, unpack(ids))

@@ -13,16 +13,18 @@ ARGV[1] the most messages to return (1..1000), ordered by visible-at
 
 Reply: {ids, encoded messages, states ('' if never received), whys ('' if
 none), visible-at scores, now}.
-Errors: RQ_NOQUEUE.
+Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
 local meta_key, msgs_key, vis_key, state_key, why_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local max = arg_int(ARGV[1], 1, 1000)
+if not max then return bad_arg('max_messages', 'an integer from 1 to 1000') end
 
 if redis.call('EXISTS', meta_key) == 0 then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local flat = redis.call('ZRANGE', vis_key, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local flat = redis.call('ZRANGE', vis_key, 0, max - 1, 'WITHSCORES')
 local ids, scores = {}, {}
 for i = 1, #flat, 2 do
   ids[#ids + 1] = flat[i]

@@ -18,14 +18,26 @@ ARGV[3 .. m+2] their names, in the order of their keys
 ARGV[m+3 ..] encoded messages (kind byte, attributes, body)
 
 Reply: {'ok', last_id, deliveries, {expired names}} or {'stale'}.
-Errors: RQ_TOOLARGE <index> <size> <max_size> (nothing written).
+Errors: RQ_TOOLARGE <index> <size> <max_size> (nothing written); RQ_BADARG.
 ]]
 local subs_key, version_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
+local m = arg_int(ARGV[2], 0, 100000)
+if not m or #KEYS ~= 3 + 4 * m then
+  return bad_arg('subscriptions', 'their number, with 4 keys each')
+end
+local n = #ARGV - m - 2
+if n < 1 then return bad_arg('bodies', '1 or more messages') end
+local sizes = {}
+for j = 1, n do
+  sizes[j] = message_size(ARGV[m + 2 + j])
+  if not sizes[j] then
+    return bad_arg('bodies', string.format('encoded messages (message %d is not)', j - 1))
+  end
+end
+
 if (redis.call('GET', version_key) or '0') ~= ARGV[1] then
   return {'stale'}
 end
-local m = tonumber(ARGV[2])
-local n = #ARGV - m - 2
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -47,17 +59,10 @@ if m > 0 then
   end
 end
 
-local sizes = {}
 for j = 1, n do
-  local msg = ARGV[m + 2 + j]
-  local size = #msg - 1
-  if string.byte(msg, 1) < 97 then
-    size = #msg - string.find(msg, ':', 2, true)
-  end
-  sizes[j] = size
   for _, sub in ipairs(live) do
-    if size > sub[2] then
-      return redis.error_reply(string.format('RQ_TOOLARGE %d %d %d', j - 1, size, sub[2]))
+    if sizes[j] > sub[2] then
+      return redis.error_reply(string.format('RQ_TOOLARGE %d %d %d', j - 1, sizes[j], sub[2]))
     end
   end
 end

@@ -12,22 +12,25 @@ KEYS[8]  dlq_vis    }
 KEYS[9]  dlq_state  }
 KEYS[10] dlq_why    }
 
-ARGV[1] the most messages to move in this call (the client calls again until
-        a call moves fewer, so no single call blocks the server for long)
+ARGV[1] the most messages to move in this call, 1..1000 (the client calls
+        again until a call moves fewer, so no single call blocks the server
+        for long)
 
 Reply: the number of messages moved.
-Errors: RQ_NOQUEUE.
+Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
 local meta_key, msgs_key, vis_key, state_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_state_key, dlq_why_key =
   KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local chunk = arg_int(ARGV[1], 1, 1000)
+if not chunk then return bad_arg('chunk', 'an integer from 1 to 1000') end
 
 if redis.call('EXISTS', meta_key) == 0 then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ids = redis.call('ZRANGE', dlq_vis_key, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[1]))
+local ids = redis.call('ZRANGE', dlq_vis_key, '-inf', now, 'BYSCORE', 'LIMIT', 0, chunk)
 if #ids == 0 then
   return 0
 end

@@ -21,20 +21,32 @@ ARGV[4..] id, token, tracked triples taken from the receipts; tracked is ''
 
 A request's dead letter is stored without its flag: its sender has heard.
 Reply: one integer per receipt: 1 dead-lettered, 0 stale or unknown receipt.
-Errors: RQ_NOQUEUE.
+Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
 local meta_key, msgs_key, vis_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local reason, channel, ttl = ARGV[1], ARGV[2], ARGV[3]
+
+local n = (#ARGV - 3) / 3
+if n < 1 or n % 1 ~= 0 then return bad_arg('receipts', '1 or more id, token, tracked triples') end
+if not arg_int(ttl, 1, 86400000) then return bad_arg('reply_ttl', 'an integer from 1 to 86400000 (ms)') end
+local ids, requests = {}, 0
+for i = 1, n do
+  ids[i] = ARGV[3 * i + 1]
+  local tracked = ARGV[3 * i + 3]
+  if tracked == 'r' then
+    requests = requests + 1
+  elseif tracked ~= '' and tracked ~= 'e' then
+    return bad_arg('receipts', "tracked must be '', 'r' or 'e'")
+  end
+end
+if requests ~= #KEYS - 9 then return bad_arg('receipts', 'one reply key per request receipt') end
 
 if redis.call('EXISTS', meta_key) == 0 then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = (#ARGV - 3) / 3
-local ids = {}
-for i = 1, n do ids[i] = ARGV[3 * i + 1] end
 local states = redis.call('HMGET', state_key, unpack(ids))
 local msgs = redis.call('HMGET', msgs_key, unpack(ids))
 local out, hit, seen = {}, {}, {}

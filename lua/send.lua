@@ -15,23 +15,27 @@ ARGV[3..] encoded messages: one kind byte, then for an upper-case kind
 Every size is checked against max_size before anything is written.
 Reply: {last_id, sent_at}; the batch's ids are last_id-n+1 .. last_id.
 Errors: RQ_NOQUEUE; RQ_TOOLARGE <index> <size> <max_size> (index from 0);
-        RQ_BADDELAY <delay> <retention> when the delay exceeds the retention.
+        RQ_BADDELAY <delay> <retention> when the delay exceeds the retention;
+        RQ_BADARG.
 ]]
 local meta_key, msgs_key, vis_key, seq_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local flag = ARGV[2]
+if ARGV[1] ~= '' and not arg_int(ARGV[1], 0, 1209600000) then
+  return bad_arg('delay', "'' (the queue's) or an integer from 0 to 1209600000 (ms)")
+end
+if flag ~= '' and flag ~= '?' and flag ~= '!' then return bad_arg('flag', "'', '?' or '!'") end
+local n = #ARGV - 2
+if n < 1 then return bad_arg('bodies', '1 or more messages') end
 
 local cfg = redis.call('HMGET', meta_key, 'max_size', 'delay', 'retention')
 if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local max_size = tonumber(cfg[1])
-local flag = ARGV[2]
-local n = #ARGV - 2
 for i = 3, n + 2 do
-  local m = ARGV[i]
-  local size = #m - 1
-  local kind = string.byte(m, 1)
-  if kind < 97 then -- upper case: attributes follow as '<len>:'
-    size = #m - string.find(m, ':', 2, true)
+  local size = message_size(ARGV[i])
+  if not size then
+    return bad_arg('bodies', string.format('encoded messages (message %d is not)', i - 3))
   end
   if size > max_size then
     return redis.error_reply(string.format('RQ_TOOLARGE %d %d %d', i - 3, size, max_size))

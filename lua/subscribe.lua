@@ -19,13 +19,43 @@ ARGV[8] the subscription's name
 ARGV[9..] expired candidates' names, in the order of their keys
 
 Reply: 1 when it joined now, 0 when it was refreshed.
-Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>.
+Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
+        (before any reaping: an error changes nothing); RQ_BADARG.
 ]]
 local subs_key, version_key, seq_key, meta_key, dlq_meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local vt, delay, retention, max_size, mrc, dlq_retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local ttl, name = tonumber(ARGV[7]), ARGV[8]
+local name = ARGV[8]
+local refused = bad_attributes(vt, delay, retention, max_size, mrc, dlq_retention)
+if refused then return refused end
+local ttl = arg_int(ARGV[7], 50, 2592000000)
+if not ttl then return bad_arg('ttl', 'an integer from 50 to 2592000000 (ms)') end
+if not (name and #name <= 80 and string.find(name, '^[A-Za-z0-9_%-]+$')) then
+  return bad_arg('name', '1 to 80 characters of A-Z, a-z, 0-9, _ and -')
+end
+if #KEYS ~= 5 + 12 * (#ARGV - 8) then
+  return bad_arg('expired', 'one name per 12 subscription keys')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Other attributes are refused before any reaping: an error changes nothing.
+-- This subscription counts as existing unless it is reaped below.
+local cur = redis.call('HMGET', meta_key, 'vt', 'delay', 'retention', 'max_size', 'mrc')
+local score = redis.call('ZSCORE', subs_key, name)
+local exists = cur[1] and score
+if exists and tonumber(score) <= now then
+  for i = 9, #ARGV do
+    if ARGV[i] == name then exists = false end
+  end
+end
+if exists then
+  local cur_mrc = cur[5] or ''
+  if not (cur[1] == vt and cur[2] == delay and cur[3] == retention and cur[4] == max_size
+      and cur_mrc == mrc) then
+    return redis.error_reply(string.format('RQ_EXISTS %s %s %s %s %s',
+      cur[1], cur[2], cur[3], cur[4], cur_mrc == '' and '-' or cur_mrc))
+  end
+end
 
 local changed = false
 for i = 9, #ARGV do
@@ -39,16 +69,7 @@ for i = 9, #ARGV do
 end
 
 local joined = 0
-local cur = redis.call('HMGET', meta_key, 'vt', 'delay', 'retention', 'max_size', 'mrc')
-if cur[1] and redis.call('ZSCORE', subs_key, name) then
-  local cur_mrc = cur[5] or ''
-  if not (cur[1] == vt and cur[2] == delay and cur[3] == retention and cur[4] == max_size
-      and cur_mrc == mrc) then
-    if changed then redis.call('INCR', version_key) end
-    return redis.error_reply(string.format('RQ_EXISTS %s %s %s %s %s',
-      cur[1], cur[2], cur[3], cur[4], cur_mrc == '' and '-' or cur_mrc))
-  end
-else
+if not exists then
   -- new, or left over without its membership: start afresh
   redis.call('DEL', meta_key, dlq_meta_key)
   redis.call('HSET', meta_key, 'vt', vt, 'delay', delay, 'retention', retention,

@@ -10,8 +10,15 @@ ARGV[1] 'expired' or 'all'
 ARGV[2..] the subscription names, in the order of their keys
 
 Reply: the names removed.
+Errors: RQ_BADARG.
 ]]
 local subs_key, version_key = KEYS[1], KEYS[2]
+if ARGV[1] ~= 'expired' and ARGV[1] ~= 'all' then
+  return bad_arg('mode', "'expired' or 'all'")
+end
+if #KEYS ~= 2 + 12 * (#ARGV - 1) then
+  return bad_arg('names', 'one per 12 subscription keys')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local only_expired = ARGV[1] == 'expired'

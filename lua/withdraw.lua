@@ -15,11 +15,14 @@ message in flight stays, but loses its request flag and its state gets a
 trailing 'x', so its reply is never pushed: nothing is left behind.
 Reply: {'reply', <payload>} | {'withdrawn'} | {'in_flight'} |
        {'dead', '<dead_at>|<reason>|<detail>'} | {'gone'} (deleted or purged).
-Errors: RQ_NOQUEUE.
+Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
 local meta_key, msgs_key, vis_key, state_key, reply_key, dlq_why_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id = ARGV[1]
+if not (id and #id <= 20 and string.find(id, '^%d+$')) then
+  return bad_arg('message_id', 'a message id (1 to 20 digits)')
+end
 
 local got = redis.call('LPOP', reply_key)
 if got then

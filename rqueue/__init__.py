@@ -11,16 +11,20 @@ from ._backends import Backend, RQueueWarning, mask_url, register_backend
 from ._client import Client, Queue, connect
 from ._consumer import Consumer
 from ._errors import (
+    AuthenticationError,
     ConnectionError,
     InvalidParameter,
     InvalidQueueName,
     MessageDeadLettered,
     MessageTooLarge,
+    PermissionDenied,
     QueueAlreadyExists,
     QueueDoesNotExist,
     RequestFailed,
     RequestTimeout,
     RQueueError,
+    ServerError,
+    ServerFull,
     WaitTimeout,
 )
 from ._handlers import Reject, Router
@@ -32,6 +36,7 @@ from ._topic import Subscription, Topic
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "Backend",
     "Client",
     "ConnectionError",
@@ -45,6 +50,7 @@ __all__ = [
     "MessageDeadLettered",
     "PrometheusHook",
     "MessageTooLarge",
+    "PermissionDenied",
     "Queue",
     "QueueAlreadyExists",
     "QueueAttributes",
@@ -56,6 +62,8 @@ __all__ = [
     "RQueueWarning",
     "Reject",
     "Router",
+    "ServerError",
+    "ServerFull",
     "Subscription",
     "SubscriptionInfo",
     "Topic",

@@ -45,13 +45,69 @@ def register_backend(scheme: str, factory: BackendFactory) -> None:
     _registry[scheme.lower()] = factory
 
 
-_MASK = re.compile(r"(?P<pre>://[^:/@]*:)(?P<pw>[^@/]+)(?=@)")
-_MASK_QUERY = re.compile(r"(?P<pre>[?&](?:sentinel_)?password=)(?P<pw>[^&]+)", re.I)
+#: A query parameter that holds a password (redis-py reads both).
+_SECRET_PARAM = re.compile(r"[?&](?:sentinel_)?password=([^&#]*)", re.I)
+#: The start of a query parameter (``?name=`` or ``&name=``).
+_PARAM = re.compile(r"[?&][^=&#?/@]*=")
+
+
+def secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where the passwords of ``url`` are: the userinfo's, and the query's.
+
+    The userinfo is parsed as redis-py does (everything up to the last ``@`` of
+    the authority, so a password may hold ``@`` and ``:``), and more widely:
+    a raw ``/``, ``?`` or ``#`` in a password (redis-py would misread it) moves
+    its ``@`` past the authority, and that ``@`` still ends the user info.
+    """
+    spans = [m.span(1) for m in _SECRET_PARAM.finditer(url)]
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        start = len(scheme) + len(sep)
+        end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
+        at = rest.rfind("@", 0, end)
+        tail = rest[end:]
+        param = _PARAM.search(tail)
+        further = tail.rfind("@", 0, param.start() if param else len(tail))
+        if further >= 0:
+            at = end + further
+        colon = rest.find(":", 0, at) if at >= 0 else -1
+        if colon >= 0:
+            spans.append((start + colon + 1, start + at))
+    return sorted((a, b) for a, b in spans if b > a)
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    return _MASK_QUERY.sub(r"\g<pre>***", _MASK.sub(r"\g<pre>***", url))
+    """The URL with every password (user info and query) replaced by ``***``."""
+    out, pos = [], 0
+    for a, b in secret_spans(url):
+        if b <= pos:
+            continue
+        out += [url[pos : max(a, pos)], "***"]
+        pos = b
+    return "".join(out) + url[pos:]
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` (an error from parsing ``url``, say) with the URL's passwords, and
+    any piece of them a parser may have cut out, replaced by ``***``."""
+    secrets = {url[a:b] for a, b in secret_spans(url)}
+    pieces = {p for s in secrets for p in re.split(r"[/?#@:&=]", s) if len(p) >= 2}
+    for s in sorted(secrets | pieces, key=len, reverse=True):
+        text = text.replace(s, "***")
+    # A quoted piece, however short ("... as 'a'"), that belongs to a password.
+    return re.sub(r"'([^']+)'", lambda m: "'***'" if any(m[1] in s for s in secrets) else m[0], text)
+
+
+#: redis-py options that name a file (TLS): checked up front, as redis-py's error names no file.
+_FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse an option naming a file (or folder) that does not exist."""
+    for name in _FILE_OPTIONS:
+        value = options.get(name)
+        if isinstance(value, str | os.PathLike) and not os.path.exists(value):
+            raise InvalidParameter(f"option {name}={os.fspath(value)!r} of connect() names no existing file")
 
 
 def resolve_url(url: str | None) -> str:
@@ -72,7 +128,8 @@ def factory_for(url: str) -> BackendFactory:
     return _registry[scheme]
 
 
-def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+def _hosts(url: str, netloc: str, default_port: int) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """(user, password, [(host, port)...]) of a multi-host authority, read as redis-py reads one."""
     userinfo, _, hostlist = netloc.rpartition("@")
     user, pw = None, None
     if userinfo:
@@ -80,8 +137,13 @@ def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list
         user, pw = (unquote(u) or None), (unquote(p) if sep else None)
     hosts = []
     for hp in hostlist.split(","):
-        host, sep, port = hp.rpartition(":") if ":" in hp else (hp, "", "")
-        hosts.append((host or "localhost", int(port) if sep and port else default_port))
+        host, sep, port = hp.rpartition(":") if ":" in hp.rpartition("]")[2] else (hp, "", "")
+        if sep and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise InvalidParameter(
+                f"url {mask_url(url)!r}: every host needs a port from 1 to 65535 (host:port), and a password "
+                "its '/', '?' and '#' percent-encoded (%2F, %3F, %23)"
+            )
+        hosts.append((host.removeprefix("[").removesuffix("]") or "localhost", int(port) if sep else default_port))
     return user, pw, hosts
 
 
@@ -98,19 +160,27 @@ def _plain(url: str, *, is_async: bool, **options: Any) -> Backend:
 def _sentinel(url: str, *, is_async: bool, **options: Any) -> Backend:
     """``redis+sentinel://[user:pass@]host:port[,host:port]/service[/db][?sentinel_password=]``."""
     parts = urlsplit(url)
-    user, pw, hosts = _hosts(parts.netloc, 26379)
+    user, pw, hosts = _hosts(url, parts.netloc, 26379)
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise InvalidParameter(
             f"url {mask_url(url)!r} must name the master: redis+sentinel://host:port/service_name[/db]"
         )
     query = dict(parse_qsl(parts.query))
+    if len(path) > 2 or (len(path) == 2 and not (path[1].isascii() and path[1].isdigit())):
+        raise InvalidParameter(
+            f"url {mask_url(url)!r}: after the service name comes only a database number: "
+            "redis+sentinel://host:port/service_name[/db]"
+        )
     kwargs: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0, **options}
     if user:
         kwargs["username"] = user
     if pw:
         kwargs["password"] = pw
-    sentinel_kwargs = {"password": query["sentinel_password"]} if "sentinel_password" in query else {}
+    sentinel_kwargs: dict[str, Any] = {"password": query["sentinel_password"]} if "sentinel_password" in query else {}
+    if parts.scheme.lower().startswith("rediss"):  # TLS to the Sentinels and to the master alike
+        kwargs["ssl"] = True
+        sentinel_kwargs.update({k: v for k, v in kwargs.items() if k.startswith("ssl")})
     if is_async:
         from redis.asyncio.sentinel import Sentinel as ASentinel
 
@@ -129,7 +199,9 @@ def _sentinel(url: str, *, is_async: bool, **options: Any) -> Backend:
 def _cluster(url: str, *, is_async: bool, **options: Any) -> Backend:
     """``redis+cluster://[user:pass@]host:port[,host:port]`` (rediss+cluster for TLS)."""
     parts = urlsplit(url)
-    user, pw, hosts = _hosts(parts.netloc, 6379)
+    user, pw, hosts = _hosts(url, parts.netloc, 6379)
+    if parts.path.strip("/") not in ("", "0"):
+        raise InvalidParameter(f"url {mask_url(url)!r} names a database; Redis Cluster has only database 0")
     kwargs: dict[str, Any] = dict(options)
     if user:
         kwargs["username"] = user
@@ -152,9 +224,19 @@ def _embedded(url: str, *, is_async: bool, **options: Any) -> Backend:
     """``embedded://`` (temporary) or ``embedded:///dir`` (kept with AOF)."""
     from ._embedded import embedded
 
-    server = embedded(urlsplit(url).path)
-    backend = _plain(server.url, is_async=is_async, **options)
-    backend.url = f"{url} ({server.url})"
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise InvalidParameter(
+            f"url {mask_url(url)!r}: an embedded server's folder is an absolute path after three slashes "
+            "(embedded:///var/lib/rq), or none for a temporary server (embedded://)"
+        )
+    server = embedded(parts.path)
+    try:
+        backend = _plain(server.url, is_async=is_async, **options)
+    except BaseException:
+        server.close()
+        raise
+    backend.url = f"{mask_url(url)} ({server.url})"
     backend.on_close.append(server.close)
     return backend
 

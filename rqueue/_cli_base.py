@@ -14,14 +14,11 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from redis import exceptions as rx
 from rich.console import Console
 
 from . import _cli_output as out
 from . import _logging
-from ._backends import DEFAULT_URL, mask_url
 from ._client import Client, connect
-from ._errors import RQueueError
 from ._keys import QueueKeys
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,16 +43,8 @@ class Env:
     as_json: bool
 
     def connect(self, default: str | None = None) -> Client:
-        """Connect, turning a malformed URL into a one-line error."""
-        url = self.url or default
-        try:
-            return connect(url, prefix=self.prefix)
-        except RQueueError:
-            raise
-        except (ValueError, TypeError) as e:
-            raise UserError(f"bad url {mask_url(url or DEFAULT_URL)!r}: {e}") from None
-        except rx.RedisError as e:
-            raise UserError(f"cannot use the server at {mask_url(url or DEFAULT_URL)}: {e}") from None
+        """Connect; any failure is an ``RQueueError`` that ``main`` prints as one line."""
+        return connect(self.url or default, prefix=self.prefix)
 
 
 def common(f: F) -> F:
@@ -188,6 +177,46 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+class Interrupted(BaseException):
+    """A stop signal ended a blocking wait (a BaseException: nothing on the way swallows it)."""
+
+
+class Stoppable:
+    """SIGINT and SIGTERM for a command that blocks: the first signal sets ``event``, and
+    ends a wait at once if it comes inside ``interruptible()``; a second one ends anything
+    (the user insists). ``exit_code`` is then 130 (SIGINT) or 143 (SIGTERM), as a shell reports."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum = 0
+        self._armed = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        first = not self.event.is_set()
+        self.signum = self.signum or signum
+        self.event.set()
+        if self._armed or not first:
+            self._armed = False
+            raise Interrupted
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A block a signal ends at once (raising Interrupted); raises at once if one came before."""
+        self._armed = True  # before the check: a signal in between must not go unnoticed
+        try:
+            if self.event.is_set():
+                raise Interrupted
+            yield
+        finally:
+            self._armed = False
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
 
 
 def one_line(err: BaseException) -> str:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from typing import Any
 
 import click
 
 from . import _cli_output as out
+from . import _core
 from ._cli_base import (
     BODY_FORMAT,
     Env,
+    Interrupted,
+    Stoppable,
     UserError,
     cli,
     common,
@@ -25,8 +29,9 @@ from ._cli_base import (
     session,
     stop_on_signals,
 )
+from ._client import Client, Queue
 from ._consumer import Consumer
-from ._errors import RQueueError
+from ._errors import RequestTimeout, RQueueError
 from ._topic import Subscription
 from ._worker import load_handler, run_worker
 
@@ -52,36 +57,98 @@ def request(
     prefix: str,
     as_json: bool,
 ) -> None:
-    """Send BODY to queue NAME and wait for the consumer's reply (a sync request)."""
+    """Send BODY to queue NAME and wait for the consumer's reply (a sync request).
+
+    Ctrl-C or SIGTERM withdraws a request still waiting, as a timeout does, and
+    exits 130 or 143 (with --every: ends the loop, exit 0).
+    """
     e = env(url, prefix, as_json)
     value = read_body(body, body_format)
-    stop = stop_on_signals()
-    with session(e) as client:
-        q = client.queue(name)
-        n = 0
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                reply = q.request(value, timeout=timeout)
-            except TimeoutError as err:  # not a mistake of the user's: exit code 1
-                if every is None:
-                    click.echo(f"rqueue: {one_line(err)}", err=True)
-                    click.get_current_context().exit(1)
-                log.warning("no reply: %s", one_line(err), extra={"queue": name, "timeout": timeout})
-            except RQueueError as err:
-                if every is None:
-                    raise
-                log.warning("request failed: %s", one_line(err), extra={"queue": name})
-            else:
-                ms = (time.perf_counter() - t0) * 1000
-                if every is None:
-                    emit(e, {"reply": reply, "ms": round(ms, 3)}, out.preview(reply, 10_000))
+    stop = Stoppable()
+    ctx = click.get_current_context()
+    try:
+        with session(e) as client:
+            q = client.queue(name)
+            n = 0
+            while not stop.event.is_set():
+                t0 = time.perf_counter()
+                try:
+                    reply = _stoppable_request(client, q, value, timeout, stop)
+                except TimeoutError as err:  # not a mistake of the user's: exit code 1
+                    if every is None:
+                        click.echo(f"rqueue: {one_line(err)}", err=True)
+                        ctx.exit(1)
+                    log.warning("no reply: %s", one_line(err), extra={"queue": name, "timeout": timeout})
+                except RQueueError as err:
+                    if every is None:
+                        raise
+                    log.warning("request failed: %s", one_line(err), extra={"queue": name})
                 else:
-                    log.info("reply", extra={"queue": name, "reply": out.jsonable(reply), "ms": round(ms, 3)})
-            n += 1
-            if every is None or (count is not None and n >= count):
-                break
-            stop.wait(every)
+                    ms = (time.perf_counter() - t0) * 1000
+                    if every is None:
+                        emit(e, {"reply": reply, "ms": round(ms, 3)}, out.preview(reply, 10_000))
+                    else:
+                        log.info("reply", extra={"queue": name, "reply": out.jsonable(reply), "ms": round(ms, 3)})
+                n += 1
+                if every is None or (count is not None and n >= count):
+                    return
+                stop.event.wait(every)
+    except Interrupted:  # before a request was sent, or a second signal
+        stopped = None
+    except _Stopped as err:
+        stopped = err
+    else:
+        stopped = None
+    if every is not None:  # a stop is how a repeating requester ends: exit 0
+        if stopped is not None:
+            log.warning("%s", stopped, extra={"queue": name})
+        return
+    click.echo(f"rqueue: {stopped or 'interrupted before the request was sent'}", err=True)
+    ctx.exit(stop.exit_code)
+
+
+class _Stopped(Exception):
+    """A stop signal ended a request; says what became of its message."""
+
+
+def _stoppable_request(client: Client, q: Queue, value: Any, timeout: float, stop: Stoppable) -> Any:
+    """``q.request(value, timeout=timeout)``, but a stop signal ends the wait at once and
+    withdraws the message as a timeout would (raising ``_Stopped``, which says how it went)."""
+    keys = q._keys
+    flow = _core.request_flow(keys, value, None, None, timeout)
+    message_id: str | None = None
+    try:
+        op = next(flow)
+        while True:
+            if stop.event.is_set():
+                raise Interrupted
+            if isinstance(op, _core.Call):
+                result = client.run(op)
+                message_id = message_id or result[0]  # the first call sends and returns [id]
+            else:
+                with stop.interruptible():
+                    result = client.pop(op.key, op.timeout)
+            op = flow.send(result)
+    except StopIteration as done:
+        return done.value
+    except Interrupted:
+        flow.close()
+        if message_id is None:
+            raise
+    try:
+        reply = client.run(_core.withdraw(keys, message_id, timeout))
+    except Interrupted:
+        raise _Stopped(f"interrupted; message {message_id} may still be queued") from None
+    except RequestTimeout as err:
+        raise _Stopped(
+            f"interrupted; message {message_id} withdrawn: it will not be processed"
+            if err.withdrawn
+            else f"interrupted; a consumer had received message {message_id} and may still process it "
+            "(its reply is dropped)"
+        ) from None
+    except RQueueError as err:
+        raise _Stopped(f"interrupted; {one_line(err)}") from None
+    return reply  # it came just as the request was stopped: the request succeeded
 
 
 @cli.command()

@@ -7,10 +7,23 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from redis import exceptions as rx
+from redis.cluster import RedisCluster
 
 from . import _codec, _core, _errors
-from ._backends import Backend, check_policy, factory_for, resolve_url
-from ._base import CallSlots, QueueHandle, call_limit, policy_from, raise_mapped
+from ._backends import Backend, check_options, check_policy, factory_for, mask_url, resolve_url
+from ._base import (
+    CONNECTION_ERRORS,
+    CallSlots,
+    QueueHandle,
+    Routing,
+    call_limit,
+    config_refused,
+    policy_from,
+    raise_connect_error,
+    raise_mapped,
+    settle,
+    unreachable,
+)
 from ._codec import Attributes
 from ._core import Call, Op, Pop
 from ._errors import InvalidParameter, QueueDoesNotExist
@@ -40,14 +53,20 @@ def connect(
     Warns once when the server's maxmemory-policy is not ``noeviction``.
     """
     url = resolve_url(url)
+    check_prefix(prefix)  # before an embedded server starts
     check_max_lanes(max_wait_connections)
-    backend = factory_for(url)(url, is_async=False, **options)
+    check_options(options)
+    try:
+        backend = factory_for(url)(url, is_async=False, **options)
+    except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
+        raise_connect_error(e, url, options=bool(options))
+    backend.url = mask_url(backend.url)  # a plugin's factory may have left a password in it
     client = Client(backend, prefix=prefix, max_wait_connections=max_wait_connections)
     try:
         client._check_server()
-    except BaseException:
+    except BaseException as e:  # noqa: BLE001 - closed, then raised again (mapped)
         client.close()
-        raise
+        raise_connect_error(e, url, options=bool(options))
     return client
 
 
@@ -70,6 +89,8 @@ class Client:
         self._waiter = SyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
         #: Calls beyond the pool's size wait here for a connection instead of failing.
         self._calls = CallSlots(call_limit(self.redis))
+        #: Set on a Redis Cluster: run_many pipelines per node.
+        self._routing = Routing() if isinstance(self.redis, RedisCluster) else None
 
     def __repr__(self) -> str:
         return f"<rqueue.Client {self.url}>"
@@ -77,12 +98,14 @@ class Client:
     # -- plumbing
 
     def _check_server(self) -> None:
+        """The first round trip (login, database): its failures are raised as they are, for
+        ``connect()`` to map; warns when the server may evict messages."""
         try:
             reply = self.redis.config_get("maxmemory-policy")
-        except rx.ResponseError:  # CONFIG disabled (managed services): cannot check
-            return
-        except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+        except rx.ResponseError as e:
+            if not config_refused(e):  # a database the server lacks, a permission, ...
+                raise
+            return  # CONFIG disabled (managed services): cannot check
         check_policy(policy_from(reply), self.url)
 
     @contextlib.contextmanager
@@ -122,7 +145,10 @@ class Client:
 
         Each result is the parsed reply, or the rqueue exception that call met;
         a lost connection raises ``rqueue.ConnectionError`` for the whole batch.
+        On a cluster, each node owning some of the calls gets its own pipeline.
         """
+        if self._routing is not None:
+            return self._run_many_cluster(calls, self._routing)
         pipe = self.redis.pipeline(transaction=False)
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -131,19 +157,61 @@ class Client:
                 replies = pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001
             self._fail(e, "")
-        out: list[Any] = []
-        for call, reply in zip(calls, replies, strict=True):
+        out, again, _moved = settle(calls, replies, self.url)
+        if again:
+            self._run_again(calls, out, again)
+        return out
+
+    def _run_again(self, calls: Sequence[Call[Any]], out: list[Any], again: list[int]) -> None:
+        """Run the calls at ``again`` singly (NOSCRIPT: load the script; MOVED/ASK: follow it)."""
+        for i in again:
             try:
-                if isinstance(reply, rx.NoScriptError):
-                    out.append(self.run(call))  # loads the script, runs this call again
-                elif isinstance(reply, Exception):
-                    raise_mapped(reply, self.url, call.queue)
-                else:
-                    out.append(call.parse(reply))
+                out[i] = self.run(calls[i])
             except _errors.ConnectionError:
                 raise
             except Exception as e:  # noqa: BLE001
-                out.append(e)
+                out[i] = e
+
+    def _run_many_cluster(self, calls: Sequence[Call[Any]], routing: Routing) -> list[Any]:
+        """run_many on a cluster: one pipeline per node, on that node's own connections."""
+        rc: RedisCluster = self.redis
+        try:
+            if routing.stale:
+                rc.nodes_manager.initialize()
+                routing.stale = False
+            groups, _first = routing.plan(calls, rc.nodes_manager.get_node_from_slot)
+        except Exception as e:  # no node answers, or a slot has no owner yet
+            routing.stale = True
+            raise _errors.ConnectionError(f"cannot reach {self.url}: {e}") from e
+        replies: list[Any] = [None] * len(calls)
+        # One node after the other, suspects first (see Routing). Measured: a thread per node
+        # costs more than it saves with nearby nodes; it would save (nodes - 1) round trips.
+        for node, idx in groups:
+            pipe = rc.get_redis_connection(node).pipeline(transaction=False)
+            for i in idx:
+                call = calls[i]
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            try:
+                with self._slot():
+                    got = pipe.execute(raise_on_error=False)
+                down = unreachable(got)
+                if down is not None:  # CLUSTERDOWN, LOADING...: the node cannot serve
+                    raise down
+            except Exception as e:  # noqa: BLE001
+                if isinstance(e, CONNECTION_ERRORS):
+                    routing.failed(node)
+                self._fail(e, "")
+            routing.answered(node)
+            for i, reply in zip(idx, got, strict=True):
+                replies[i] = reply
+        out, again, moved = settle(calls, replies, self.url)
+        if again:
+            if moved:  # a slot changed owner: learn the new map, then follow it singly
+                try:
+                    rc.nodes_manager.initialize()
+                except Exception:  # noqa: BLE001 - run() follows the redirection anyway
+                    routing.stale = True
+            self._run_again(calls, out, again)
         return out
 
     def wait(self, key: str, timeout: float, *, on_block: Callable[[Callable[[], None]], None] | None = None) -> bool:
@@ -156,11 +224,11 @@ class Client:
         except Exception as e:  # noqa: BLE001
             self._fail(e, "")
 
-    def pop(self, key: str, timeout: float, settle: Call[Any] | None = None) -> bytes | None:
+    def pop(self, key: str, timeout: float, give_up: Call[Any] | None = None) -> bytes | None:
         """Pop the value pushed on ``key``, or None after ``timeout`` seconds.
 
         A caller interrupted (KeyboardInterrupt, SystemExit) before a value
-        came runs ``settle`` (a request withdraws its message) and re-raises.
+        came runs ``give_up`` (a request withdraws its message) and re-raises.
         """
         w = None
         try:
@@ -172,8 +240,8 @@ class Client:
             self._fail(e, "")
         except BaseException:
             got = None if w is None else self._waiter.leave(w)
-            if settle is not None and not isinstance(got, bytes):
-                self._settle([settle])
+            if give_up is not None and not isinstance(got, bytes):
+                self._settle([give_up])
             raise
 
     def _settle(self, calls: Sequence[Call[Any]]) -> None:

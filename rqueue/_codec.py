@@ -14,7 +14,11 @@ serialise is refused.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import dataclasses
+import enum
+import math
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -31,19 +35,77 @@ _FLAG_MAX = ord("A")
 _KIND_TO_UPPER = {ord("s"): b"S", ord("b"): b"B", ord("j"): b"J"}
 
 
-def encode_body(body: Any) -> bytes:
-    """Kind byte + body bytes."""
+def encode_body(body: Any, name: str = "body") -> bytes:
+    """Kind byte + body bytes; ``name`` is the parameter errors name (``body``, ``reply``)."""
     if isinstance(body, str):
-        return b"s" + body.encode()
+        try:
+            return b"s" + body.encode()
+        except UnicodeEncodeError as e:
+            raise InvalidParameter(
+                f"{name} must be valid Unicode text, got a str with a lone surrogate at position {e.start}"
+                " (decode bytes with errors='replace', or send them as bytes)"
+            ) from None
     if isinstance(body, bytes | bytearray | memoryview):
         return b"b" + bytes(body)
     try:
-        return b"j" + orjson.dumps(body)
-    except TypeError as e:
+        out = orjson.dumps(body)
+    except TypeError as e:  # orjson.JSONEncodeError; lone surrogates in strings land here too
         raise InvalidParameter(
-            f"body must be str, bytes or a value orjson can serialise "
+            f"{name} must be str, bytes or a value orjson can serialise "
             f"(dict, list, dataclass, ...), got {type(body).__name__}: {e}"
         ) from None
+    # orjson writes NaN and infinities as null: refuse them rather than change the value.
+    # Only a body whose JSON holds 'null' can hold one, so most bodies are never walked.
+    if _has_null(out) is not None:
+        found = _non_finite(body)
+        if found is not None:
+            where, value = found
+            raise InvalidParameter(
+                f"{name}{where} must be a finite number (JSON has no NaN or infinity), got {value!r}"
+            )
+    return b"j" + out
+
+
+#: ``re`` finds a literal faster than ``bytes.__contains__`` (~0.55 vs ~1 ns a byte here).
+_has_null = re.compile(b"null").search
+_LEAF = frozenset({str, int, bool, type(None), bytes})
+
+
+def _non_finite(value: Any) -> tuple[str, float] | None:
+    """(path, value) of the first NaN or infinity in a value orjson serialised, else None.
+
+    The path (``['key'][3].field``) is built only for the value found.
+    """
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", value)
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(value, dict):
+        items, fmt = value.items(), "[{!r}]"
+    elif isinstance(value, list | tuple):
+        items, fmt = enumerate(value), "[{}]"
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items, fmt = _dataclass_items(value), ".{}"
+    elif isinstance(value, enum.Enum):
+        items, fmt = (("value", value.value),), ".{}"
+    else:
+        return None
+    for key, v in items:
+        t = type(v)
+        if t in _LEAF or (t is float and math.isfinite(v)):
+            continue
+        found = _non_finite(v)
+        if found is not None:
+            return fmt.format(key) + found[0], found[1]
+    return None
+
+
+def _dataclass_items(value: Any) -> Iterable[tuple[str, Any]]:
+    """What orjson writes of a dataclass instance: its ``__dict__`` when it has one (attributes set
+    outside the fields too), else its fields; names with a leading underscore left out either way."""
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict):
+        return ((k, v) for k, v in attrs.items() if isinstance(k, str) and not k.startswith("_"))
+    return ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value) if not f.name.startswith("_"))
 
 
 def encode_attributes(attributes: Attributes) -> bytes:
@@ -60,17 +122,33 @@ def encode_attributes(attributes: Attributes) -> bytes:
             out[k] = {"b": base64.b64encode(v).decode()}
         elif isinstance(v, bool) or not isinstance(v, str | int | float):
             raise InvalidParameter(f"attribute {k!r} must be str, int, float or bytes, got {type(v).__name__}")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise InvalidParameter(f"attribute {k!r} must be a finite number (JSON has no NaN or infinity), got {v!r}")
         else:
             out[k] = v
     try:
         return orjson.dumps(out)
-    except TypeError as e:  # e.g. an int over 64 bits
+    except TypeError as e:  # e.g. an int over 64 bits, or a name or value with a lone surrogate
+        for k, v in out.items():
+            if not is_text(k) or (isinstance(v, str) and not is_text(v)):
+                raise InvalidParameter(
+                    f"attribute {k!r} must be valid Unicode text (its name or value holds a lone surrogate)"
+                ) from None
         raise InvalidParameter(f"attributes cannot be serialised: {e}") from None
 
 
-def encode(body: Any, attributes: Attributes | None = None) -> bytes:
+def is_text(s: str) -> bool:
+    """Whether ``s`` encodes to UTF-8 (no lone surrogates)."""
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def encode(body: Any, attributes: Attributes | None = None, name: str = "body") -> bytes:
     """The message as the send script takes it (without sent_at)."""
-    enc = encode_body(body)
+    enc = encode_body(body, name)
     if not attributes:
         if attributes is not None and not isinstance(attributes, Mapping):
             raise InvalidParameter(f"attributes must be a dict, got {type(attributes).__name__}")

@@ -108,7 +108,10 @@ class Consumer:
         self._closing = False  # workers exit
         self._maint_exit = False
         self._abort = False  # second signal: stop at once
-        self._stop_requested = False
+        self._stop_requested = False  # by anyone: stop(), a signal, a handler, a crash
+        self._stop_asked = False  # by stop() from outside a handler or a signal: the next one aborts
+        self._in_run = False  # run() is waiting and will shut down
+        self._local = threading.local()  # .worker is True on this consumer's worker threads
         self._shutdown_started = False
         self._done = threading.Event()
         self._halt_event = threading.Event()
@@ -118,6 +121,7 @@ class Consumer:
         self._outage = Outage()
         self._receivers: list[threading.Thread] = []
         self._crashed: BaseException | None = None
+        self._crash_raised = False
         self._wanting: set[int] = set()  # receivers waiting for free slots
         self._last_turn = [0] * len(self.queues)
         self._turns = itertools.count(1)
@@ -135,6 +139,7 @@ class Consumer:
             self.settings,
             [vt if vt is not None else a.visibility_timeout for a in attrs],
             [a.max_receive_count for a in attrs],
+            [k.is_dlq for k in self._keys],
         )
         self._maintainer = threading.Thread(
             target=self._guarded, args=(self._maintain,), name="rqueue-maintainer", daemon=True
@@ -156,6 +161,7 @@ class Consumer:
         of a bug, it stops gracefully too and ``run()`` raises RuntimeError,
         so a worker process exits non-zero instead of idling forever.
         """
+        self._in_run = True  # before any thread starts: a crash leaves the shutdown to run()
         self.start()
         restore = self._install_signals()
         try:
@@ -166,37 +172,69 @@ class Consumer:
         finally:
             for sig, previous in restore:
                 signal.signal(sig, previous)
-        if self._crashed is not None:
+        self._raise_if_crashed()
+
+    def _raise_if_crashed(self) -> None:
+        """The crash of an internal thread as RuntimeError, raised once (by run() or stop())."""
+        if self._crashed is not None and not self._crash_raised:
+            self._crash_raised = True
             raise RuntimeError(f"consumer stopped: an internal thread crashed: {self._crashed!r}") from self._crashed
 
     def _guarded(self, target: Callable[..., None], *args: Any) -> None:
-        """Run a receiver or the maintainer; a crash stops the consumer instead of leaving it idle."""
+        """Run a receiver, the maintainer or a worker; a crash stops the consumer instead of leaving it idle."""
         try:
             target(*args)
         except BaseException as e:
             log.critical("consumer thread %s crashed; stopping", threading.current_thread().name, exc_info=e)
             with self._lock:
-                self._crashed = e
-                self._stop_requested = True
-                self._run_cv.notify_all()
+                self._crash(e)
+                background = not self._in_run and not self._shutdown_started
+            if background:  # started with start(): nobody waits in run() to stop it
+                self._stop_in_background()
+
+    def _crash(self, e: BaseException) -> None:
+        """An internal thread died of ``e`` (lock held): stop at once receiving and starting jobs."""
+        if self._crashed is None:
+            self._crashed = e
+        self._request_stop(outside=False)
+
+    def _request_stop(self, *, outside: bool) -> None:
+        """Record a stop request (lock held): no more receiving or starting jobs from now on;
+        the shutdown does the rest. A second one from outside a handler stops at once."""
+        if self._stop_asked and outside:
+            self._abort = True
+        self._stop_asked = self._stop_asked or outside
+        self._stop_requested = True
+        self._halting = True
+        self._run_cv.notify_all()
+        self._slot_cv.notify_all()
+        self._work_cv.notify_all()
+
+    def _stop_in_background(self) -> None:
+        threading.Thread(target=self._shutdown, name="rqueue-stopper", daemon=True).start()
 
     def stop(self) -> None:
         """Stop gracefully: no more receiving; unstarted messages visible again at once
         (one call per queue); in-flight ones finish within ``shutdown_timeout`` and are
-        acknowledged. Calling it again while stopping stops at once."""
+        acknowledged. Calling it again while stopping stops at once.
+
+        From inside a handler it returns at once (it cannot wait for its own
+        message): the consumer stops in the background, and that handler's
+        message is acknowledged when it returns. If an internal thread crashed,
+        raises RuntimeError (as ``run()`` does) once stopped.
+        """
+        inside = getattr(self._local, "worker", False)
         with self._lock:
-            if self._stop_requested:
-                self._abort = True
-                self._slot_cv.notify_all()
-            self._stop_requested = True
-            self._run_cv.notify_all()
-            in_run = self._shutdown_started
+            self._request_stop(outside=not inside)
+            background = inside and not self._in_run and not self._shutdown_started
         if self._tracker is None:
             return
-        if in_run:
-            self._done.wait()
-        else:
-            self._shutdown()
+        if inside:
+            if background:
+                self._stop_in_background()
+            return
+        self._shutdown()  # or waits for the one under way
+        self._raise_if_crashed()
 
     def __enter__(self) -> Consumer:
         self.start()
@@ -216,14 +254,11 @@ class Consumer:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         with self._lock:
-            if self._stop_requested:
-                self._abort = True
+            if self._stop_asked:
                 log.warning("signal %d again: stopping now; unfinished messages return after their timeout", signum)
             else:
-                self._stop_requested = True
                 log.info("signal %d: stopping gracefully (send it again to stop now)", signum)
-            self._run_cv.notify_all()
-            self._slot_cv.notify_all()
+            self._request_stop(outside=True)
 
     def _shutdown(self) -> None:
         tracker = self._tracker
@@ -287,10 +322,12 @@ class Consumer:
             return []
         try:
             results = self._client.run_many(calls)
-        except ConnectionError as e:
+        except BaseException as e:
             with self._lock:
                 assert self._tracker is not None
-                self._tracker.give_back(flush, time.monotonic())
+                self._tracker.give_back(flush, time.monotonic())  # a crash stops us: the shutdown sends it
+                if not isinstance(e, ConnectionError):
+                    raise
                 delay, starts = self._outage.failed()
             if starts:
                 log.warning("lost the server (%s); retrying with backoff until it is back", e)
@@ -319,13 +356,13 @@ class Consumer:
     def _notify(self, call: Call[Any]) -> None:
         try:
             self._client.run(call)
-        except ConnectionError as e:
+        except Exception as e:  # noqa: BLE001 - best effort: must not cost the messages just received
             log.warning("could not tell senders about dead-lettered requests (%s); they time out instead", e)
 
     def _send_once(self, flush: Flush) -> None:
         try:
             results = self._client.run_many(flush.calls(self._keys))
-        except ConnectionError as e:
+        except Exception as e:  # noqa: BLE001 - stopping goes on
             log.warning("could not reach the server while stopping (%s); those messages return after their timeout", e)
             return
         for line in flush_problems(flush, results, self._names):
@@ -348,14 +385,17 @@ class Consumer:
         tracker = self._tracker
         assert tracker is not None
         keys = self._keys[qi]
-        vt = self.settings.visibility_timeout
+        lease = tracker.leases[qi]
         errors = Outage(first=0.5, cap=30.0)
+        token = False  # woke on a wake-up token (a send's) that no receive has used yet
         while True:
             with self._lock:
                 gather_until = None
                 self._wanting.add(qi)
                 while not self._halting and (tracker.free < tracker.want or not self._my_turn(qi)):
                     if tracker.free == 0 or not self._my_turn(qi):
+                        if token and tracker.free == 0:
+                            break  # no slot for it: hand the wake-up on first (below)
                         self._slot_cv.wait()
                         continue
                     if tracker.pending_count >= self.settings.batch_size:
@@ -367,17 +407,28 @@ class Consumer:
                         break
                     self._slot_cv.wait(gather_until - now)
                 self._wanting.discard(qi)
-                if self._halting:
+                halting = self._halting
+                # No slot for the wake-up this receiver took: another consumer's receiver
+                # long-polling this queue must get it now (one spurious wake-up at worst).
+                hand_on = token and (halting or tracker.free == 0)
+                if not (halting or hand_on):
+                    self._last_turn[qi] = next(self._turns)
+                    if self._wanting:
+                        self._slot_cv.notify_all()  # the next queue in turn may go
+                    n = tracker.reserve()
+                    flush = tracker.take()
+                    self._poked.discard(qi)
+                    tracker.receiving += 1
+            if halting or hand_on:
+                if token:
+                    self._client.hand_on(keys.wake)
+                    token = False
+                if halting:
                     return
-                self._last_turn[qi] = next(self._turns)
-                if self._wanting:
-                    self._slot_cv.notify_all()  # the next queue in turn may go
-                n = tracker.reserve()
-                flush = tracker.take()
-                self._poked.discard(qi)
-                tracker.receiving += 1
+                continue
+            token = False
             try:
-                got = self._exchange(flush, [_core.receive(keys, n, vt)], self._halt_event)
+                got = self._exchange(flush, [_core.receive(keys, n, lease)], self._halt_event)
             finally:
                 with self._lock:
                     tracker.receiving -= 1
@@ -413,9 +464,7 @@ class Consumer:
                 continue
             timeout = _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
             try:
-                woke = self._client.wait(keys.wake, timeout, on_block=functools.partial(self._on_block, qi))
-                if woke and self._halting:
-                    self._client.hand_on(keys.wake)  # a send's wake-up this stopping consumer will not use
+                token = self._client.wait(keys.wake, timeout, on_block=functools.partial(self._on_block, qi))
             except ConnectionError as e:
                 with self._lock:
                     delay, starts = self._outage.failed()
@@ -442,7 +491,7 @@ class Consumer:
 
     def _spawn(self) -> None:
         self._threads += 1
-        threading.Thread(target=self._worker, name="rqueue-worker", daemon=True).start()
+        threading.Thread(target=self._guarded, args=(self._worker,), name="rqueue-worker", daemon=True).start()
 
     def _take(self) -> Job:
         """Pop the next job (lock held); get a helper if the jobs left would wait too long."""
@@ -470,6 +519,7 @@ class Consumer:
     def _worker(self) -> None:
         tracker = self._tracker
         assert tracker is not None
+        self._local.worker = True  # stop() from a handler must not wait for its own job
         resolve = self._resolve
         lock = self._lock
         work = self._work
@@ -479,37 +529,46 @@ class Consumer:
         name = ""
         seconds = 0.0
         report = bool(self._hooks)
-        while True:
-            finished = None
-            with lock:
-                if job is not None:
-                    outcome = self._finish(tracker, job, reply, error, seconds)
-                    finished = job
-                job = self._take() if work and not self._halting else None
-            if finished is not None and (error is not None or report):
-                self._report(finished, name, outcome, seconds, error)
-            if job is None:
+        try:
+            while True:
+                finished = None
                 with lock:
-                    while not work or self._halting:
-                        if self._closing:
-                            self._threads -= 1
-                            return
-                        self._idle += 1
-                        woke = self._work_cv.wait(IDLE_TIMEOUT)
-                        self._idle -= 1
-                        if not woke and (not work or self._halting):
-                            self._threads -= 1
-                            return
-                    job = self._take()
-            t0 = time.perf_counter()
-            reply = error = None
-            try:
-                handler = resolve(job.message)
-                name = handler.name
-                reply = handler.fn(handler.argument(job.message))
-            except BaseException as e:  # noqa: BLE001 - every failure is the message's outcome
-                error = e
-            seconds = time.perf_counter() - t0
+                    if job is not None:
+                        outcome = self._finish(tracker, job, reply, error, seconds)
+                        finished = job
+                    job = self._take() if work and not self._halting else None
+                if finished is not None and (error is not None or report):
+                    self._report(finished, name, outcome, seconds, error)
+                if job is None:
+                    with lock:
+                        while not work or self._halting:
+                            if self._closing:
+                                self._threads -= 1
+                                return
+                            self._idle += 1
+                            woke = self._work_cv.wait(IDLE_TIMEOUT)
+                            self._idle -= 1
+                            if not woke and (not work or self._halting):
+                                self._threads -= 1
+                                return
+                        job = self._take()
+                t0 = time.perf_counter()
+                reply = error = None
+                try:
+                    handler = resolve(job.message)
+                    name = handler.name
+                    reply = handler.fn(handler.argument(job.message))
+                except BaseException as e:  # noqa: BLE001 - every failure is the message's outcome
+                    error = e
+                seconds = time.perf_counter() - t0
+        except BaseException as e:  # the consumer's own bug, not a handler's: stop the consumer
+            with lock:
+                self._crash(e)
+                self._threads -= 1
+                if job is not None:
+                    tracker.forget(job)  # held by a dead thread: the shutdown must not wait for it
+                self._slot_cv.notify_all()
+            raise
 
     def _report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
         if error is not None:

@@ -9,6 +9,7 @@ call ``Tracker`` under their lock (threads) or on their loop (asyncio).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -26,11 +27,15 @@ from ._models import Message
 
 log = logging.getLogger("rqueue.consumer")
 
-#: Extend a lease when less than this share of the visibility timeout is left.
+#: Extend a lease when less than this share of it is left.
 HEARTBEAT_SHARE = 0.5
-#: Never heartbeat more often than this (a queue with a tiny visibility timeout).
-MIN_HEARTBEAT = 0.05
+#: The shortest lease (seconds) a consumer takes, whatever the visibility timeout (0 is allowed):
+#: it asks the server for exactly this lease on every receive and every extension, so its own
+#: clock and the server's agree and a heartbeat can never make a held message visible.
+LEASE_FLOOR = 1.0
+#: Dead-letter reasons are cut to this many characters.
 MAX_REASON = 4000
+DEFAULT_REJECT_REASON = "rejected by the handler"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,26 +72,51 @@ class Flush:
     retries: list[tuple[int, str, float]] = field(default_factory=list)
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
     releases: dict[int, list[str]] = field(default_factory=dict)
+    #: What each call of the last ``calls()`` carries, in order: (label, queue index).
+    plan: list[tuple[str, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.deletes or self.retries or self.rejects or self.releases)
 
     def calls(self, keys: Sequence[QueueKeys]) -> list[Call[Any]]:
-        """The script calls that carry this flush out (one pipeline).
+        """The script calls that carry this flush out (one pipeline). Never raises.
 
         Acks go out here and only here; each carries its handler's return
-        value (``reply``) so replies to waiting senders can ride along.
+        value (``reply``) so replies to waiting senders can ride along (as
+        None when it cannot be encoded). Batches over the scripts' limit are
+        split. An item no call can be built for is logged and left out of
+        this flush (its message comes back after its lease): one bad item
+        never holds back the others.
         """
         out: list[Call[Any]] = []
-        for qi, acks in self.deletes.items():
-            out.append(_core.delete(keys[qi], [r for r, _ in acks], [_sendable(r, reply) for r, reply in acks]))
-        for qi, receipt, seconds in self.retries:
-            out.append(_core.change_visibility(keys[qi], [receipt], round(seconds, 3)))
-        for qi, receipt, reason in self.rejects:
-            out.append(_core.reject(keys[qi], [receipt], reason))
-        for qi, receipts in self.releases.items():
-            out.append(_core.change_visibility(keys[qi], receipts, 0))
+        plan: list[tuple[str, int]] = []
+        self.plan = plan
+        for qi, acks in list(self.deletes.items()):
+            kept = _batches(out, plan, "acknowledging", qi, acks, functools.partial(_delete, keys[qi]))
+            if kept is not acks:
+                self._keep(self.deletes, qi, kept)
+        if self.retries:
+            self.retries = [
+                i for i in self.retries if _one(out, plan, "retry", i[0], i[1], functools.partial(_retry, keys, i))
+            ]
+        if self.rejects:
+            self.rejects = [
+                i
+                for i in self.rejects
+                if _one(out, plan, "dead-letter", i[0], i[1], functools.partial(_reject, keys, i))
+            ]
+        for qi, receipts in list(self.releases.items()):
+            kept = _batches(out, plan, "release", qi, receipts, functools.partial(_release, keys[qi]))
+            if kept is not receipts:
+                self._keep(self.releases, qi, kept)
         return out
+
+    @staticmethod
+    def _keep(groups: dict[int, list[Any]], qi: int, kept: list[Any]) -> None:
+        if kept:
+            groups[qi] = kept
+        else:
+            del groups[qi]
 
     def merge(self, other: Flush) -> None:
         """Put back work that could not be sent (connection lost), keeping order."""
@@ -98,6 +128,75 @@ class Flush:
             self.releases[qi] = receipts + self.releases.get(qi, [])
 
 
+def _delete(keys: QueueKeys, acks: list[tuple[str, Any]]) -> Call[Any]:
+    """Acks with their replies (None for a tracked reply that cannot be encoded)."""
+    return _core.delete(keys, [r for r, _ in acks], [_sendable(r, reply) for r, reply in acks])
+
+
+def _release(keys: QueueKeys, receipts: list[str]) -> Call[Any]:
+    return _core.change_visibility(keys, receipts, 0)
+
+
+def _retry(keys: Sequence[QueueKeys], item: tuple[int, str, float]) -> Call[Any]:
+    qi, receipt, seconds = item
+    return _core.change_visibility(keys[qi], [receipt], round(seconds, 3))
+
+
+def _reject(keys: Sequence[QueueKeys], item: tuple[int, str, str]) -> Call[Any]:
+    qi, receipt, reason = item
+    return _core.reject(keys[qi], [receipt], reason)
+
+
+_VERB = {"acknowledging": "acknowledge", "retry": "retry", "dead-letter": "dead-letter", "release": "release"}
+
+
+def _one(
+    out: list[Call[Any]],
+    plan: list[tuple[str, int]],
+    label: str,
+    qi: int,
+    receipt: str | None,
+    make: Callable[[], Call[Any]],
+) -> bool:
+    """Append the call ``make()`` builds; False (logged if ``receipt`` names the item) if it cannot."""
+    try:
+        call = make()
+    except Exception as e:  # noqa: BLE001 - one bad item must not hold back the rest
+        if receipt is not None:
+            log.error("cannot %s message %s (%s); left out, it comes back after its lease", _VERB[label], receipt, e)
+        return False
+    out.append(call)
+    plan.append((label, qi))
+    return True
+
+
+def _batches(
+    out: list[Call[Any]],
+    plan: list[tuple[str, int]],
+    label: str,
+    qi: int,
+    items: list[Any],
+    make: Callable[[list[Any]], Call[Any]],
+) -> list[Any]:
+    """Calls for ``items`` in batches the scripts take; a batch that cannot be built goes item by item.
+
+    Returns the items the calls carry: ``items`` itself in the usual case (one good batch).
+    """
+    if len(items) <= _core.MAX_BATCH and _one(out, plan, label, qi, None, functools.partial(make, items)):
+        return items
+    kept: list[Any] = []
+    for i in range(0, len(items), _core.MAX_BATCH):
+        chunk = items[i : i + _core.MAX_BATCH]
+        if len(chunk) < len(items) and _one(out, plan, label, qi, None, functools.partial(make, chunk)):
+            kept += chunk
+            continue
+        for item in chunk:
+            receipt = item if isinstance(item, str) else item[0]
+            if _one(out, plan, label, qi, receipt, functools.partial(make, [item])):
+                kept.append(item)
+    return kept
+
+
 def _sendable(receipt: str, reply: Any) -> Any:
     """The reply for a tracked message (receipt ending r/e) if it can be encoded, else None.
 
@@ -107,8 +206,8 @@ def _sendable(receipt: str, reply: Any) -> Any:
         return reply
     try:
         _codec.encode_body(reply)
-    except InvalidParameter as e:
-        log.warning("handler reply for %s cannot be sent (%s); the sender gets None", receipt, e)
+    except Exception as e:  # noqa: BLE001 - a lone surrogate, NaN, an object orjson refuses, ...
+        log.warning("handler reply for %s cannot be sent (%s); the sender gets None", receipt, _clean(str(e)))
         return None
     return reply
 
@@ -211,19 +310,62 @@ class Decision:
     flush_now: bool
 
 
+def _clean(text: str) -> str:
+    """``text`` cut to MAX_REASON characters that encode as UTF-8 (lone surrogates escaped)."""
+    text = text[:MAX_REASON]
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")[:MAX_REASON]
+    return text
+
+
+def _text(value: object) -> str:
+    """Any object as a bounded str; never raises (an unprintable one gives its type)."""
+    try:
+        if isinstance(value, str):
+            return _clean(value)
+        if isinstance(value, BaseException):
+            return failure_reason(value)
+        text = str(value)
+        if not isinstance(text, str):
+            raise TypeError("__str__ returned a non-string")
+        return _clean(text)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break the consumer
+        return f"<unprintable {type(value).__name__}>"
+
+
 def failure_reason(e: BaseException) -> str:
-    """``Type: message`` of an exception, one line, bounded."""
-    text = " ".join(str(e).split())
-    return (f"{type(e).__name__}: {text}" if text else type(e).__name__)[:MAX_REASON]
+    """``Type: message`` of an exception, one line, bounded, UTF-8 safe."""
+    try:
+        text = " ".join(str(e)[: MAX_REASON * 2].split())
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break the consumer
+        text = "<unprintable>"
+    return _clean(f"{type(e).__name__}: {text}" if text else type(e).__name__)
+
+
+def reject_reason(error: BaseException) -> str:
+    """The dead-letter reason of a ``Reject``: its ``reason`` (any object) as a bounded str."""
+    reason = getattr(error, "reason", None)
+    if reason is None or (isinstance(reason, str) and not reason):
+        return DEFAULT_REJECT_REASON
+    return _text(reason)
 
 
 class Tracker:
     """Slots, leases and pending acks of one consumer. Not thread-safe: callers lock."""
 
-    def __init__(self, settings: Settings, vts: Sequence[float], mrcs: Sequence[int | None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        vts: Sequence[float],
+        mrcs: Sequence[int | None],
+        dlqs: Sequence[bool] = (),
+    ) -> None:
         self.settings = settings
-        self.vts = list(vts)
+        #: Per queue: the lease taken on receive and on each extension (seconds).
+        self.leases = [max(float(vt), LEASE_FLOOR) for vt in vts]
         self.mrcs = list(mrcs)
+        #: Per queue: is it a dead-letter queue (whose messages cannot be dead-lettered again)?
+        self.dlqs = list(dlqs) or [False] * len(self.leases)
         self.free = settings.concurrency
         #: A busy receiver waits (briefly) for this many free slots, so a round trip carries a batch.
         self.want = max(1, min(settings.batch_size, settings.concurrency) // 2)
@@ -250,7 +392,7 @@ class Tracker:
 
     def received(self, qi: int, messages: Sequence[Message], now: float) -> list[Job]:
         """Hold freshly received messages (their slots were reserved)."""
-        lease_end = now + self.vts[qi]
+        lease_end = now + self.leases[qi]
         jobs = [Job(m, qi, lease_end) for m in messages]
         self.jobs.update((j.message.receipt, j) for j in jobs)
         if jobs:
@@ -267,28 +409,49 @@ class Tracker:
         """Record a handler's outcome; free its slot; queue the ack, retry or dead letter."""
         self.jobs.pop(job.message.receipt, None)
         self.free += 1
-        qi, m = job.queue, job.message
+        outcome: Outcome
         if error is None:
-            self.pending.deletes.setdefault(qi, []).append((m.receipt, reply))
-            outcome: Outcome = "ok"
-        elif isinstance(error, Reject):
-            self.pending.rejects.append((qi, m.receipt, (error.reason or "rejected by the handler")[:MAX_REASON]))
-            outcome = "rejected"
+            self.pending.deletes.setdefault(job.queue, []).append((job.message.receipt, reply))
+            outcome = "ok"
         else:
-            mrc = self.mrcs[qi]
-            if mrc is not None and m.receive_count >= mrc:
-                reason = f"failed on receive {m.receive_count} of max_receive_count {mrc}: {failure_reason(error)}"
-                self.pending.rejects.append((qi, m.receipt, reason[:MAX_REASON]))
-                outcome = "dead_lettered"
-            else:
-                delay = self.settings.backoff.delay(m.receive_count)
-                self.pending.retries.append((qi, m.receipt, delay))
-                outcome = "retried"
+            outcome = self._failed(job.queue, job.message, error)
         self.pending_count += 1
         first = self.pending_since is None
         if first:
             self.pending_since = now
         return Decision(outcome, first or self.full)
+
+    def forget(self, job: Job) -> None:
+        """Drop a job whose worker crashed (its message comes back after its lease)."""
+        if self.jobs.pop(job.message.receipt, None) is not None:
+            self.free += 1
+
+    def _failed(self, qi: int, m: Message, error: BaseException) -> Outcome:
+        """Queue the retry or dead letter a handler's exception calls for."""
+        if isinstance(error, Reject):
+            reason = reject_reason(error)
+            outcome: Outcome = "rejected"
+        else:
+            mrc = self.mrcs[qi]
+            if self.dlqs[qi] or mrc is None or m.receive_count < mrc:
+                self.pending.retries.append((qi, m.receipt, self.settings.backoff.delay(m.receive_count)))
+                return "retried"
+            reason = _clean(f"failed on receive {m.receive_count} of max_receive_count {mrc}: {failure_reason(error)}")
+            outcome = "dead_lettered"
+        if self.dlqs[qi]:
+            # A dead letter cannot be dead-lettered again: keep it where it is and try it again later.
+            delay = self.settings.backoff.delay(m.receive_count)
+            log.warning(
+                "message %s of dead-letter queue %r rejected (%s); it stays there and comes back in %.3g s",
+                m.id,
+                m.queue,
+                reason,
+                delay,
+            )
+            self.pending.retries.append((qi, m.receipt, delay))
+            return "retried"
+        self.pending.rejects.append((qi, m.receipt, reason))
+        return outcome
 
     @property
     def full(self) -> bool:
@@ -330,8 +493,7 @@ class Tracker:
     # -- leases
 
     def _due(self, j: Job) -> float:
-        vt = self.vts[j.queue]
-        return j.lease_end - max(vt * HEARTBEAT_SHARE, MIN_HEARTBEAT)
+        return j.lease_end - self.leases[j.queue] * HEARTBEAT_SHARE
 
     def heartbeat_in(self, now: float) -> float | None:
         """Seconds until some lease needs extending; None if nothing is held."""
@@ -340,22 +502,23 @@ class Tracker:
         return max(0.0, self.next_due - now)
 
     def heartbeat(self, now: float) -> list[tuple[int, list[str]]]:
-        """Leases to extend now, by queue; marks them extended to now + vt."""
+        """Leases to extend now, by queue; marks them extended to now + lease."""
         by_queue: dict[int, list[str]] = {}
         next_due = float("inf")
         for j in self.jobs.values():
             if self._due(j) <= now:
                 by_queue.setdefault(j.queue, []).append(j.message.receipt)
-                j.lease_end = now + max(self.vts[j.queue], MIN_HEARTBEAT * 2)
+                j.lease_end = now + self.leases[j.queue]
             next_due = min(next_due, self._due(j))
         self.next_due = next_due
         return list(by_queue.items())
 
     def heartbeat_calls(self, keys: Sequence[QueueKeys], due: list[tuple[int, list[str]]]) -> list[Call[Any]]:
+        """The extensions: each asks for the full lease again (never less: 0 would show the message)."""
         calls: list[Call[Any]] = []
         for qi, receipts in due:
             for i in range(0, len(receipts), _core.MAX_BATCH):
-                calls.append(_core.change_visibility(keys[qi], receipts[i : i + _core.MAX_BATCH], self.vts[qi]))
+                calls.append(_core.change_visibility(keys[qi], receipts[i : i + _core.MAX_BATCH], self.leases[qi]))
         return calls
 
     def heartbeat_failed(self, due: list[tuple[int, list[str]]], now: float) -> None:
@@ -411,23 +574,12 @@ class Outage:
 def flush_problems(flush: Flush, results: Sequence[Any], names: Sequence[str]) -> list[str]:
     """Log lines for a flush whose results show lost leases or errors (usually none)."""
     out: list[str] = []
-    i = 0
     late = 0
-    for qi in flush.deletes:
-        r = results[i]
-        i += 1
+    for (label, qi), r in zip(flush.plan, results, strict=True):
         if isinstance(r, Exception):
-            out.append(f"queue {names[qi]!r}: acknowledging failed: {r}")
-        else:
+            out.append(f"queue {names[qi]!r}: {label} failed: {r}")
+        elif label != "release":
             late += r.count(False)
-    for label, items in (("retry", flush.retries), ("dead-letter", flush.rejects)):
-        for qi, _receipt, _x in items:
-            r = results[i]
-            i += 1
-            if isinstance(r, Exception):
-                out.append(f"queue {names[qi]!r}: {label} failed: {r}")
-            elif not r[0]:
-                late += 1
     if late:
         out.append(
             f"{late} message(s) finished after their lease ended (visibility timeout passed "

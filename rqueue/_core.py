@@ -88,11 +88,24 @@ Op = Call[Any] | Wait | Pop
 # ---------------------------------------------------------------- validation
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut to 80 characters; an int too long to print
+    (``repr`` raises ValueError past 4300 digits) by its size."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an int of {value.bit_length()} bits"
+    return f"{value!r:.80}"
+
+
 def _number(name: str, value: object, lo: float, hi: float, unit: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise InvalidParameter(f"{name} must be a number from {lo:g} to {hi:g} {unit}, got {value!r}")
+    # No math.isnan on an int: it raises OverflowError past float range (10**400 is just out of range).
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and math.isnan(value))
+    ):
+        raise InvalidParameter(f"{name} must be a number from {lo:g} to {hi:g} {unit}, got {shown(value)}")
     if not lo <= value <= hi:
-        raise InvalidParameter(f"{name} must be from {lo:g} to {hi:g} {unit}, got {value!r}")
+        raise InvalidParameter(f"{name} must be from {lo:g} to {hi:g} {unit}, got {shown(value)}")
     return float(value)
 
 
@@ -104,7 +117,7 @@ def seconds_ms(name: str, value: object, lo: float, hi: float) -> int:
 def integer(name: str, value: object, lo: int, hi: int) -> int:
     """An int in [lo, hi]."""
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidParameter(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
+        raise InvalidParameter(f"{name} must be an integer from {lo} to {hi}, got {shown(value)}")
     return value
 
 
@@ -187,8 +200,11 @@ def create_queue(
 def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str = "") -> Call[list[str]]:
     """Store a batch (all or nothing); the reply gives the ids.
 
-    ``flag``: '' untracked, ``_codec.REQUEST`` or ``_codec.EVENTS``.
+    ``flag``: '' untracked, ``_codec.REQUEST`` or ``_codec.EVENTS``. A dead-letter
+    queue takes no sends: its entries come from its source, each with why it died.
     """
+    if keys.is_dlq:
+        raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; send to its source queue {keys.source().name!r}")
     dl = "" if delay is None else seconds_ms("delay", delay, 0, MAX_RETENTION)
     n = len(encoded)
 
@@ -208,16 +224,25 @@ def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str =
 def encode_batch(bodies: Iterable[Any], attributes: _codec.Attributes | None) -> list[bytes]:
     """Encode every body first, so a bad one stores nothing."""
     items = batch("bodies", bodies)
-    if attributes is None:
-        return [_codec.encode(b) for b in items]
-    attrs = _codec.encode_attributes(attributes)  # validate once
-    del attrs
-    return [_codec.encode(b, attributes) for b in items]
+    if attributes is not None:
+        _codec.encode_attributes(attributes)  # validate once, before any body
+    try:
+        return [_codec.encode(b, attributes) for b in items]
+    except InvalidParameter:
+        if len(items) > 1:  # name the body at fault: ``bodies[i]``
+            for i, b in enumerate(items):
+                _codec.encode(b, attributes, f"bodies[{i}]")
+        raise
 
 
-def _dead_letter(why: bytes, source: str) -> DeadLetter:
-    dead_at, reason, detail = why.decode().split("|", 2)
-    return DeadLetter(reason, detail, int(dead_at), source)
+def _dead_letter(why: bytes, source: str, sent_at: int) -> DeadLetter:
+    """The record of why a dead letter died; reason 'unknown' (dead at its send) when it has none,
+    so one odd entry never fails a receive that already hid the whole batch."""
+    dead_at, _, rest = why.partition(b"|")
+    reason, sep, detail = rest.partition(b"|")
+    if not sep or not dead_at.isdigit():
+        return DeadLetter("unknown", "", sent_at, source)
+    return DeadLetter(reason.decode(errors="replace"), detail.decode(errors="replace"), int(dead_at), source)
 
 
 class Received(NamedTuple):
@@ -243,7 +268,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
         for i, raw_id in enumerate(ids):
             raw = stored[i]
             sent_at, body, attrs = _codec.decode(raw)
-            token, rc, first = states[i].split(b":")
+            token, rc, first = states[i].split(b":", 3)[:3]  # a 4th field: when it became visible
             mid = raw_id.decode()
             suffix = "" if whys else _SUFFIX[_codec.flag_of(raw)]
             out.append(
@@ -256,7 +281,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
                     sent_at,
                     int(first),
                     name,
-                    _dead_letter(whys[i], source) if whys else None,
+                    _dead_letter(whys[i], source, sent_at) if whys else None,
                 )
             )
         return Received(out, int(next_ms), notify_dead(keys, buried) if buried else None)
@@ -317,11 +342,11 @@ def receive_flow(
             yield notify
         if messages:
             return messages  # type: ignore[no-any-return]
+        if next_ms == 0:  # the script's scan budget ran out before a visible message: go on at once
+            continue
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return []
-        if next_ms == 0:
-            continue
         timeout = remaining if next_ms < 0 else min(remaining, next_ms / 1000)
         yield Wait(keys.wake, min(timeout, WAIT_CHUNK))
 
@@ -358,7 +383,8 @@ def delete(keys: QueueKeys, receipts: Iterable[str], replies: Sequence[Any] | No
     for i, (mid, token, tracked) in enumerate(parsed):
         extra: bytes = b""
         if tracked:
-            extra = tracked.encode() + (null if replies is None else _codec.encode_body(replies[i]))
+            name = "reply" if len(parsed) == 1 else f"replies[{i}]"
+            extra = tracked.encode() + (null if replies is None else _codec.encode_body(replies[i], name))
             if tracked == "r":
                 key_list.append(keys.reply(mid))
             else:
@@ -385,8 +411,10 @@ def reject(keys: QueueKeys, receipts: Iterable[str], reason: str) -> Call[list[b
     """Dead-letter received messages now, keeping ``reason``; False for a stale receipt."""
     if keys.is_dlq:
         raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; delete its messages or redrive them")
-    if not isinstance(reason, str) or len(reason) > 4096:
-        raise InvalidParameter(f"reason must be a string of at most 4096 characters, got {reason!r:.80}")
+    if not isinstance(reason, str) or len(reason) > 4096 or not _codec.is_text(reason):
+        raise InvalidParameter(
+            f"reason must be valid Unicode text (no lone surrogates) of at most 4096 characters, got {reason!r:.80}"
+        )
     d = keys.dlq()
     key_list = [keys.meta, keys.msgs, keys.vis, keys.state, d.meta, d.msgs, d.vis, d.why, d.wake]
     args: list[bytes | str | int] = [reason, keys.events, REPLY_TTL_MS]

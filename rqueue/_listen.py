@@ -8,6 +8,12 @@ connection is noticed within seconds, and reconnects by itself with backoff.
 A lost connection may have lost events: every waiting tracker then gets a
 ``missed`` event (see ``rqueue._events``), never silence.
 
+The listener itself never runs a user's code: a tracker records its events at
+once (so ``wait()`` sees them) and the sync client's ``on_event`` callbacks run
+in order on a callback thread of their own, the asyncio client's in a task per
+tracker. So a callback may call the client, even send tracked messages (which
+needs the listener to confirm a subscription) or wait for another tracker.
+
 On Redis Cluster a script's PUBLISH reaches every node, so any node will do.
 """
 
@@ -17,11 +23,15 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from . import _events
+from ._base import map_error
 from ._errors import ConnectionError, InvalidParameter, WaitTimeout
 from ._events import Router, Sink
 from ._models import Event
@@ -39,8 +49,55 @@ def _deliver(due: list[tuple[Sink, Event]]) -> None:
     for sink, event in due:
         try:
             sink(event)
-        except Exception:  # a user's callback must not kill the listener
-            log.exception("rqueue: on_event callback failed for %s of message %s", event.kind, event.message_id)
+        except Exception:  # a sink that is not a tracker (a plugin's): it must not kill the listener
+            log.exception("rqueue: event sink failed for %s of message %s", event.kind, event.message_id)
+
+
+class _Callbacks:
+    """One thread that runs the sync trackers' ``on_event`` callbacks, one job at a time.
+
+    Not the listener's thread: a callback that calls the client (a tracked
+    send waits for the listener to confirm a subscription) must not block it.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rqueue-events-callbacks", daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def close(self, timeout: float) -> None:
+        """Run what was submitted, then end the thread (not waiting for it from a callback)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+
+class _SyncRouter(Router):
+    """The sync listener's router: hands each registered tracker the callback thread."""
+
+    def __init__(self, callbacks: _Callbacks) -> None:
+        super().__init__()
+        self.callbacks = callbacks
+
+    def register(self, channel: str, message_id: str, sink: Sink, generation: int) -> list[tuple[Sink, Event]]:
+        owner = getattr(sink, "__self__", None)
+        if isinstance(owner, Tracker):
+            owner._callbacks = self.callbacks
+        return super().register(channel, message_id, sink, generation)
 
 
 def _check_kind(kind: str) -> None:
@@ -62,6 +119,30 @@ class _Base:
         self.router = Router()
         self._closed = False
         self._attempt = 0
+        self._wanted: dict[str, Any] = {}  # channel -> its threading.Event / asyncio.Event
+        #: Channels whose SUBSCRIBE the server refused, and why (an ACL without the channel).
+        self._refusals: dict[str, BaseException] = {}
+        #: Why the last connection attempt failed, for a subscribe that times out.
+        self._last_error: BaseException | None = None
+
+    def _refused(self, err: BaseException) -> None:
+        """An error reply on the listener's connection: a SUBSCRIBE was refused, so every
+        subscription not confirmed yet fails with it (the connection itself is fine)."""
+        for channel, ev in list(self._wanted.items()):
+            if not ev.is_set():
+                self._refusals[channel] = err
+                del self._wanted[channel]
+                ev.set()
+
+    def _check_subscribed(self, channel: str, ev: Any) -> None:
+        """After ``ev`` was set: raise why, if the subscription was refused."""
+        if self._wanted.get(channel) is not ev and channel in self._refusals:
+            raise map_error(self._refusals[channel], self._url, "") from self._refusals[channel]
+
+    def _timed_out(self) -> ConnectionError:
+        why = self._last_error
+        reason = f": {map_error(why, self._url, '')}" if why is not None else ""
+        return ConnectionError(f"cannot subscribe to events at {self._url} within {SUBSCRIBE_TIMEOUT:g} s{reason}")
 
     def _handle(self, msg: Any) -> list[tuple[Sink, Event]]:
         """Act on one pushed reply; returns deliveries."""
@@ -87,8 +168,9 @@ class SyncListener(_Base):
 
     def __init__(self, redis: Any, url: str) -> None:
         super().__init__(redis, url)
+        self._callbacks = _Callbacks()
+        self.router = _SyncRouter(self._callbacks)
         self._lock = threading.Lock()
-        self._wanted: dict[str, threading.Event] = {}
         self._conn: Any = None
         self._thread: threading.Thread | None = None
 
@@ -108,6 +190,7 @@ class SyncListener(_Base):
             ev = self._wanted.get(channel)
             if ev is None:
                 ev = self._wanted[channel] = threading.Event()
+                self._refusals.pop(channel, None)
                 if self._conn is not None:
                     with contextlib.suppress(Exception):  # the listener will notice and resubscribe
                         self._conn.send_command("SUBSCRIBE", channel)
@@ -115,7 +198,9 @@ class SyncListener(_Base):
                 self._thread = threading.Thread(target=self._run, name="rqueue-events", daemon=True)
                 self._thread.start()
         if not ev.wait(SUBSCRIBE_TIMEOUT):
-            raise ConnectionError(f"cannot subscribe to events at {self._url} within {SUBSCRIBE_TIMEOUT:g} s")
+            raise self._timed_out()
+        with self._lock:
+            self._check_subscribed(channel, ev)
         return self.router.generation
 
     def _make_connection(self) -> Any:
@@ -123,8 +208,12 @@ class SyncListener(_Base):
         self._attempt += 1
         if hasattr(r, "get_nodes"):  # cluster: any node hears every PUBLISH
             nodes = r.get_nodes()
-            return nodes[self._attempt % len(nodes)].redis_connection.connection_pool.make_connection()
-        return r.connection_pool.make_connection()
+            pool = nodes[self._attempt % len(nodes)].redis_connection.connection_pool
+        else:
+            pool = r.connection_pool
+        # Not pool.make_connection(): the pool would count it against max_connections for
+        # good, and every reconnect would use up one more.
+        return pool.connection_class(**pool.connection_kwargs)
 
     def _run(self) -> None:
         backoff = 0.05
@@ -137,6 +226,7 @@ class SyncListener(_Base):
                     if self._closed:
                         break
                     self._conn = conn
+                    self._last_error = None
                     channels = list(self._wanted)
                     if channels:
                         conn.send_command("SUBSCRIBE", *channels)
@@ -151,10 +241,17 @@ class SyncListener(_Base):
                         pinged = True
                         continue
                     pinged = False
-                    _deliver(self._handle(conn.read_response(push_request=True)))
+                    try:
+                        reply = conn.read_response(push_request=True)
+                    except ResponseError as e:
+                        with self._lock:
+                            self._refused(e)
+                        continue
+                    _deliver(self._handle(reply))
             except Exception as e:  # noqa: BLE001 - any failure: reconnect
                 if self._closed:
                     break
+                self._last_error = e
                 log.warning("rqueue: event listener lost its connection (%s); reconnecting", type(e).__name__)
             finally:
                 with self._lock:
@@ -179,6 +276,7 @@ class SyncListener(_Base):
                 conn.disconnect()  # wakes the thread's read
         if thread is not None and thread is not threading.current_thread():
             thread.join(HEALTH_INTERVAL * 2 + 1)
+        self._callbacks.close(HEALTH_INTERVAL)  # after the listener's last "missed" events
 
 
 class AsyncListener(_Base):
@@ -186,7 +284,6 @@ class AsyncListener(_Base):
 
     def __init__(self, redis: Any, url: str) -> None:
         super().__init__(redis, url)
-        self._wanted: dict[str, asyncio.Event] = {}
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -202,6 +299,7 @@ class AsyncListener(_Base):
         ev = self._wanted.get(channel)
         if ev is None:
             ev = self._wanted[channel] = asyncio.Event()
+            self._refusals.pop(channel, None)
             if self._conn is not None:
                 with contextlib.suppress(Exception):
                     await self._conn.send_command("SUBSCRIBE", channel)
@@ -210,7 +308,8 @@ class AsyncListener(_Base):
         try:
             await asyncio.wait_for(ev.wait(), SUBSCRIBE_TIMEOUT)
         except TimeoutError:
-            raise ConnectionError(f"cannot subscribe to events at {self._url} within {SUBSCRIBE_TIMEOUT:g} s") from None
+            raise self._timed_out() from None
+        self._check_subscribed(channel, ev)
         return self.router.generation
 
     def _make_connection(self) -> Any:
@@ -230,12 +329,17 @@ class AsyncListener(_Base):
                 conn = self._make_connection()
                 await conn.connect()
                 self._conn = conn
+                self._last_error = None
                 if self._wanted:
                     await conn.send_command("SUBSCRIBE", *self._wanted)
                 backoff = 0.05
                 pinged = False
                 while not self._closed:
-                    msg = await conn.read_response(timeout=HEALTH_INTERVAL, push_request=True)
+                    try:
+                        msg = await conn.read_response(timeout=HEALTH_INTERVAL, push_request=True)
+                    except ResponseError as e:
+                        self._refused(e)
+                        continue
                     if msg is None:
                         if pinged:
                             raise TimeoutError("no answer to PING")
@@ -248,6 +352,7 @@ class AsyncListener(_Base):
                 raise
             except Exception as e:  # noqa: BLE001 - any failure: reconnect
                 if not self._closed:
+                    self._last_error = e
                     log.warning("rqueue: event listener lost its connection (%s); reconnecting", type(e).__name__)
             finally:
                 self._conn = None
@@ -274,7 +379,9 @@ class AsyncListener(_Base):
 class Tracker:
     """The events of one tracked message, for the sync client.
 
-    ``on_event`` runs on the client's listener thread; keep it quick.
+    ``on_event`` runs on the client's callback thread, in the order of the
+    events; it may call the client (a slow one delays the client's other
+    callbacks, never its events or ``wait()``).
     """
 
     def __init__(self, message_id: str, on_event: Callable[[Event], Any] | None = None) -> None:
@@ -282,6 +389,10 @@ class Tracker:
         self._events: list[Event] = []
         self._cond = threading.Condition()
         self._on_event = on_event
+        #: Set by the listener's router when it registers this tracker.
+        self._callbacks: _Callbacks | None = None
+        self._called = 0  # how many events on_event has been given
+        self._calling = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<rqueue.Tracker {self.message_id} {[e.kind for e in self.events]}>"
@@ -293,11 +404,30 @@ class Tracker:
             return list(self._events)
 
     def _deliver(self, event: Event) -> None:
+        """Record ``event`` (from the listener, or the sender for events that came first)."""
         with self._cond:
             self._events.append(event)
             self._cond.notify_all()
         if self._on_event is not None:
-            self._on_event(event)
+            if self._callbacks is not None:
+                self._callbacks.submit(self._call_back)
+            else:  # not registered through a listener: on the caller's thread
+                self._call_back()
+
+    def _call_back(self) -> None:
+        """Give ``on_event`` every recorded event it has not had yet, in order."""
+        assert self._on_event is not None
+        with self._calling:
+            while True:
+                with self._cond:
+                    if self._called >= len(self._events):
+                        return
+                    event = self._events[self._called]
+                    self._called += 1
+                try:
+                    self._on_event(event)
+                except Exception:  # a user's callback must not stop the others
+                    log.exception("rqueue: on_event callback failed for %s of message %s", event.kind, event.message_id)
 
     def wait(self, kind: str = "processed", timeout: float | None = None) -> Event:
         """The first event of ``kind``, or the final event if the message ended
@@ -314,11 +444,16 @@ class Tracker:
         return found
 
 
+#: Callback tasks of asyncio trackers that may be dropped (``send(on_event=...)`` keeps none).
+_CALLING: set[asyncio.Task[None]] = set()
+
+
 class AsyncTracker:
     """The events of one tracked message, for the asyncio client.
 
-    ``on_event`` runs in the listener task; a coroutine function is scheduled
-    as a task.
+    ``on_event`` (a function or a coroutine function) runs in a task of this
+    tracker's, once per event and in order (a coroutine is awaited before the
+    next event's call), never in the listener's task.
     """
 
     def __init__(self, message_id: str, on_event: Callable[[Event], Any] | None = None) -> None:
@@ -326,7 +461,8 @@ class AsyncTracker:
         self.events: list[Event] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._on_event = on_event
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._called = 0  # how many events on_event has been given
+        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<rqueue.asyncio.AsyncTracker {self.message_id} {[e.kind for e in self.events]}>"
@@ -337,12 +473,23 @@ class AsyncTracker:
         for w in waiters:
             if not w.done():
                 w.set_result(None)
-        if self._on_event is not None:
-            result = self._on_event(event)
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(_awaited(result))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        if self._on_event is not None and (self._task is None or self._task.done()):
+            self._task = asyncio.ensure_future(self._call_back())
+            _CALLING.add(self._task)  # the loop keeps only weak references to tasks
+            self._task.add_done_callback(_CALLING.discard)
+
+    async def _call_back(self) -> None:
+        """Give ``on_event`` every recorded event it has not had yet, in order."""
+        assert self._on_event is not None
+        while self._called < len(self.events):
+            event = self.events[self._called]
+            self._called += 1
+            try:
+                result = self._on_event(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # a user's callback must not stop the others
+                log.exception("rqueue: on_event callback failed for %s of message %s", event.kind, event.message_id)
 
     async def wait(self, kind: str = "processed", timeout: float | None = None) -> Event:
         """The first event of ``kind``, or the final event if the message ended
@@ -362,10 +509,3 @@ class AsyncTracker:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(fut, remaining)
         return found
-
-
-async def _awaited(result: Awaitable[Any]) -> None:
-    try:
-        await result
-    except Exception:
-        log.exception("rqueue: on_event coroutine failed")

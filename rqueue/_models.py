@@ -13,7 +13,9 @@ class DeadLetter:
     """Why a message in a dead-letter queue died.
 
     reason: ``max_receives``, ``expired`` or ``rejected``; detail: the receive
-    count for the first two, the rejection reason for the last.
+    count for the first two, the rejection reason for the last. ``unknown``
+    (dead_at: its sent_at) for an entry without a record, e.g. one an older
+    version let ``send`` put into a dead-letter queue.
     """
 
     reason: str

@@ -1,7 +1,8 @@
 """The Lua scripts: read once from ``lua/*.lua``, called by EVALSHA.
 
 A NOSCRIPT reply (server restarted, failed over, or SCRIPT FLUSH) loads the
-script and retries, so callers never notice.
+script and retries, so callers never notice. ``lua/_prelude.lua`` (the
+argument checks every script shares) is prepended to each.
 """
 
 from __future__ import annotations
@@ -32,6 +33,6 @@ def _read(name: str) -> bytes:
 
 @cache
 def script(name: str) -> Script:
-    """The script serving operation ``name`` (``lua/<name>.lua``)."""
-    source = _read(name)
+    """The script serving operation ``name`` (``lua/<name>.lua`` after the prelude)."""
+    source = _read("_prelude") + _read(name)
     return Script(name, source, hashlib.sha1(source).hexdigest())

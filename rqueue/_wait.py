@@ -870,6 +870,7 @@ class _AsyncNode:
             try:
                 if conn is None:
                     conn = self._control = await self.connection()
+                _honour_cancel()
                 await conn.send_command(*args)
                 reply = await conn.read_response(timeout=GRACE)
             except ResponseError:
@@ -916,6 +917,19 @@ class _AsyncNode:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
+
+
+def _honour_cancel() -> None:
+    """Raise CancelledError if this task was cancelled but the cancellation got lost.
+
+    Python 3.11's wait_for (redis-py sends through it) swallows a cancellation
+    that lands just as the send it guards finishes; a wait that went on would
+    run its whole timeout (a stopping consumer would hang that long). So each
+    step of a wait looks at Task.cancelling().
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _Failed:
@@ -1015,11 +1029,14 @@ class _AsyncLane:
         core, lane = self.hub.core, self.lane
         try:
             while (step := core.next_step(lane, me, bool(self.node.can_unblock))) != "stop":
+                if me is not None:
+                    _honour_cancel()
                 if lane.blocked is None:
                     if self.conn is not None and (self._reading is None or self._reading.done()):
                         self.hub.background(_disconnect(self._drop_connection()))  # it was lost while idle
                     if self.conn is None:
                         await self._connect()
+                        continue  # (a step: the cancellation may have been lost in it)
                     keys = core.plan(lane, time.monotonic())
                     if not keys:
                         continue
@@ -1066,6 +1083,8 @@ class _AsyncLane:
         while not answer.done():
             if (me is not None and me.done) or lane.retired:
                 return _STOP
+            if me is not None:
+                _honour_cancel()
             now = time.monotonic()
             release = core.must_release(lane, now)
             if now >= check:
@@ -1134,6 +1153,7 @@ class AsyncWaiter:
         if self.core.closed:
             raise self.core.closed_error()
         name, slot, node = await self._node(key)
+        _honour_cancel()
         now = time.monotonic()
         w = Waiter(key, now + timeout, pop, asyncio.get_running_loop().create_future())
         for old in self.core.reap(now):

@@ -3,7 +3,8 @@
 Every command takes ``--url`` (else ``RQUEUE_URL``, else localhost; ``demo``
 falls back to ``embedded://``) and ``--prefix`` (else ``RQUEUE_PREFIX``).
 A user's mistake (bad URL, unreachable server, unknown queue, bad number,
-oversized body) prints one line to stderr and exits with code 2.
+oversized body) and a server's refusal (full, wrong password, read-only)
+print one line to stderr and exit with code 2.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import click
 from redis import exceptions as rx
 
 from . import _cli_queues, _cli_run
+from ._backends import mask_url, resolve_url
+from ._base import map_error
 from ._cli_base import USER_ERROR, cli, one_line
 from ._errors import RQueueError
 
@@ -33,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(USER_ERROR)
     except KeyboardInterrupt:
         sys.exit(130)
-    except rx.RedisError as err:  # the server refused something: not a bug of ours, not worth a traceback
-        click.echo(f"rqueue: server error: {one_line(err)}", err=True)
-        sys.exit(1)
+    except (rx.RedisError, rx.RedisClusterException) as err:  # unmapped (a gap of ours): still one line
+        click.echo(f"rqueue: error: {one_line(map_error(err, mask_url(resolve_url(None)), ''))}", err=True)
+        sys.exit(USER_ERROR)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

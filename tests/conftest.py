@@ -33,6 +33,17 @@ def cluster_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def restartable_cluster() -> Iterator[Cluster]:
+    """A cluster of its own, AOF on, whose nodes a test may kill and start again
+    (it must leave every node running)."""
+    cluster = Cluster(persistent=True).start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
 def sentinel_url() -> Iterator[str]:
     sentinel = Sentinel().start()
     try:
@@ -73,6 +84,20 @@ def raw_client(url: str) -> Any:
         host, port = hostport.split(":")
         return RSentinel([(host, int(port))]).master_for(service)
     return redis.Redis.from_url(url)
+
+
+def names_on_every_node(url: str, count: int = 3) -> list[str]:
+    """Queue names whose hash slots belong to ``count`` different cluster masters
+    (so one pipeline of calls spans every node); on other backends any names."""
+    if not url.startswith("redis+cluster://"):
+        return [f"n{i}" for i in range(count)]
+    r = raw_client(url)
+    names: dict[str, str] = {}
+    for i in range(1000):
+        names.setdefault(r.get_node_from_key(f"{{n{i}}}").name, f"n{i}")
+    r.close()
+    assert len(names) >= count, names
+    return list(names.values())[:count]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
 from rqueue._embedded import ServerProcess, free_port
 
@@ -57,11 +58,17 @@ def _wait_for(predicate: object, what: str, timeout: float = 30.0) -> None:
 
 
 class Cluster:
-    """Three masters, slots split evenly, joined with CLUSTER MEET."""
+    """Three masters, slots split evenly, joined with CLUSTER MEET.
 
-    def __init__(self, masters: int = 3) -> None:
+    ``persistent``: each node keeps an append-only file (and its cluster config)
+    in its data directory, so a killed node restarted on its port comes back
+    with its data and its place in the cluster.
+    """
+
+    def __init__(self, masters: int = 3, *, persistent: bool = False) -> None:
         self.nodes = [
             ServerProcess(
+                persistent=persistent,
                 extra=[
                     "--cluster-enabled",
                     "yes",
@@ -69,7 +76,7 @@ class Cluster:
                     "5000",
                     "--cluster-config-file",
                     f"nodes-{i}.conf",
-                ]
+                ],
             )
             for i in range(masters)
         ]
@@ -82,7 +89,7 @@ class Cluster:
         for i, c in enumerate(clients):
             lo = i * per
             hi = 16383 if i == len(clients) - 1 else lo + per - 1
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+            c.execute_command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))  # ADDSLOTSRANGE is 7.0+
         for c in clients[1:]:
             c.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
 
@@ -102,16 +109,55 @@ class Cluster:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
+    def node_for(self, key: str) -> ServerProcess:
+        """The node process serving ``key``'s hash slot (slots as ``start`` split them)."""
+        per = 16384 // len(self.nodes)
+        return self.nodes[min(key_slot(key.encode()) // per, len(self.nodes) - 1)]
+
+    def _running(self) -> list[ServerProcess]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def wait_state(self, state: str) -> None:
+        """Wait until every running node says ``cluster_state:<state>`` (ok, fail)."""
+        want = f"cluster_state:{state}\r\n".encode()
+
+        def reached() -> bool:
+            try:
+                for n in self._running():
+                    with redis.Redis(port=n.port) as c:
+                        if want not in c.execute_command("CLUSTER", "INFO"):
+                            return False
+                return True
+            except redis.RedisError:
+                return False
+
+        _wait_for(reached, f"cluster_state:{state}")
+
+    def wait_ok(self) -> None:
+        """Wait until every node says the cluster is up (after a node came back)."""
+        self.wait_state("ok")
+
+    def set_node_timeout(self, ms: int) -> None:
+        """How long a silent node takes to be marked failed (on every running node).
+
+        A failed master that comes back is un-failed only after twice this."""
+        for n in self._running():
+            with redis.Redis(port=n.port) as c:
+                c.config_set("cluster-node-timeout", ms)
+
     def close(self) -> None:
         for n in self.nodes:
             n.close()
 
 
 class Sentinel:
-    """One master and one Sentinel process watching it as ``mymaster``."""
+    """One master and one Sentinel process watching it as ``mymaster``.
 
-    def __init__(self) -> None:
-        self.master = ServerProcess()
+    ``persistent``: the master keeps an append-only file across a restart.
+    """
+
+    def __init__(self, *, persistent: bool = False) -> None:
+        self.master = ServerProcess(persistent=persistent)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -55,6 +55,21 @@ def test_unreachable_server_masks_password() -> None:
     assert f"redis://:***@127.0.0.1:{port}/0" in str(info.value)
 
 
+def test_unreachable_cluster_raises_connection_error() -> None:
+    """A cluster client connects at once: its failure too is rqueue's ConnectionError, masked."""
+    url = f"redis+cluster://:hunter2@127.0.0.1:{free_port()}"
+    with pytest.raises(rqueue.ConnectionError) as info:
+        rqueue.connect(url)
+    assert "hunter2" not in str(info.value) and ":***@127.0.0.1" in str(info.value)
+
+    async def go() -> None:
+        await rqa.connect(url)
+
+    with pytest.raises(rqueue.ConnectionError) as ainfo:
+        asyncio.run(go())
+    assert "hunter2" not in str(ainfo.value) and ":***@127.0.0.1" in str(ainfo.value)
+
+
 def test_password_server_and_repr(tmp_path: Path) -> None:
     with ServerProcess(extra=["--requirepass", "hunter2"]) as server:
         url = f"redis://:hunter2@127.0.0.1:{server.port}/0"

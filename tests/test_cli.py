@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -169,7 +171,9 @@ BAD_INPUT = [
     (["create", "x", "--retention", "1"], "retention", ""),
     (["stats", "--url", "redis://127.0.0.1:1/0"], "cannot reach redis://127.0.0.1:1/0", ""),
     (["stats", "--url", "nope://x"], "unknown scheme", ""),
-    (["stats", "--url", "redis://:secret@localhost:port"], "bad url", "***"),
+    (["stats", "--url", "redis://:secret@localhost:port"], "cannot be used", "***"),
+    (["stats", "--url", "redis+cluster://127.0.0.1:1"], "cannot reach the cluster", ""),
+    (["stats", "--url", "embedded:///dev/null/x"], "cannot make the folder", ""),
 ]
 
 
@@ -300,3 +304,72 @@ def test_request_times_out_withdrawn_and_publish_reaches_subscriptions(rq: Any, 
     assert r.rc == 0, r.err
     got = sub.receive(10)
     assert [m.body for m in got] == [{"event": "x"}] and got[0].id == r.json()["id"]
+
+
+def _until(predicate: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _blocked_pops(r: Any) -> int:
+    return sum(1 for cl in r.client_list() if cl.get("cmd") == "blpop" and "b" in cl.get("flags", ""))
+
+
+def _stop_request(server_url: str, prefix: str, sig: int, *args: str) -> tuple[int, str, float]:
+    """Start ``rqueue request orders ...``, signal it once its message is queued or held;
+    returns (exit code, stderr, seconds from the signal to the exit)."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "rqueue", "request", "orders", "hello", "--timeout", "60", *args],
+        env=cli_env(server_url, prefix),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with rqueue.connect(server_url, prefix=prefix) as c:
+            q = c.queue("orders")
+            _until(lambda: (s := q.stats()).visible + s.in_flight == 1, "the request to be queued")
+            _until(lambda: _blocked_pops(c.redis) == 1, "the requester to block in its wait")
+        t0 = time.monotonic()
+        p.send_signal(sig)
+        _out, err = p.communicate(timeout=30)
+        return p.returncode, err, time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
+@pytest.mark.parametrize(("sig", "rc"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_request_stopped_by_a_signal_withdraws_its_message(
+    server_url: str, prefix: str, lib: rqueue.Client, sig: int, rc: int
+) -> None:
+    q = lib.create_queue("orders")  # no consumer
+    code, err, seconds = _stop_request(server_url, prefix, sig)
+    assert (code, seconds < 5) == (rc, True), err
+    assert re.fullmatch(r"rqueue: interrupted; message \d+ withdrawn: it will not be processed\n", err), err
+    s = q.stats()
+    assert (s.sent_total, s.visible, s.in_flight, s.delayed) == (1, 0, 0, 0)  # withdrawn, never to be processed
+
+
+def test_request_stopped_while_a_consumer_holds_it(server_url: str, prefix: str, lib: rqueue.Client) -> None:
+    q = lib.create_queue("orders")
+    held: list[rqueue.Message] = []
+    p = threading.Thread(target=lambda: held.extend(q.receive(1, wait_time=30)))
+    p.start()
+    code, err, _ = _stop_request(server_url, prefix, signal.SIGINT)
+    p.join(30)
+    assert code == 130
+    assert "a consumer had received message" in err and "may still process it" in err, err
+    assert q.delete(held[0].receipt)  # the consumer's lease is intact
+
+
+def test_repeating_request_stops_cleanly_and_withdraws(server_url: str, prefix: str, lib: rqueue.Client) -> None:
+    q = lib.create_queue("orders")
+    code, err, seconds = _stop_request(server_url, prefix, signal.SIGTERM, "--every", "1")
+    assert (code, seconds < 5) == (0, True), err
+    assert "withdrawn" in err
+    s = q.stats()
+    assert (s.visible, s.in_flight) == (0, 0)

@@ -18,6 +18,7 @@ import rqueue.asyncio as rqa
 from rqueue._consumer_core import Backoff, Settings, Tracker
 
 from .bridge import LoopThread
+from .conftest import names_on_every_node, raw_client
 
 
 def until(cond: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
@@ -98,12 +99,13 @@ class Harness:
 
 
 @pytest.fixture(params=["sync", "async"])
-def h(request: pytest.FixtureRequest, server_url: str, prefix: str) -> Iterator[Harness]:
+def h(request: pytest.FixtureRequest, backend_url: str, prefix: str) -> Iterator[Harness]:
+    """A harness on every backend (standalone, Cluster, Sentinel) x sync/asyncio."""
     loop = request.getfixturevalue("loop_thread") if request.param == "async" else None
-    harness = Harness(request.param, server_url, prefix, loop)
+    harness = Harness(request.param, backend_url, prefix, loop)
     yield harness
     harness.close()
-    r = harness.client.redis.__class__.from_url(server_url)
+    r = raw_client(backend_url)
     for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
         r.unlink(key)
     r.close()
@@ -314,6 +316,44 @@ def test_one_consumer_serves_several_queues_fairly(h: Harness) -> None:
     assert first["a"] >= 25 and first["b"] >= 25, first
 
 
+@pytest.mark.cluster
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_on_a_cluster_one_consumer_serves_queues_on_every_node_and_answers_requests(
+    mode: str, cluster_url: str, prefix: str, request: pytest.FixtureRequest
+) -> None:
+    raw = raw_client(cluster_url)
+    names = names_on_every_node(cluster_url)  # one queue on each master
+    loop = request.getfixturevalue("loop_thread") if mode == "async" else None
+    h = Harness(mode, cluster_url, prefix, loop)
+    try:
+        qs = [h.client.create_queue(n, visibility_timeout=30) for n in names]
+        for q in qs:
+            q.send_batch([{"i": i} for i in range(20)])
+
+        def handler(m: rqueue.Message) -> dict[str, Any]:
+            return {"queue": m.queue, "i": m.body["i"]}
+
+        h.consume(names, handler, concurrency=4, batch_size=5)
+        replies: dict[str, Any] = {}
+
+        def ask(q: rqueue.Queue) -> None:
+            replies[q.name] = q.request({"i": -1}, timeout=30)
+
+        askers = [threading.Thread(target=ask, args=(q,)) for q in qs]
+        for t in askers:
+            t.start()
+        for t in askers:
+            t.join(60)
+        assert replies == {q.name: {"queue": q.name, "i": -1} for q in qs}
+        until(lambda: all(q.stats().deleted_total == 21 for q in qs), what="every queue drained")
+        assert all(empty(q) for q in qs)
+    finally:
+        h.close()
+        for key in list(raw.scan_iter(match=f"{prefix}:*", count=1000)):
+            raw.unlink(key)
+        raw.close()
+
+
 def test_stop_returns_promptly_from_an_idle_long_poll_and_leaves_nothing_hidden(h: Harness) -> None:
     q = h.client.create_queue("idle", visibility_timeout=30)
     h.consume("idle", lambda body: None)
@@ -376,8 +416,8 @@ def test_prometheus_hook_counts_outcomes(h: Harness) -> None:
 # ---------------------------------------------------------------- validation
 
 
-def test_bad_arguments_raise_clear_errors(server_url: str, prefix: str) -> None:
-    with rqueue.connect(server_url, prefix=prefix) as c:
+def test_bad_arguments_raise_clear_errors(backend_url: str, prefix: str) -> None:
+    with rqueue.connect(backend_url, prefix=prefix) as c:
         q = c.create_queue("v")
 
         async def ahandler(body: Any) -> None:
@@ -453,7 +493,7 @@ def test_tracker_heartbeat_extends_leases_at_half_the_timeout() -> None:
 
 
 def test_a_crashed_internal_thread_stops_run_with_an_error(
-    server_url: str, prefix: str, loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch
+    backend_url: str, prefix: str, loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug in the consumer's own receiver must not leave a worker idling forever."""
 
@@ -461,7 +501,7 @@ def test_a_crashed_internal_thread_stops_run_with_an_error(
         raise RuntimeError("injected bug")
 
     monkeypatch.setattr(Tracker, "received", broken)
-    client = rqueue.connect(server_url, prefix=prefix)
+    client = rqueue.connect(backend_url, prefix=prefix)
     q = client.create_queue("jobs")
     q.send("x")
     outcome: list[BaseException | None] = []
@@ -480,7 +520,7 @@ def test_a_crashed_internal_thread_stops_run_with_an_error(
     assert isinstance(outcome[0], RuntimeError) and "injected bug" in str(outcome[0])
 
     async def run_async() -> None:
-        ac = await rqa.connect(server_url, prefix=prefix)
+        ac = await rqa.connect(backend_url, prefix=prefix)
         try:
             await rqa.Consumer(ac.queue("jobs"), as_async(lambda body: None)).run()
         finally:

@@ -1,4 +1,4 @@
-"""Worker processes under real signals and a real server restart.
+"""Worker processes under real signals and a real server restart, on every backend.
 
 Workers run ``python -m rqueue._worker tests.consumer_app:<handler>`` and log
 each handler event to a file; the tests await those events and queue stats.
@@ -21,7 +21,9 @@ import pytest
 import rqueue
 from rqueue._embedded import ServerProcess
 
+from .conftest import BACKENDS, raw_client
 from .consumer_app import fails
+from .servers import Cluster, Sentinel
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -42,14 +44,15 @@ class Workers:
         self.log.touch()
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, handler: str = "record", *args: str, **env: Any) -> subprocess.Popen[bytes]:
+    def start(self, handler: str = "record", *args: str, cli: bool = False, **env: Any) -> subprocess.Popen[bytes]:
+        """A worker process: ``python -m rqueue._worker``, or with ``cli`` the ``rqueue worker`` command."""
         e = {**os.environ, "RQ_TEST_LOG": str(self.log), **{k: str(v) for k, v in env.items()}}
         err = open(self.tmp / f"worker{len(self.procs)}.err", "wb")  # noqa: SIM115 - owned by the child
         p = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "rqueue._worker",
+                *(["rqueue", "worker"] if cli else ["rqueue._worker"]),
                 f"tests.consumer_app:{handler}",
                 "--url",
                 self.url,
@@ -89,14 +92,25 @@ class Workers:
 
 
 @pytest.fixture
-def workers(server_url: str, prefix: str, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(server_url, prefix, tmp_path)
+def workers(backend_url: str, prefix: str, tmp_path: Path) -> Iterator[Workers]:
+    """Worker processes on the test's backend (standalone, Cluster, Sentinel)."""
+    w = Workers(backend_url, prefix, tmp_path)
     yield w
     w.close()
+    r = raw_client(backend_url)
+    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+        r.unlink(key)
+    r.close()
 
 
-def test_sigkill_mid_batch_loses_nothing(workers: Workers, server_url: str, prefix: str) -> None:
-    with rqueue.connect(server_url, prefix=prefix) as c:
+#: Where signals and load are worth a worker process: behind Sentinel a worker runs as on a standalone
+#: server (Sentinel only names the master), so Sentinel is covered by the restart test.
+STANDALONE_AND_CLUSTER = [pytest.param("standalone"), pytest.param("cluster", marks=pytest.mark.cluster)]
+
+
+@pytest.mark.parametrize("backend_url", STANDALONE_AND_CLUSTER, indirect=True)
+def test_sigkill_mid_batch_loses_nothing(workers: Workers, backend_url: str, prefix: str) -> None:
+    with rqueue.connect(backend_url, prefix=prefix) as c:
         q = c.create_queue("jobs", visibility_timeout=1)
         q.send_batch([{"i": i} for i in range(60)])
         a = workers.start("record", "--concurrency", "8", "--batch-size", "8", RQ_TEST_SLEEP=0.2)
@@ -117,10 +131,11 @@ def test_sigkill_mid_batch_loses_nothing(workers: Workers, server_url: str, pref
         assert (s.visible, s.in_flight, s.dead) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("backend_url", STANDALONE_AND_CLUSTER, indirect=True)
 def test_sigterm_finishes_in_flight_releases_the_rest_and_runs_nothing_twice(
-    workers: Workers, server_url: str, prefix: str
+    workers: Workers, backend_url: str, prefix: str
 ) -> None:
-    with rqueue.connect(server_url, prefix=prefix) as c:
+    with rqueue.connect(backend_url, prefix=prefix) as c:
         q = c.create_queue("jobs", visibility_timeout=60)
         q.send_batch([{"i": i} for i in range(40)])
         a = workers.start("record", "--concurrency", "4", "--batch-size", "4", RQ_TEST_SLEEP=1.0)
@@ -141,38 +156,85 @@ def test_sigterm_finishes_in_flight_releases_the_rest_and_runs_nothing_twice(
         assert counts == Counter(range(40))  # each processed exactly once
 
 
-def test_server_killed_and_restarted_under_a_running_consumer(workers: Workers, prefix: str, tmp_path: Path) -> None:
-    server = ServerProcess(persistent=True, data_dir=tmp_path / "data").start()
+class Restartable:
+    """A backend of its own whose server processes a test may kill and start again (AOF on)."""
+
+    def __init__(self, kind: str, prefix: str, tmp: Path, request: pytest.FixtureRequest) -> None:
+        self.kind, self.prefix = kind, prefix
+        if kind == "cluster":
+            self.cluster: Cluster = request.getfixturevalue("restartable_cluster")
+            self.url = self.cluster.url
+        elif kind == "sentinel":
+            self.sentinel = Sentinel(persistent=True).start()
+            self.url = self.sentinel.url
+        else:
+            self.server = ServerProcess(persistent=True, data_dir=tmp / "data").start()
+            self.url = self.server.url
+
+    def serving(self, key: str) -> ServerProcess:
+        """The process holding ``key`` (on a cluster: the master owning its slot)."""
+        if self.kind == "cluster":
+            return self.cluster.node_for(key)
+        return self.sentinel.master if self.kind == "sentinel" else self.server
+
+    def back(self) -> None:
+        """Wait until the backend serves again after a restart."""
+        if self.kind == "cluster":
+            self.cluster.wait_ok()
+
+    def close(self) -> None:
+        if self.kind == "cluster":  # shared by the session: left running, keys removed
+            r = raw_client(self.url)
+            for key in list(r.scan_iter(match=f"{self.prefix}:*", count=1000)):
+                r.unlink(key)
+            r.close()
+        elif self.kind == "sentinel":
+            self.sentinel.close()
+        else:
+            self.server.close()
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_server_killed_and_restarted_under_a_running_consumer(
+    kind: str, prefix: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Kill the server holding the queue (on a cluster: its master) mid-work and start it again
+    on the same port: the same worker process carries on, and nothing is lost."""
+    backend = Restartable(kind, prefix, tmp_path, request)
+    workers = Workers(backend.url, prefix, tmp_path)
     try:
-        workers.url = server.url
-        with rqueue.connect(server.url, prefix=prefix) as c:
+        with rqueue.connect(backend.url, prefix=prefix) as c:
             q = c.create_queue("jobs", visibility_timeout=5)
             q.send_batch([{"i": i} for i in range(400)])
             w = workers.start("record", "--concurrency", "4", "--batch-size", "4", RQ_TEST_SLEEP=0.01)
             until(lambda: workers.count("done") >= 50, what="work under way")
+            server = backend.serving(q._keys.meta)
             server.kill()
             until(lambda: "lost the server" in workers.stderr(0), what="the worker to notice")
             server.start()
+            backend.back()
             until(
                 lambda: {i for e, i, *_ in workers.events() if e == "done"} == set(range(400)),
                 timeout=90,
                 what="every message processed after the restart",
             )
             until(lambda: q.stats().visible + q.stats().in_flight == 0, what="the queue to empty")
-            assert w.poll() is None  # the same process carried on by itself
+            assert w.poll() is None, workers.stderr(0)  # the same process carried on by itself
             err = workers.stderr(0)
             assert err.count("lost the server") == 1, err  # logged once per outage
             assert "server reachable again" in err
     finally:
-        server.close()
+        workers.close()
+        backend.close()
 
 
+@pytest.mark.parametrize("backend_url", STANDALONE_AND_CLUSTER, indirect=True)
 @pytest.mark.parametrize("handler", ["record", "record_async"])
 def test_four_workers_random_failures_follow_the_retry_policy(
-    workers: Workers, server_url: str, prefix: str, handler: str
+    workers: Workers, backend_url: str, prefix: str, handler: str
 ) -> None:
     n, mrc, rate = 10_000, 3, 0.3
-    with rqueue.connect(server_url, prefix=prefix) as c:
+    with rqueue.connect(backend_url, prefix=prefix) as c:
         q = c.create_queue("jobs", visibility_timeout=60, max_receive_count=mrc)
         for i in range(0, n, 1000):
             q.send_batch([{"i": j} for j in range(i, i + 1000)])
@@ -211,6 +273,24 @@ def test_four_workers_random_failures_follow_the_retry_policy(
             dead |= {m.body["i"] for m in batch}
             assert all(m.dead_letter and "RuntimeError: planned failure" in m.dead_letter.detail for m in batch)
         assert dead == expected_dead
+
+
+@pytest.mark.parametrize(
+    "backend_url",
+    [pytest.param("cluster", marks=pytest.mark.cluster), pytest.param("sentinel", marks=pytest.mark.sentinel)],
+    indirect=True,
+)
+def test_the_rqueue_worker_command_serves_a_cluster_or_sentinel_url(
+    workers: Workers, backend_url: str, prefix: str
+) -> None:
+    with rqueue.connect(backend_url, prefix=prefix) as c:
+        q = c.create_queue("jobs", visibility_timeout=30)
+        q.send_batch([{"i": i} for i in range(30)])
+        w = workers.start("record", "--concurrency", "4", cli=True)
+        until(lambda: q.stats().deleted_total == 30 or w.poll() is not None, what="every message")
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(30) == 0, workers.stderr(0)
+        assert sorted(i for e, i, *_ in workers.events() if e == "done") == list(range(30))
 
 
 def test_bad_import_path_and_unknown_queue_exit_2_with_one_line(server_url: str, prefix: str) -> None:

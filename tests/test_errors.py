@@ -54,7 +54,7 @@ class Unserialisable:
         (lambda q: q.send("x", delay=-1), "delay"),
         (lambda q: q.send("x", delay=15 * 86400), "delay"),
         (lambda q: q.send(Unserialisable()), "body"),
-        (lambda q: q.send_batch(["ok", Unserialisable()]), "body"),
+        (lambda q: q.send_batch(["ok", Unserialisable()]), r"bodies\[1\] must be"),
         (lambda q: q.send_batch([]), "bodies"),
         (lambda q: q.send_batch(["x"] * 1001), "bodies"),
         (lambda q: q.send_batch("abc"), "bodies"),

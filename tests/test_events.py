@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 import rqueue
 import rqueue.asyncio as rqa
 from rqueue._events import UNCLAIMED_MAX, Router
 
+from .conftest import BACKENDS
 from .test_requests import start_worker, stop_worker
 
 
@@ -167,6 +171,169 @@ async def test_asyncio_send_tracked(server_url: str, prefix: str) -> None:
     finally:
         await client.aclose()
     assert called == ["received", "processed"]
+
+
+# ---------------------------------------------------------------- client calls from on_event (issue 17, defect 10)
+
+#: Well under the listener's 10 s subscribe timeout, which a deadlock would run into.
+PROMPT = 5.0
+
+
+@pytest.mark.parametrize("backend_url", BACKENDS, indirect=True)
+def test_on_event_callback_can_send_tracked_and_wait_for_others(backend_url: str, prefix: str, raw: Any) -> None:
+    """A callback sends a tracked message to another queue (a new subscription of the listener)
+    and waits for another tracker's event: neither needs the callback to have returned."""
+    with rqueue.connect(backend_url, prefix=prefix) as c:
+        a, b = c.create_queue("a"), c.create_queue("b")
+        out: dict[str, Any] = {}
+        in_callback, finished = threading.Event(), threading.Event()
+
+        def on_event(e: rqueue.Event) -> None:
+            if e.kind != "received":
+                return
+            in_callback.set()
+            t0 = time.monotonic()
+            try:
+                out["follow_up"] = b.send_tracked("follow-up")
+                out["other"] = other.wait("received", timeout=PROMPT)
+            except Exception as err:  # noqa: BLE001 - reported below
+                out["error"] = err
+            out["seconds"] = time.monotonic() - t0
+            finished.set()
+
+        first = a.send_tracked("first", on_event=on_event)
+        other = a.send_tracked("other")
+        [m] = a.receive(1)
+        assert m.body == "first"
+        assert in_callback.wait(30)
+        [o] = a.receive(1)  # the other tracker's "received", awaited inside the callback
+        assert o.body == "other"
+        assert finished.wait(30)
+        assert "error" not in out, out
+        assert out["seconds"] < PROMPT and out["other"].kind == "received"
+        [f] = b.receive(1)
+        assert b.delete(f.receipt, reply="chained")
+        assert out["follow_up"].wait(timeout=30).reply == "chained"
+        assert a.delete(m.receipt, reply="ok")
+        assert first.wait(timeout=30).reply == "ok"
+
+
+def test_slow_callback_does_not_stall_other_trackers(server_url: str, prefix: str) -> None:
+    with rqueue.connect(server_url, prefix=prefix) as c:
+        q = c.create_queue("orders")
+        release = threading.Event()
+        slow = q.send_tracked("slow", on_event=lambda e: release.wait(30))
+        quick = q.send_tracked("quick")
+        for m in q.receive(2):
+            q.delete(m.receipt, reply=m.body)
+        try:
+            assert quick.wait(timeout=PROMPT).reply == "quick"  # while slow's callback still blocks
+            assert slow.wait(timeout=PROMPT).reply == "slow"
+        finally:
+            release.set()
+
+
+def test_close_from_a_callback(server_url: str, prefix: str) -> None:
+    c = rqueue.connect(server_url, prefix=prefix)
+    q = c.create_queue("orders")
+    received, closed = threading.Event(), threading.Event()
+
+    def on_event(_e: rqueue.Event) -> None:
+        received.wait(30)  # not while the receive below is still reading its reply
+        c.close()
+        closed.set()
+
+    q.send_tracked("x", on_event=on_event)
+    q.receive(1)
+    received.set()
+    assert closed.wait(PROMPT)
+    with pytest.raises(rqueue.ConnectionError, match="closed"):
+        q.send_tracked("y")
+
+
+async def test_asyncio_on_event_callback_can_send_tracked_and_wait_for_others(server_url: str, prefix: str) -> None:
+    async with await rqa.connect(server_url, prefix=prefix) as c:
+        a, b = await c.create_queue("a"), await c.create_queue("b")
+        loop = asyncio.get_running_loop()
+        in_callback: asyncio.Future[None] = loop.create_future()
+        finished: asyncio.Future[tuple[Any, rqueue.Event, float]] = loop.create_future()
+
+        async def on_event(e: rqueue.Event) -> None:
+            if e.kind != "received":
+                return
+            in_callback.set_result(None)
+            t0 = loop.time()
+            try:
+                follow_up = await b.send_tracked("follow-up")
+                seen = await other.wait("received", timeout=PROMPT)
+            except Exception as err:  # noqa: BLE001 - reported below
+                finished.set_exception(err)
+            else:
+                finished.set_result((follow_up, seen, loop.time() - t0))
+
+        first = await a.send_tracked("first", on_event=on_event)
+        other = await a.send_tracked("other")
+        [m] = await a.receive(1)
+        assert m.body == "first"
+        await asyncio.wait_for(in_callback, 30)
+        [o] = await a.receive(1)
+        assert o.body == "other"
+        follow_up, seen, seconds = await asyncio.wait_for(finished, 30)
+        assert seconds < PROMPT and seen.kind == "received"
+        [f] = await b.receive(1)
+        await b.delete(f.receipt, reply="chained")
+        assert (await follow_up.wait(timeout=30)).reply == "chained"
+        await a.delete(m.receipt, reply="ok")
+        assert (await first.wait(timeout=30)).reply == "ok"
+
+
+# ---------------------------------------------------------------- the listener's connection
+
+
+@pytest.mark.parametrize("backend_url", [p for p in BACKENDS if p.id != "cluster"], indirect=True)
+def test_listener_reconnects_never_use_up_the_pool(backend_url: str, prefix: str, raw: Any) -> None:
+    """Each reconnect of the listener used to count against the pool's max_connections for good
+    (CLIENT KILL of the listener below needs a single node: not on Cluster)."""
+    with rqueue.connect(backend_url, prefix=prefix, max_connections=2) as c:
+        q = c.create_queue("orders")
+        for i in range(3):
+            t = q.send_tracked(i)  # (re)subscribes
+            raw.client_kill_filter(_type="pubsub")
+            assert t.wait(timeout=30).kind == "missed"
+        last = q.send_tracked("last")
+        [m] = [m for m in q.receive(10) if m.body == "last"]
+        assert q.delete(m.receipt, reply="ok")
+        assert last.wait(timeout=30).reply == "ok"
+
+
+@pytest.fixture(scope="module")
+def no_channels() -> Iterator[str]:
+    """A server whose user may use every key and command but no pub/sub channel."""
+    from rqueue._embedded import ServerProcess
+
+    with ServerProcess(extra=["--requirepass", "pw"]) as server:
+        r = redis.Redis(port=server.port, password="pw")
+        r.execute_command("ACL", "SETUSER", "nochan", "on", ">npw", "~*", "resetchannels", "+@all")
+        r.close()
+        yield f"redis://nochan:npw@127.0.0.1:{server.port}/0"
+
+
+def test_refused_subscription_is_permission_denied_at_once(no_channels: str) -> None:
+    with rqueue.connect(no_channels, prefix="acl") as c:
+        q = c.create_queue("orders")
+        t0 = time.monotonic()
+        with pytest.raises(rqueue.PermissionDenied, match="channel"):
+            q.send_tracked("x")
+        assert time.monotonic() - t0 < PROMPT
+        assert q.stats().sent_total == 0  # refused before anything was sent
+        q.send("untracked sends still work")
+
+
+async def test_refused_subscription_is_permission_denied_at_once_asyncio(no_channels: str) -> None:
+    async with await rqa.connect(no_channels, prefix="acl") as c:
+        q = await c.create_queue("orders")
+        with pytest.raises(rqueue.PermissionDenied, match="channel"):
+            await asyncio.wait_for(q.send_tracked("x"), PROMPT)
 
 
 # ---------------------------------------------------------------- router, no Redis

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 import rqueue
 import rqueue.asyncio as rqa
@@ -99,3 +100,68 @@ def test_four_processes_drain_each_message_exactly_once(backend_url: str, prefix
     s = q.stats()
     assert (s.received_total, s.deleted_total, s.visible, s.in_flight) == (10_000, 10_000, 0, 0)
     client.close()
+
+
+def test_a_cancelled_wait_ends_at_once_even_if_a_library_swallowed_the_cancellation(
+    backend_url: str, prefix: str, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's wait_for (redis-py sends through it) swallows a cancellation that lands just
+    as the send finishes; the wait must still end, not sleep its whole timeout (a stopping
+    asyncio consumer hung 10 s that way)."""
+    from redis.asyncio.connection import AbstractConnection
+
+    send = AbstractConnection.send_packed_command
+    swallowed: list[bool] = []
+
+    async def send_swallowing_a_cancel(self: Any, command: Any, check_health: bool = True) -> None:
+        try:
+            await asyncio.sleep(0.2)  # the cancellation lands here...
+        except asyncio.CancelledError:
+            swallowed.append(True)  # ...and is lost, as in wait_for when its inner send is done
+        await send(self, command, check_health)
+
+    async def go() -> float:
+        async with await rqa.connect(backend_url, prefix=prefix) as c:
+            q = await c.create_queue("idle")
+            monkeypatch.setattr(AbstractConnection, "send_packed_command", send_swallowing_a_cancel)
+            waiting = asyncio.ensure_future(c.wait(q._keys.wake, 5))
+            await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            took = time.monotonic() - t0
+            monkeypatch.undo()
+            return took
+
+    took = asyncio.run(go())
+    assert swallowed == [True]
+    assert took < 1.0
+
+
+def test_closing_right_after_a_cancelled_wait_leaves_no_connection_open(server_url: str, prefix: str) -> None:
+    """A cancelled wait hands its token on in the background; aclose() lets that finish first,
+    or it would open a connection again after the close (and leak it)."""
+    raw = redis.Redis.from_url(server_url)
+
+    def connections() -> int:
+        return sum(1 for c in raw.client_list() if c["name"] == prefix)
+
+    async def go() -> int:
+        c = await rqa.connect(server_url, prefix=prefix, client_name=prefix)
+        q = await c.create_queue("idle")
+        waiting = asyncio.ensure_future(c.wait(q._keys.wake, 5))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await c.aclose()
+        await asyncio.sleep(0.3)  # a hand-on still under way would reconnect now
+        return connections()
+
+    try:
+        assert asyncio.run(go()) == 0
+    finally:
+        for key in list(raw.scan_iter(match=f"{prefix}:*")):
+            raw.unlink(key)
+        raw.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -128,6 +129,29 @@ def test_deleted_and_recreated_queue_refuses_old_receipts(client: Any) -> None:
     assert old.receipt != new.receipt
     assert q.delete(old.receipt) is False
     assert q.delete(new.receipt) is True
+
+
+@pytest.mark.parametrize("burst", [1, 1000])
+def test_a_queue_recreated_at_once_never_reissues_a_receipt(client: Any, raw: Any, prefix: str, burst: int) -> None:
+    # Deleting and creating again within the same millisecond, also after a burst of sends
+    # that ran the id counter ahead of the clock, must issue only new receipts.
+    for _ in range(100 if burst == 1 else 20):
+        q = client.create_queue("orders")
+        q.send_batch(["x"] * burst)
+        (old,) = q.receive(1)
+        client.delete_queue("orders")
+        q = client.create_queue("orders")
+        q.send("y")
+        (new,) = q.receive(1)
+        assert old.receipt != new.receipt
+        assert q.delete(old.receipt) is False
+        assert q.delete(new.receipt) is True
+        client.delete_queue("orders")
+    # A counter kept for that lives only until the clock passes it.
+    deadline = time.monotonic() + 10
+    while stored_keys(raw, prefix) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stored_keys(raw, prefix) == []
 
 
 def test_dead_letter_queue_is_a_queue(client: Any) -> None:

@@ -9,10 +9,23 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Seque
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from redis import exceptions as rx
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from .. import _codec, _core, _errors
-from .._backends import Backend, check_policy, factory_for, resolve_url
-from .._base import AsyncCallSlots, QueueHandle, call_limit, policy_from, raise_mapped
+from .._backends import Backend, check_options, check_policy, factory_for, mask_url, resolve_url
+from .._base import (
+    CONNECTION_ERRORS,
+    AsyncCallSlots,
+    QueueHandle,
+    Routing,
+    call_limit,
+    config_refused,
+    policy_from,
+    raise_connect_error,
+    raise_mapped,
+    settle,
+    unreachable,
+)
 from .._codec import Attributes
 from .._core import Call, Op, Pop
 from .._errors import InvalidParameter, QueueDoesNotExist
@@ -36,14 +49,20 @@ async def connect(
 ) -> AsyncClient:
     """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost); see ``rqueue.connect``."""
     url = resolve_url(url)
+    check_prefix(prefix)  # before an embedded server starts
     check_max_lanes(max_wait_connections)
-    backend = factory_for(url)(url, is_async=True, **options)
+    check_options(options)
+    try:
+        backend = factory_for(url)(url, is_async=True, **options)
+    except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
+        raise_connect_error(e, url, options=bool(options))
+    backend.url = mask_url(backend.url)  # a plugin's factory may have left a password in it
     client = AsyncClient(backend, prefix=prefix, max_wait_connections=max_wait_connections)
     try:
         await client._check_server()
-    except BaseException:
+    except BaseException as e:  # noqa: BLE001 - closed, then raised again (mapped)
         await client.aclose()
-        raise
+        raise_connect_error(e, url, options=bool(options))
     return client
 
 
@@ -65,22 +84,23 @@ class AsyncClient:
         self._waiter = AsyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
         #: Calls beyond the pool's size wait here for a connection instead of failing.
         self._calls = AsyncCallSlots(call_limit(self.redis))
+        #: Set on a Redis Cluster: run_many pipelines per node.
+        self._routing = Routing() if isinstance(self.redis, RedisCluster) else None
 
     def __repr__(self) -> str:
         return f"<rqueue.asyncio.AsyncClient {self.url}>"
 
     async def _check_server(self) -> None:
+        """The first round trip (login, database): its failures are raised as they are, for
+        ``connect()`` to map; warns when the server may evict messages."""
         if hasattr(self.redis, "initialize"):
-            try:
-                await self.redis.initialize()
-            except Exception as e:  # noqa: BLE001
-                raise_mapped(e, self.url, "")
+            await self.redis.initialize()
         try:
             reply = await self.redis.config_get("maxmemory-policy")
-        except rx.ResponseError:
-            return
-        except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+        except rx.ResponseError as e:
+            if not config_refused(e):  # a database the server lacks, a permission, ...
+                raise
+            return  # CONFIG disabled (managed services): cannot check
         check_policy(policy_from(reply), self.url)
 
     @contextlib.asynccontextmanager
@@ -121,7 +141,10 @@ class AsyncClient:
 
         Each result is the parsed reply, or the rqueue exception that call met;
         a lost connection raises ``rqueue.ConnectionError`` for the whole batch.
+        On a cluster, each node owning some of the calls gets its own pipeline.
         """
+        if self._routing is not None:
+            return await self._run_many_cluster(calls, self._routing)
         pipe = self.redis.pipeline(transaction=False)
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -130,19 +153,71 @@ class AsyncClient:
                 replies = await pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001
             self._fail(e, "")
-        out: list[Any] = []
-        for call, reply in zip(calls, replies, strict=True):
+        out, again, _moved = settle(calls, replies, self.url)
+        if again:
+            await self._run_again(calls, out, again)
+        return out
+
+    async def _run_again(self, calls: Sequence[Call[Any]], out: list[Any], again: list[int]) -> None:
+        """Run the calls at ``again`` singly (NOSCRIPT: load the script; MOVED/ASK: follow it)."""
+        for i in again:
             try:
-                if isinstance(reply, rx.NoScriptError):
-                    out.append(await self.run(call))  # loads the script, runs this call again
-                elif isinstance(reply, Exception):
-                    raise_mapped(reply, self.url, call.queue)
-                else:
-                    out.append(call.parse(reply))
+                out[i] = await self.run(calls[i])
             except _errors.ConnectionError:
                 raise
             except Exception as e:  # noqa: BLE001
-                out.append(e)
+                out[i] = e
+
+    async def _run_many_cluster(self, calls: Sequence[Call[Any]], routing: Routing) -> list[Any]:
+        """run_many on a cluster: one pipeline per node, on that node's own connections, concurrently."""
+        rc: RedisCluster = self.redis
+        try:
+            if routing.stale:
+                await rc.nodes_manager.initialize()
+                routing.stale = False
+            groups, first = routing.plan(calls, rc.nodes_manager.get_node_from_slot)
+        except Exception as e:  # no node answers, or a slot has no owner yet
+            routing.stale = True
+            raise _errors.ConnectionError(f"cannot reach {self.url}: {e}") from e
+        replies: list[Any] = [None] * len(calls)
+
+        async def on(node: ClusterNode, idx: list[int]) -> None:
+            cmds = []
+            for i in idx:
+                call = calls[i]
+                cmds.append(PipelineCommand(i, "EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args))
+            try:
+                async with self._slot():
+                    await node.execute_pipeline(cmds)
+                got = [c.result for c in cmds]
+                down = unreachable(got)
+                if down is not None:  # the connection broke mid-read, or CLUSTERDOWN, LOADING...
+                    raise down
+            except Exception as e:  # noqa: BLE001
+                if isinstance(e, CONNECTION_ERRORS):
+                    routing.failed(node)
+                self._fail(e, "")
+            routing.answered(node)
+            for i, reply in zip(idx, got, strict=True):
+                replies[i] = reply
+
+        # Suspects first, on their own (see Routing); then the other nodes together.
+        for part in (groups[:first], groups[first:]):
+            if len(part) == 1:
+                await on(*part[0])
+            elif part:
+                done = await asyncio.gather(*(on(*g) for g in part), return_exceptions=True)
+                failures = [f for f in done if isinstance(f, BaseException)]
+                if failures:  # an unreachable node fails the whole batch
+                    raise next((f for f in failures if isinstance(f, _errors.ConnectionError)), failures[0])
+        out, again, moved = settle(calls, replies, self.url)
+        if again:
+            if moved:  # a slot changed owner: learn the new map, then follow it singly
+                try:
+                    await rc.nodes_manager.initialize()
+                except Exception:  # noqa: BLE001 - run() follows the redirection anyway
+                    routing.stale = True
+            await self._run_again(calls, out, again)
         return out
 
     async def wait(self, key: str, timeout: float) -> bool:
@@ -156,10 +231,10 @@ class AsyncClient:
         """Pass a wake-up token this client took but will not use to another waiter."""
         await self._waiter.hand_on(key)
 
-    async def pop(self, key: str, timeout: float, settle: Call[Any] | None = None) -> bytes | None:
+    async def pop(self, key: str, timeout: float, give_up: Call[Any] | None = None) -> bytes | None:
         """Pop the value pushed on ``key``, or None after ``timeout`` seconds.
 
-        Cancelled before a value came, it runs ``settle`` (a request withdraws
+        Cancelled before a value came, it runs ``give_up`` (a request withdraws
         its message) before the CancelledError goes on.
         """
         w: Waiter | None = None
@@ -172,8 +247,8 @@ class AsyncClient:
             self._fail(e, "")
         except BaseException:
             got = None if w is None else self._waiter.leave(w)
-            if settle is not None and not isinstance(got, bytes):
-                await self._settle(self._run_all([settle]))
+            if give_up is not None and not isinstance(got, bytes):
+                await self._settle(self._run_all([give_up]))
             raise
         return None if value is AGAIN else value
 
