@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from redis import exceptions as rx
 from redis.cluster import RedisCluster
@@ -12,8 +13,10 @@ from . import _codec, _core, _errors
 from ._backends import Backend, check_options, check_policy, factory_for, mask_url, resolve_url
 from ._base import (
     CONNECTION_ERRORS,
+    CallSlots,
     QueueHandle,
     Routing,
+    call_limit,
     config_refused,
     policy_from,
     raise_connect_error,
@@ -27,7 +30,7 @@ from ._errors import InvalidParameter, QueueDoesNotExist
 from ._keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
 from ._listen import SyncListener, Tracker
 from ._models import Event, Message, QueueAttributes, QueueStats
-from ._wait import SyncWaiter
+from ._wait import DEFAULT_MAX_LANES, SyncWaiter, check_max_lanes
 
 if TYPE_CHECKING:
     from ._topic import Topic
@@ -35,21 +38,30 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -> Client:
+def connect(
+    url: str | None = None,
+    *,
+    prefix: str = "rqueue",
+    max_wait_connections: int = DEFAULT_MAX_LANES,
+    **options: Any,
+) -> Client:
     """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost).
 
     ``options`` go to redis-py (``socket_timeout``, ``ssl_ca_certs``, ...).
+    ``max_wait_connections`` caps the connections the client's waiting calls
+    (long polls, requests) share; see the README's "Long polling".
     Warns once when the server's maxmemory-policy is not ``noeviction``.
     """
     url = resolve_url(url)
     check_prefix(prefix)  # before an embedded server starts
+    check_max_lanes(max_wait_connections)
     check_options(options)
     try:
         backend = factory_for(url)(url, is_async=False, **options)
     except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
         raise_connect_error(e, url, options=bool(options))
     backend.url = mask_url(backend.url)  # a plugin's factory may have left a password in it
-    client = Client(backend, prefix=prefix)
+    client = Client(backend, prefix=prefix, max_wait_connections=max_wait_connections)
     try:
         client._check_server()
     except BaseException as e:  # noqa: BLE001 - closed, then raised again (mapped)
@@ -61,17 +73,22 @@ def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -
 class Client:
     """A connection to one server or cluster; makes ``Queue`` handles.
 
-    Thread-safe: every call takes a connection from redis-py's pool, and a
-    long poll holds its own, so it never stalls other calls.
+    Thread-safe: every call takes a connection from redis-py's pool; waiting
+    calls (long polls, requests) share a few connections of their own
+    (``rqueue._wait``), so they never take the pool from other calls.
     """
 
-    def __init__(self, backend: Backend, *, prefix: str = "rqueue") -> None:
+    def __init__(
+        self, backend: Backend, *, prefix: str = "rqueue", max_wait_connections: int = DEFAULT_MAX_LANES
+    ) -> None:
         self._backend = backend
         self.redis: Any = backend.client
         self.url = backend.url
         self.prefix = check_prefix(prefix)
         self._listener: SyncListener | None = None
-        self._waiter = SyncWaiter(self.redis)
+        self._waiter = SyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
+        #: Calls beyond the pool's size wait here for a connection instead of failing.
+        self._calls = CallSlots(call_limit(self.redis))
         #: Set on a Redis Cluster: run_many pipelines per node.
         self._routing = Routing() if isinstance(self.redis, RedisCluster) else None
 
@@ -91,8 +108,26 @@ class Client:
             return  # CONFIG disabled (managed services): cannot check
         check_policy(policy_from(reply), self.url)
 
+    @contextlib.contextmanager
+    def _slot(self) -> Generator[None, None, None]:
+        """A slot of ``_calls`` for a call other than ``run``'s."""
+        self._calls.take()
+        try:
+            yield
+        finally:
+            self._calls.give(None)
+
+    def _fail(self, e: BaseException, queue: str) -> NoReturn:
+        """Raise ``e`` as the rqueue error it means; anything met once the
+        client is closed (redis-py's internals included) as 'client is closed'."""
+        if self._waiter.core.closed:
+            raise self._waiter.core.closed_error() from e
+        raise_mapped(e, self.url, queue)
+
     def run(self, call: Call[T]) -> T:
         """Run one script call and parse its reply."""
+        slots = self._calls
+        slots.take()
         try:
             try:
                 reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -100,7 +135,9 @@ class Client:
                 self.redis.script_load(call.script.source)
                 reply = self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, call.queue)
+            self._fail(e, call.queue)
+        finally:
+            slots.give(None)
         return call.parse(reply)
 
     def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
@@ -116,9 +153,10 @@ class Client:
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            replies = pipe.execute(raise_on_error=False)
+            with self._slot():
+                replies = pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
         out, again, _moved = settle(calls, replies, self.url)
         if again:
             self._run_again(calls, out, again)
@@ -154,14 +192,15 @@ class Client:
                 call = calls[i]
                 pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
             try:
-                got = pipe.execute(raise_on_error=False)
+                with self._slot():
+                    got = pipe.execute(raise_on_error=False)
                 down = unreachable(got)
                 if down is not None:  # CLUSTERDOWN, LOADING...: the node cannot serve
                     raise down
             except Exception as e:  # noqa: BLE001
                 if isinstance(e, CONNECTION_ERRORS):
                     routing.failed(node)
-                raise_mapped(e, self.url, "")
+                self._fail(e, "")
             routing.answered(node)
             for i, reply in zip(idx, got, strict=True):
                 replies[i] = reply
@@ -183,14 +222,32 @@ class Client:
         try:
             return self._waiter.wait(key, timeout, on_block=on_block)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
 
-    def pop(self, key: str, timeout: float) -> bytes | None:
-        """Pop the value pushed on ``key``, or None after ``timeout`` seconds."""
+    def pop(self, key: str, timeout: float, give_up: Call[Any] | None = None) -> bytes | None:
+        """Pop the value pushed on ``key``, or None after ``timeout`` seconds.
+
+        A caller interrupted (KeyboardInterrupt, SystemExit) before a value
+        came runs ``give_up`` (a request withdraws its message) and re-raises.
+        """
+        w = None
         try:
-            return self._waiter.pop(key, timeout)
+            w = self._waiter.join_pop(key, timeout)
+            return self._waiter.result(w, timeout)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            if w is not None:
+                self._waiter.leave(w)
+            self._fail(e, "")
+        except BaseException:
+            got = None if w is None else self._waiter.leave(w)
+            if give_up is not None and not isinstance(got, bytes):
+                self._settle([give_up])
+            raise
+
+    def _settle(self, calls: Sequence[Call[Any]]) -> None:
+        for call in calls:
+            with contextlib.suppress(Exception):  # best effort: the caller has given up
+                self.run(call)
 
     def listener(self) -> SyncListener:
         """The client's one event listener (started on the first tracked send)."""
@@ -210,7 +267,7 @@ class Client:
                 if isinstance(op, Call):
                     result = self.run(op)
                 elif isinstance(op, Pop):
-                    result = self.pop(op.key, op.timeout)
+                    result = self.pop(op.key, op.timeout, op.settle)
                 else:
                     result = self.wait(op.key, op.timeout)
                 op = flow.send(result)
@@ -240,7 +297,8 @@ class Client:
 
     def _registry_add(self, name: str) -> None:
         try:
-            self.redis.sadd(registry(self.prefix), name)
+            with self._slot():
+                self.redis.sadd(registry(self.prefix), name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
 
@@ -260,7 +318,8 @@ class Client:
     def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""
         try:
-            names = sorted(n.decode() for n in self.redis.smembers(registry(self.prefix)))
+            with self._slot():
+                names = sorted(n.decode() for n in self.redis.smembers(registry(self.prefix)))
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
         return names
@@ -270,15 +329,21 @@ class Client:
         keys = QueueKeys.for_queue(self.prefix, check_name(name))
         existed = self.run(_core.delete_queue(keys))
         try:
-            self.redis.srem(registry(self.prefix), keys.name)
+            with self._slot():
+                self.redis.srem(registry(self.prefix), keys.name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
         if not existed:
             raise QueueDoesNotExist(f"queue {name!r} does not exist")
 
     def close(self) -> None:
-        """Close connections (and stop an embedded server)."""
+        """Close connections (and stop an embedded server).
+
+        Calls waiting meanwhile (long polls, requests, in other threads) end
+        with ``rqueue.ConnectionError`` ('the client ... is closed').
+        """
         try:
+            self._waiter.close()
             if self._listener is not None:
                 self._listener.close()
             self.redis.close()

@@ -12,7 +12,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from . import _codec
@@ -40,13 +40,21 @@ MAX_REQUEST_TIMEOUT = 12 * 3600
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One script call: what to run and how to read its reply."""
+    """One script call: what to run and how to read its reply.
+
+    ``settle`` is set on a call a flow's caller must not abandon half-way (an
+    asyncio task cancelled, a sync caller interrupted): the runner lets the
+    call finish, then runs the calls ``settle(result)`` returns to undo what
+    the caller will never see (make received messages visible again, withdraw
+    a request), and only then gives up.
+    """
 
     script: Script
     keys: Sequence[str]
     args: Sequence[bytes | str | int]
     parse: Callable[[Any], T]
     queue: str
+    settle: Callable[[T], Sequence[Call[Any]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +67,19 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Pop:
-    """Pop the value pushed on ``key`` (None after ``timeout`` s)."""
+    """Pop the value pushed on ``key`` (None after ``timeout`` s).
+
+    ``settle``: the call to run when the caller gives up before a value came.
+    """
 
     key: str
     timeout: float
+    settle: Call[Any] | None = None
+
+
+def _nothing(_: object) -> Sequence[Call[Any]]:
+    """``settle`` of a call that only has to finish (nothing to undo)."""
+    return ()
 
 
 Op = Call[Any] | Wait | Pop
@@ -269,6 +286,13 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
             )
         return Received(out, int(next_ms), notify_dead(keys, buried) if buried else None)
 
+    def settle(got: Received) -> list[Call[Any]]:
+        # A caller that gave up never sees these messages: visible again at once.
+        calls: list[Call[Any]] = [] if got.notify is None else [got.notify]
+        if got.messages:
+            calls.append(change_visibility(keys, [m.receipt for m in got.messages], 0))
+        return calls
+
     return Call(
         script("receive"),
         [
@@ -288,6 +312,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
         [n, vt, "" if keys.is_dlq else keys.events],
         parse,
         keys.name,
+        settle,
     )
 
 
@@ -300,6 +325,7 @@ def notify_dead(keys: QueueKeys, buried: list[bytes]) -> Call[int]:
         [REPLY_TTL_MS, *(b"d" + p for p in buried[1::2])],
         int,
         keys.name,
+        _nothing,
     )
 
 
@@ -531,22 +557,31 @@ def withdraw(keys: QueueKeys, message_id: str, timeout: float) -> Call[Any]:
         [message_id],
         parse,
         name,
+        _nothing,
     )
 
 
 def request_flow(
     keys: QueueKeys, body: Any, attributes: _codec.Attributes | None, delay: float | None, timeout: float
 ) -> Generator[Op, Any, Any]:
-    """Send a request, block on its reply key until ``timeout``, then withdraw it."""
+    """Send a request, block on its reply key until ``timeout``, then withdraw it.
+
+    A caller that gives up earlier (cancelled, interrupted) withdraws it too.
+    """
     if keys.is_dlq:
         raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; send requests to its source queue")
     _number("timeout", timeout, 0.001, MAX_REQUEST_TIMEOUT, "seconds")
     deadline = time.monotonic() + timeout
     encoded = encode_batch([body], attributes)
-    (message_id,) = yield send(keys, encoded, delay, _codec.REQUEST)
+
+    def give_up(ids: list[str]) -> list[Call[Any]]:
+        return [withdraw(keys, ids[0], timeout)]
+
+    (message_id,) = yield replace(send(keys, encoded, delay, _codec.REQUEST), settle=give_up)
     key = keys.reply(message_id)
+    settle = withdraw(keys, message_id, timeout)
     while (remaining := deadline - time.monotonic()) > 0:
-        raw = yield Pop(key, min(remaining, WAIT_CHUNK))
+        raw = yield Pop(key, min(remaining, WAIT_CHUNK), settle)
         if raw is not None:
             return reply_value(raw, message_id, keys.name)
-    return (yield withdraw(keys, message_id, timeout))
+    return (yield settle)

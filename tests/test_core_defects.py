@@ -109,7 +109,9 @@ def test_long_poll_wakes_when_a_lease_taken_while_it_waited_ends(client: Any, ra
     for t in threads:
         t.start()
     deadline = time.monotonic() + 10
-    while _blpop_clients(raw, wake) < before + 2:  # both asleep on an empty queue
+    # Both asleep on an empty queue: registered with the client, and their lane's BLPOP
+    # blocked (two waits of one client on one key share one BLPOP).
+    while client._waiter.waiting() < 2 or _blpop_clients(raw, wake) < before + 1:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     t0 = time.monotonic()

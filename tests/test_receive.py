@@ -183,11 +183,14 @@ def test_interrupted_waiter_hands_its_wake_up_on(server_url: str, prefix: str) -
     raw.delete(wake)
     raw.rpush(wake, 1)  # a send's token, waiting for a receiver
 
-    def interrupt(unblock: Any) -> None:  # called once BLPOP is sent: it has popped the token
+    def interrupt(unblock: Any) -> None:  # called once the wait is registered: its lane may pop the token
         raise Interrupted
 
     with pytest.raises(Interrupted):
         c.wait(wake, 5, on_block=interrupt)
+    deadline = time.monotonic() + 5  # handed on by the waiter, or by its lane if it popped it later
+    while raw.llen(wake) != 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert raw.llen(wake) == 1
     c.delete_queue("orders")
     c.close()
@@ -201,13 +204,13 @@ def test_cancelled_async_waiter_hands_its_wake_up_on(
     import rqueue.asyncio as rqa
     from rqueue._wait import AsyncWaiter
 
-    real = AsyncWaiter._blpop
+    real = AsyncWaiter.result
 
-    async def popped_then_cancelled(self: AsyncWaiter, key: str, timeout: float) -> Any:
-        assert await real(self, key, timeout) is not None  # took the token...
+    async def popped_then_cancelled(self: AsyncWaiter, w: Any, timeout: float) -> Any:
+        assert await real(self, w, timeout) is not None  # took the token...
         raise asyncio.CancelledError  # ...and was cancelled before using it
 
-    monkeypatch.setattr(AsyncWaiter, "_blpop", popped_then_cancelled)
+    monkeypatch.setattr(AsyncWaiter, "result", popped_then_cancelled)
 
     async def scenario() -> None:
         c = await rqa.connect(server_url, prefix=prefix)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
@@ -14,8 +15,10 @@ from .. import _codec, _core, _errors
 from .._backends import Backend, check_options, check_policy, factory_for, mask_url, resolve_url
 from .._base import (
     CONNECTION_ERRORS,
+    AsyncCallSlots,
     QueueHandle,
     Routing,
+    call_limit,
     config_refused,
     policy_from,
     raise_connect_error,
@@ -29,7 +32,7 @@ from .._errors import InvalidParameter, QueueDoesNotExist
 from .._keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
 from .._listen import AsyncListener, AsyncTracker
 from .._models import Event, Message, QueueAttributes, QueueStats
-from .._wait import AsyncWaiter
+from .._wait import AGAIN, DEFAULT_MAX_LANES, AsyncWaiter, Waiter, check_max_lanes
 
 if TYPE_CHECKING:
     from ._topic import AsyncTopic
@@ -37,17 +40,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: Any) -> AsyncClient:
-    """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost)."""
+async def connect(
+    url: str | None = None,
+    *,
+    prefix: str = "rqueue",
+    max_wait_connections: int = DEFAULT_MAX_LANES,
+    **options: Any,
+) -> AsyncClient:
+    """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost); see ``rqueue.connect``."""
     url = resolve_url(url)
     check_prefix(prefix)  # before an embedded server starts
+    check_max_lanes(max_wait_connections)
     check_options(options)
     try:
         backend = factory_for(url)(url, is_async=True, **options)
     except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
         raise_connect_error(e, url, options=bool(options))
     backend.url = mask_url(backend.url)  # a plugin's factory may have left a password in it
-    client = AsyncClient(backend, prefix=prefix)
+    client = AsyncClient(backend, prefix=prefix, max_wait_connections=max_wait_connections)
     try:
         await client._check_server()
     except BaseException as e:  # noqa: BLE001 - closed, then raised again (mapped)
@@ -57,15 +67,23 @@ async def connect(url: str | None = None, *, prefix: str = "rqueue", **options: 
 
 
 class AsyncClient:
-    """An asyncio connection to one server or cluster; makes ``AsyncQueue`` handles."""
+    """An asyncio connection to one server or cluster; makes ``AsyncQueue`` handles.
 
-    def __init__(self, backend: Backend, *, prefix: str = "rqueue") -> None:
+    Cancelling a call never leaves a message hidden from everyone or a request
+    unanswered for nobody: see ``drive``.
+    """
+
+    def __init__(
+        self, backend: Backend, *, prefix: str = "rqueue", max_wait_connections: int = DEFAULT_MAX_LANES
+    ) -> None:
         self._backend = backend
         self.redis: Any = backend.client
         self.url = backend.url
         self.prefix = check_prefix(prefix)
         self._listener: AsyncListener | None = None
-        self._waiter = AsyncWaiter(self.redis)
+        self._waiter = AsyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
+        #: Calls beyond the pool's size wait here for a connection instead of failing.
+        self._calls = AsyncCallSlots(call_limit(self.redis))
         #: Set on a Redis Cluster: run_many pipelines per node.
         self._routing = Routing() if isinstance(self.redis, RedisCluster) else None
 
@@ -85,8 +103,27 @@ class AsyncClient:
             return  # CONFIG disabled (managed services): cannot check
         check_policy(policy_from(reply), self.url)
 
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncGenerator[None, None]:
+        """A slot of ``_calls`` for a call other than ``run``'s."""
+        if not self._calls.take_now():
+            await self._calls.take()
+        try:
+            yield
+        finally:
+            self._calls.give()
+
+    def _fail(self, e: BaseException, queue: str) -> NoReturn:
+        """Raise ``e`` as the rqueue error it means ('client is closed' once it is)."""
+        if self._waiter.core.closed:
+            raise self._waiter.core.closed_error() from e
+        raise_mapped(e, self.url, queue)
+
     async def run(self, call: Call[T]) -> T:
         """Run one script call and parse its reply."""
+        slots = self._calls
+        if not slots.take_now():
+            await slots.take()
         try:
             try:
                 reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -94,7 +131,9 @@ class AsyncClient:
                 await self.redis.script_load(call.script.source)
                 reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, call.queue)
+            self._fail(e, call.queue)
+        finally:
+            slots.give()
         return call.parse(reply)
 
     async def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
@@ -110,9 +149,10 @@ class AsyncClient:
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            async with self._slot():
+                replies = await pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
         out, again, _moved = settle(calls, replies, self.url)
         if again:
             await self._run_again(calls, out, again)
@@ -147,7 +187,8 @@ class AsyncClient:
                 call = calls[i]
                 cmds.append(PipelineCommand(i, "EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args))
             try:
-                await node.execute_pipeline(cmds)
+                async with self._slot():
+                    await node.execute_pipeline(cmds)
                 got = [c.result for c in cmds]
                 down = unreachable(got)
                 if down is not None:  # the connection broke mid-read, or CLUSTERDOWN, LOADING...
@@ -155,7 +196,7 @@ class AsyncClient:
             except Exception as e:  # noqa: BLE001
                 if isinstance(e, CONNECTION_ERRORS):
                     routing.failed(node)
-                raise_mapped(e, self.url, "")
+                self._fail(e, "")
             routing.answered(node)
             for i, reply in zip(idx, got, strict=True):
                 replies[i] = reply
@@ -184,18 +225,61 @@ class AsyncClient:
         try:
             return await self._waiter.wait(key, timeout)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            self._fail(e, "")
 
     async def hand_on(self, key: str) -> None:
         """Pass a wake-up token this client took but will not use to another waiter."""
         await self._waiter.hand_on(key)
 
-    async def pop(self, key: str, timeout: float) -> bytes | None:
-        """Pop the value pushed on ``key``, or None after ``timeout`` seconds."""
+    async def pop(self, key: str, timeout: float, give_up: Call[Any] | None = None) -> bytes | None:
+        """Pop the value pushed on ``key``, or None after ``timeout`` seconds.
+
+        Cancelled before a value came, it runs ``give_up`` (a request withdraws
+        its message) before the CancelledError goes on.
+        """
+        w: Waiter | None = None
         try:
-            return await self._waiter.pop(key, timeout)
+            w = await self._waiter.join(key, timeout, True)
+            value = await self._waiter.result(w, timeout)
         except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, "")
+            if w is not None:
+                self._waiter.leave(w)
+            self._fail(e, "")
+        except BaseException:
+            got = None if w is None else self._waiter.leave(w)
+            if give_up is not None and not isinstance(got, bytes):
+                await self._settle(self._run_all([give_up]))
+            raise
+        return None if value is AGAIN else value
+
+    async def _run_kept(self, call: Call[T]) -> T:
+        """Run a call with ``settle``: a cancelled caller lets it finish, then settles it."""
+        task = asyncio.ensure_future(self.run(call))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await self._settle(self._after(task, call))
+            raise
+
+    async def _after(self, task: asyncio.Future[Any], call: Call[Any]) -> None:
+        try:
+            result = await task
+        except Exception:  # noqa: BLE001 - it failed: nothing to undo
+            return
+        if call.settle is not None:
+            await self._run_all(call.settle(result))
+
+    async def _run_all(self, calls: Sequence[Call[Any]]) -> None:
+        for call in calls:
+            with contextlib.suppress(Exception):  # best effort: the caller has given up
+                await self.run(call)
+
+    async def _settle(self, work: Any) -> None:
+        """Run ``work`` to its end even if the caller is cancelled again (it then
+        goes on in the background, and ``aclose`` waits for it)."""
+        job = self._waiter.background(work)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(job)
 
     def listener(self) -> AsyncListener:
         """The client's one event listener (started on the first tracked send)."""
@@ -204,14 +288,19 @@ class AsyncClient:
         return self._listener
 
     async def drive(self, flow: Generator[Op, Any, T]) -> T:
-        """Run a flow of the core (calls and waits) to its result."""
+        """Run a flow of the core (calls and waits) to its result.
+
+        Cancelled at any await, it settles first what the flow had started
+        (``Call.settle``, ``Pop.settle``): a receive's messages become visible
+        again, a request is withdrawn. Then the CancelledError goes on.
+        """
         try:
             op = next(flow)
             while True:
                 if isinstance(op, Call):
-                    result = await self.run(op)
+                    result = await (self.run(op) if op.settle is None else self._run_kept(op))
                 elif isinstance(op, Pop):
-                    result = await self.pop(op.key, op.timeout)
+                    result = await self.pop(op.key, op.timeout, op.settle)
                 else:
                     result = await self.wait(op.key, op.timeout)
                 op = flow.send(result)
@@ -234,7 +323,8 @@ class AsyncClient:
             _core.create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
         )
         try:
-            await self.redis.sadd(registry(self.prefix), keys.name)
+            async with self._slot():
+                await self.redis.sadd(registry(self.prefix), keys.name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
         return AsyncQueue(self, keys)
@@ -252,7 +342,8 @@ class AsyncClient:
     async def list_queues(self) -> list[str]:
         """Names of all queues, sorted (dead-letter queues not included)."""
         try:
-            members = await self.redis.smembers(registry(self.prefix))
+            async with self._slot():
+                members = await self.redis.smembers(registry(self.prefix))
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, "")
         return sorted(n.decode() for n in members)
@@ -262,18 +353,23 @@ class AsyncClient:
         keys = QueueKeys.for_queue(self.prefix, check_name(name))
         existed = await self.run(_core.delete_queue(keys))
         try:
-            await self.redis.srem(registry(self.prefix), keys.name)
+            async with self._slot():
+                await self.redis.srem(registry(self.prefix), keys.name)
         except Exception as e:  # noqa: BLE001
             raise_mapped(e, self.url, name)
         if not existed:
             raise QueueDoesNotExist(f"queue {name!r} does not exist")
 
     async def aclose(self) -> None:
-        """Close connections (and stop an embedded server)."""
+        """Close connections (and stop an embedded server).
+
+        What cancelled calls left to settle is finished first; calls still
+        waiting (long polls, requests) end with ``rqueue.ConnectionError``.
+        """
         try:
+            await self._waiter.aclose()
             if self._listener is not None:
                 await self._listener.aclose()
-            await self._waiter.settle()
             await self.redis.aclose()
         finally:
             for stop in self._backend.on_close:
