@@ -227,16 +227,21 @@ class Client:
     def pop(self, key: str, timeout: float, give_up: Call[Any] | None = None) -> bytes | None:
         """Pop the value pushed on ``key``, or None after ``timeout`` seconds.
 
-        A caller interrupted (KeyboardInterrupt, SystemExit) before a value
-        came runs ``give_up`` (a request withdraws its message) and re-raises.
+        A caller interrupted (KeyboardInterrupt, SystemExit), or a wait whose
+        connection was lost, before a value came runs ``give_up`` (a request
+        withdraws its message, so nobody processes it for a sender who left)
+        and re-raises; not once the client is closed.
         """
         w = None
         try:
             w = self._waiter.join_pop(key, timeout)
             return self._waiter.result(w, timeout)
         except Exception as e:  # noqa: BLE001
-            if w is not None:
-                self._waiter.leave(w)
+            got = None if w is None else self._waiter.leave(w)
+            if isinstance(got, bytes):
+                return got
+            if give_up is not None and not self._waiter.core.closed:
+                self._settle([give_up])
             self._fail(e, "")
         except BaseException:
             got = None if w is None else self._waiter.leave(w)

@@ -234,16 +234,20 @@ class AsyncClient:
     async def pop(self, key: str, timeout: float, give_up: Call[Any] | None = None) -> bytes | None:
         """Pop the value pushed on ``key``, or None after ``timeout`` seconds.
 
-        Cancelled before a value came, it runs ``give_up`` (a request withdraws
-        its message) before the CancelledError goes on.
+        Cancelled, or its wait's connection lost, before a value came, it runs
+        ``give_up`` (a request withdraws its message) before the error goes
+        on; not once the client is closed.
         """
         w: Waiter | None = None
         try:
             w = await self._waiter.join(key, timeout, True)
             value = await self._waiter.result(w, timeout)
         except Exception as e:  # noqa: BLE001
-            if w is not None:
-                self._waiter.leave(w)
+            got = None if w is None else self._waiter.leave(w)
+            if isinstance(got, bytes):
+                return got
+            if give_up is not None and not self._waiter.core.closed:
+                await self._settle(self._run_all([give_up]))
             self._fail(e, "")
         except BaseException:
             got = None if w is None else self._waiter.leave(w)
