@@ -21,7 +21,7 @@ from bench_common import payload
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._embedded import ServerProcess
+from rqueue._transport.embedded import ServerProcess
 
 
 def fill(q: rqueue.Queue, n: int) -> None:

@@ -41,7 +41,7 @@ import redis
 from bench_common import payload
 
 import rqueue
-from rqueue._embedded import ServerProcess
+from rqueue._transport.embedded import ServerProcess
 
 MINIMAL = Path(os.environ.get("RQUEUE_MINIMAL_LUA", "/work/shared/bench-limit/minimal_lua.py"))
 PREFIX = "bench"

@@ -3,7 +3,7 @@ event latency, topic publish throughput.
 
     python benchmarks/senders_bench.py [--url redis://...] [--requests 3000]
 
-Without --url it starts a private valkey-server (rqueue._embedded). The
+Without --url it starts a private valkey-server (rqueue._transport.embedded). The
 consumer runs in another process (a plain receive/delete(reply=...) loop with
 a waiting long poll), as a real deployment would.
 """
@@ -18,7 +18,7 @@ import time
 import uuid
 
 import rqueue
-from rqueue._embedded import ServerProcess
+from rqueue._transport.embedded import ServerProcess
 
 
 def consumer(url: str, prefix: str, queue: str, ready: mp.synchronize.Event, stop: mp.synchronize.Event) -> None:

@@ -7,10 +7,10 @@ for m in q.receive(10, wait_time=20):
     q.delete(m.receipt)
 """
 
-from ._backends import Backend, RQueueWarning, mask_url, register_backend
-from ._client import Client, Queue, connect
-from ._consumer import Consumer
-from ._errors import (
+from rqueue._consumer.handlers import Reject, Router
+from rqueue._consumer.metrics import HandlerResult, PrometheusHook
+from rqueue._consumer.threads import Consumer
+from rqueue._protocol.errors import (
     AuthenticationError,
     ConnectionError,
     InvalidParameter,
@@ -27,11 +27,11 @@ from ._errors import (
     ServerFull,
     WaitTimeout,
 )
-from ._handlers import Reject, Router
-from ._listen import Tracker
-from ._metrics import HandlerResult, PrometheusHook
-from ._models import DeadLetter, Event, Message, QueueAttributes, QueueStats, SubscriptionInfo
-from ._topic import Subscription, Topic
+from rqueue._protocol.models import DeadLetter, Event, Message, QueueAttributes, QueueStats, SubscriptionInfo
+from rqueue._sync.client import Client, Queue, connect
+from rqueue._sync.topic import Subscription, Topic
+from rqueue._transport.backends import Backend, RQueueWarning, mask_url, register_backend
+from rqueue._transport.listen import Tracker
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """``python -m rqueue`` runs the command line (how the demo starts its workers)."""
 
-from .cli import main
+from rqueue.cli import main
 
 main()

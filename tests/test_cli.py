@@ -20,7 +20,7 @@ import pytest
 import redis
 
 import rqueue
-from rqueue._embedded import free_port
+from rqueue._transport.embedded import free_port
 
 from .cli_helpers import assert_user_error, cli_env, run_cli, snapshot
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import rqueue
-from rqueue._embedded import free_port
+from rqueue._transport.embedded import free_port
 
 from .cli_helpers import ROOT
 

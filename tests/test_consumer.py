@@ -15,7 +15,7 @@ import pytest
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._consumer_core import Backoff, Settings, Tracker
+from rqueue._consumer.core import Backoff, Settings, Tracker
 
 from .bridge import LoopThread
 from .conftest import names_on_every_node, raw_client

@@ -18,9 +18,9 @@ import pytest
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue import _consumer_core as core
-from rqueue._consumer_core import Flush, Settings, Tracker
-from rqueue._keys import QueueKeys
+from rqueue._consumer.core import Flush, Settings, Tracker
+from rqueue._consumer.threads import core as core
+from rqueue._protocol.keys import QueueKeys
 
 from .bridge import LoopThread
 from .conftest import raw_client

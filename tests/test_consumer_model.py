@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._peek import peek
+from rqueue._protocol.peek import peek
 
 from .bridge import LoopThread
 from .conftest import raw_client

@@ -1,6 +1,6 @@
 """Worker processes under real signals and a real server restart, on every backend.
 
-Workers run ``python -m rqueue._worker tests.consumer_app:<handler>`` and log
+Workers run ``python -m rqueue.cli.worker tests.consumer_app:<handler>`` and log
 each handler event to a file; the tests await those events and queue stats.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import rqueue
-from rqueue._embedded import ServerProcess
+from rqueue._transport.embedded import ServerProcess
 
 from .conftest import BACKENDS, raw_client
 from .consumer_app import fails
@@ -45,14 +45,14 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, handler: str = "record", *args: str, cli: bool = False, **env: Any) -> subprocess.Popen[bytes]:
-        """A worker process: ``python -m rqueue._worker``, or with ``cli`` the ``rqueue worker`` command."""
+        """A worker process: ``python -m rqueue.cli.worker``, or with ``cli`` the ``rqueue worker`` command."""
         e = {**os.environ, "RQ_TEST_LOG": str(self.log), **{k: str(v) for k, v in env.items()}}
         err = open(self.tmp / f"worker{len(self.procs)}.err", "wb")  # noqa: SIM115 - owned by the child
         p = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                *(["rqueue", "worker"] if cli else ["rqueue._worker"]),
+                *(["rqueue", "worker"] if cli else ["rqueue.cli.worker"]),
                 f"tests.consumer_app:{handler}",
                 "--url",
                 self.url,
@@ -296,7 +296,7 @@ def test_the_rqueue_worker_command_serves_a_cluster_or_sentinel_url(
 def test_bad_import_path_and_unknown_queue_exit_2_with_one_line(server_url: str, prefix: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "rqueue._worker", *args, "--url", server_url, "--prefix", prefix],
+            [sys.executable, "-m", "rqueue.cli.worker", *args, "--url", server_url, "--prefix", prefix],
             cwd=ROOT,
             capture_output=True,
             text=True,

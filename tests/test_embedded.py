@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import rqueue
-from rqueue._embedded import ServerProcess
+from rqueue._transport.embedded import ServerProcess
 
 from .cli_helpers import ROOT
 

@@ -13,7 +13,7 @@ import redis
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._events import UNCLAIMED_MAX, Router
+from rqueue._protocol.events import UNCLAIMED_MAX, Router
 
 from .conftest import BACKENDS
 from .test_requests import start_worker, stop_worker
@@ -309,7 +309,7 @@ def test_listener_reconnects_never_use_up_the_pool(backend_url: str, prefix: str
 @pytest.fixture(scope="module")
 def no_channels() -> Iterator[str]:
     """A server whose user may use every key and command but no pub/sub channel."""
-    from rqueue._embedded import ServerProcess
+    from rqueue._transport.embedded import ServerProcess
 
     with ServerProcess(extra=["--requirepass", "pw"]) as server:
         r = redis.Redis(port=server.port, password="pw")
@@ -368,7 +368,7 @@ def test_router_unclaimed_buffer_is_bounded() -> None:
 
 
 def test_parse_events() -> None:
-    from rqueue._events import parse
+    from rqueue._protocol.events import parse
 
     assert parse(b"processed|5|s|a|b") == rqueue.Event("processed", "5", "|a|b")
     assert parse(b"dead_lettered|5|rejected|x|y") == rqueue.Event("dead_lettered", "5", None, "rejected", "x|y")

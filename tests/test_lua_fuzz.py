@@ -39,10 +39,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rqueue
-from rqueue import _codec, _core, _peek, _topics
-from rqueue._core import Call
-from rqueue._errors import InvalidParameter, RQueueError, from_lua
-from rqueue._keys import QueueKeys, TopicKeys
+from rqueue._protocol import codec as _codec
+from rqueue._protocol import operations as _core
+from rqueue._protocol import peek as _peek
+from rqueue._protocol import topic_operations as _topics
+from rqueue._protocol.errors import InvalidParameter, RQueueError, from_lua
+from rqueue._protocol.keys import QueueKeys, TopicKeys
+from rqueue._protocol.operations import Call
 
 from .conftest import raw_client
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._embedded import free_port
+from rqueue._transport.embedded import free_port
 
 from .cli_helpers import assert_user_error, run_cli
 
@@ -97,7 +97,7 @@ def test_mask_url_leaves_urls_without_a_password_alone(url: str) -> None:
 
 @given(st.text(st.characters(blacklist_characters="*&=", blacklist_categories=["Cs"]), min_size=1))
 def test_redact_removes_every_piece_a_parser_may_cut_out(pw: str) -> None:
-    from rqueue._backends import redact
+    from rqueue._transport.backends import redact
 
     url = f"redis://:{pw}@host:6379/0"
     pieces = [p for p in re.split(r"[/?#@:]", pw) if len(p) >= 2]
@@ -146,7 +146,7 @@ async def test_asyncio_repr_and_errors_hide_a_password_with_at(server_url: str) 
 
 
 def test_client_repr_and_logs_hide_a_password_with_at(caplog: pytest.LogCaptureFixture) -> None:
-    from rqueue._embedded import ServerProcess
+    from rqueue._transport.embedded import ServerProcess
 
     with ServerProcess(extra=["--requirepass", "my@secret"]) as server:
         with caplog.at_level(logging.DEBUG), rqueue.connect(f"redis://:my@secret@127.0.0.1:{server.port}/0") as c:
@@ -180,7 +180,7 @@ def test_cli_hides_a_password_with_at(prefix: str) -> None:
 
 
 def test_a_plugin_backend_that_leaves_the_password_in_its_url_is_masked(server_url: str) -> None:
-    from rqueue._backends import Backend, _plain
+    from rqueue._transport.backends import Backend, _plain
 
     def leaky(url: str, *, is_async: bool, **options: Any) -> Backend:
         backend = _plain(server_url, is_async=is_async, **options)

@@ -16,10 +16,10 @@ from redis.retry import Retry
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue import _core
-from rqueue._core import Call
-from rqueue._keys import QueueKeys
-from rqueue._scripts import Script
+from rqueue._protocol import operations as _core
+from rqueue._protocol.keys import QueueKeys
+from rqueue._protocol.operations import Call
+from rqueue._protocol.scripts import Script
 
 from .bridge import AsyncBridge, LoopThread
 from .conftest import names_on_every_node, raw_client

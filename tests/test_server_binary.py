@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import rqueue
-from rqueue._embedded import server_binary
+from rqueue._transport.embedded import server_binary
 
 
 def test_the_variable_wins_and_a_bad_path_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

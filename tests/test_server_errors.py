@@ -12,7 +12,7 @@ import redis
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._embedded import ServerProcess, free_port
+from rqueue._transport.embedded import ServerProcess, free_port
 
 from .cli_helpers import assert_user_error, run_cli
 from .test_backends import tls_proxy  # noqa: F401 - a fixture
@@ -168,7 +168,7 @@ def test_acl_without_the_keys_is_permission_denied(locked: ServerProcess) -> Non
 
 
 def test_a_foreign_key_under_the_prefix_is_server_error(server_url: str, prefix: str) -> None:
-    from rqueue._keys import QueueKeys
+    from rqueue._protocol.keys import QueueKeys
 
     with rqueue.connect(server_url, prefix=prefix) as c:
         q = c.create_queue("orders")

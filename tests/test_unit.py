@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 import rqueue
-from rqueue import _codec, _core
-from rqueue._keys import QueueKeys
+from rqueue._protocol import codec as _codec
+from rqueue._protocol import operations as _core
+from rqueue._protocol.keys import QueueKeys
 
 
 @pytest.mark.parametrize("body", ["s", b"b", {"j": [1]}, 3.5, None, ""])
@@ -53,7 +54,7 @@ def test_bad_prefix(bad_prefix: object) -> None:
 def test_make_message_equals_the_dataclass_constructor() -> None:
     from dataclasses import FrozenInstanceError
 
-    from rqueue._models import DeadLetter, Message, make_message
+    from rqueue._protocol.models import DeadLetter, Message, make_message
 
     args = ("1", {"b": 1}, {"a": "x"}, "1.2", 3, 4, 5, "q", DeadLetter("rejected", "why", 6, "src"))
     fast, slow = make_message(*args), Message(*args)

@@ -1,0 +1,140 @@
+"""Every Redis key name rqueue uses, built here and nowhere else.
+
+A queue's keys and its dead-letter queue's keys share one hash tag, the
+queue name in braces, so one script can touch both on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rqueue._protocol.errors import InvalidParameter, InvalidQueueName
+
+DLQ_SUFFIX = ":dlq"
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
+
+
+def check_name(name: object) -> str:
+    """Return a valid queue name or raise InvalidQueueName."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidQueueName(f"queue name must be 1-80 characters of A-Z, a-z, 0-9, '_' and '-', got {name!r}")
+    return name
+
+
+def check_prefix(prefix: object) -> str:
+    """Return a key prefix that cannot break hash tags."""
+    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} "):
+        raise InvalidParameter(f"prefix must be a non-empty string without braces or spaces, got {prefix!r}")
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue (``base``) and of its dead-letter queue."""
+
+    name: str
+    base: str
+    is_dlq: bool = False
+    #: A subscription's ids come from its topic's counter (one id per
+    #: published message in every subscription); '' = the queue's own.
+    shared_seq: str = ""
+
+    @classmethod
+    def for_queue(cls, prefix: str, name: str) -> QueueKeys:
+        """Keys of the queue ``name``, or of its DLQ for ``name:dlq``."""
+        if isinstance(name, str) and name.endswith(DLQ_SUFFIX):
+            return cls.for_queue(prefix, check_name(name[: -len(DLQ_SUFFIX)])).dlq()
+        return cls(check_name(name), f"{prefix}:{{{name}}}")
+
+    def dlq(self) -> QueueKeys:
+        """The keys of this queue's dead-letter queue."""
+        if self.is_dlq:
+            raise InvalidParameter(f"{self.name!r} is a dead-letter queue and has none of its own")
+        return QueueKeys(self.name + DLQ_SUFFIX, self.base + ":dlq", True, self.shared_seq)
+
+    def source(self) -> QueueKeys:
+        """The queue a dead-letter queue belongs to."""
+        return QueueKeys(self.name[: -len(DLQ_SUFFIX)], self.base[: -len(":dlq")], False, self.shared_seq)
+
+    @property
+    def meta(self) -> str:
+        return self.base + ":meta"
+
+    @property
+    def msgs(self) -> str:
+        return self.base + ":msgs"
+
+    @property
+    def vis(self) -> str:
+        return self.base + ":vis"
+
+    @property
+    def state(self) -> str:
+        return self.base + ":state"
+
+    @property
+    def wake(self) -> str:
+        return self.base + ":wake"
+
+    @property
+    def why(self) -> str:
+        return self.base + ":why"
+
+    @property
+    def seq(self) -> str:
+        """The id counter, shared by a queue and its DLQ so receipts never collide."""
+        if self.shared_seq:
+            return self.shared_seq
+        return (self.source() if self.is_dlq else self).base + ":seq"
+
+    @property
+    def events(self) -> str:
+        """The pub/sub channel of tracked messages' events (carries the hash tag)."""
+        return self.base + ":events"
+
+    def reply(self, message_id: str) -> str:
+        """The list a request's sender blocks on for message ``message_id``'s reply."""
+        return f"{self.base}:reply:{message_id}"
+
+    def own(self) -> list[str]:
+        """Every key of this one queue except the shared seq."""
+        return [self.meta, self.msgs, self.vis, self.state, self.wake, self.why]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicKeys:
+    """The keys of a topic. Its hash tag ``{topic:<name>}`` (no queue name has
+    a colon) is shared by every subscription's queue, so one script can copy a
+    message into all of them on Redis Cluster."""
+
+    name: str
+    base: str
+
+    @classmethod
+    def for_topic(cls, prefix: str, name: str) -> TopicKeys:
+        return cls(check_name(name), f"{prefix}:{{topic:{name}}}")
+
+    @property
+    def subs(self) -> str:
+        """Sorted set: subscription name -> expires-at (ms)."""
+        return self.base + ":subs"
+
+    @property
+    def version(self) -> str:
+        """Counter bumped whenever the set of subscriptions changes."""
+        return self.base + ":ver"
+
+    @property
+    def seq(self) -> str:
+        """Message ids and receipt tokens of every subscription."""
+        return self.base + ":seq"
+
+    def subscription(self, name: str) -> QueueKeys:
+        """The queue keys of subscription ``name``."""
+        return QueueKeys(f"{self.name}/{check_name(name)}", f"{self.base}:sub:{name}", False, self.seq)
+
+
+def registry(prefix: str) -> str:
+    """The set of queue names, for list_queues (not touched by scripts)."""
+    return f"{prefix}:queues"

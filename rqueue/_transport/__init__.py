@@ -1,0 +1,1 @@
+"""rqueue/_transport"""
