@@ -13,9 +13,9 @@ import time
 import pytest
 import redis
 
+from rqueue._consumer import tasks as async_consumer
+from rqueue._consumer import threads as sync_consumer
 from rqueue._consumer.core import Outage
-from rqueue._consumer.threads import tasks as async_consumer
-from rqueue._consumer.threads import threads as sync_consumer
 
 from .conftest import names_on_every_node, raw_client
 from .servers import Cluster

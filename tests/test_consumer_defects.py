@@ -18,8 +18,8 @@ import pytest
 
 import rqueue
 import rqueue.asyncio as rqa
+from rqueue._consumer import core
 from rqueue._consumer.core import Flush, Settings, Tracker
-from rqueue._consumer.threads import core as core
 from rqueue._protocol.keys import QueueKeys
 
 from .bridge import LoopThread
