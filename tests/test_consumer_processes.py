@@ -1,6 +1,6 @@
 """Worker processes under real signals and a real server restart, on every backend.
 
-Workers run ``python -m rqueue.cli.worker tests.consumer_app:<handler>`` and log
+Workers run ``python -m rqueue worker tests.consumer_app:<handler>`` and log
 each handler event to a file; the tests await those events and queue stats.
 """
 
@@ -44,15 +44,16 @@ class Workers:
         self.log.touch()
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, handler: str = "record", *args: str, cli: bool = False, **env: Any) -> subprocess.Popen[bytes]:
-        """A worker process: ``python -m rqueue.cli.worker``, or with ``cli`` the ``rqueue worker`` command."""
+    def start(self, handler: str = "record", *args: str, **env: Any) -> subprocess.Popen[bytes]:
+        """A worker process: the ``rqueue worker`` command (``python -m rqueue worker``)."""
         e = {**os.environ, "RQ_TEST_LOG": str(self.log), **{k: str(v) for k, v in env.items()}}
         err = open(self.tmp / f"worker{len(self.procs)}.err", "wb")  # noqa: SIM115 - owned by the child
         p = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                *(["rqueue", "worker"] if cli else ["rqueue.cli.worker"]),
+                "rqueue",
+                "worker",
                 f"tests.consumer_app:{handler}",
                 "--url",
                 self.url,
@@ -286,7 +287,7 @@ def test_the_rqueue_worker_command_serves_a_cluster_or_sentinel_url(
     with rqueue.connect(backend_url, prefix=prefix) as c:
         q = c.create_queue("jobs", visibility_timeout=30)
         q.send_batch([{"i": i} for i in range(30)])
-        w = workers.start("record", "--concurrency", "4", cli=True)
+        w = workers.start("record", "--concurrency", "4")
         until(lambda: q.stats().deleted_total == 30 or w.poll() is not None, what="every message")
         w.send_signal(signal.SIGTERM)
         assert w.wait(30) == 0, workers.stderr(0)
@@ -296,7 +297,7 @@ def test_the_rqueue_worker_command_serves_a_cluster_or_sentinel_url(
 def test_bad_import_path_and_unknown_queue_exit_2_with_one_line(server_url: str, prefix: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "rqueue.cli.worker", *args, "--url", server_url, "--prefix", prefix],
+            [sys.executable, "-m", "rqueue", "worker", *args, "--url", server_url, "--prefix", prefix],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -1,4 +1,7 @@
-"""``rqueue`` commands that run things: senders, workers, load, bench, demo."""
+"""``rqueue`` commands that move messages: request, publish, subscribe, worker, produce, bench, demo.
+
+(The queue-administration commands are in ``queues.py``.)
+"""
 
 from __future__ import annotations
 
@@ -218,6 +221,7 @@ def keep_alive(sub: Subscription, ttl: float, done: threading.Event) -> None:
 @click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=16, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics here.")
+@click.option("--retry-base", type=float, default=0.5, show_default=True, help="First retry delay in seconds.")
 @common
 def worker(
     target: str,
@@ -225,6 +229,7 @@ def worker(
     concurrency: int,
     batch_size: int,
     metrics_port: int | None,
+    retry_base: float,
     url: str | None,
     prefix: str,
     as_json: bool,
@@ -241,6 +246,7 @@ def worker(
             batch_size=batch_size,
             prefix=prefix,
             metrics_port=metrics_port,
+            retry_base=retry_base,
         )
     except OSError as err:
         if err.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
@@ -329,7 +335,7 @@ def bench(messages: int, batch: int, body_bytes: int, url: str | None, prefix: s
         )
         with progress:
             tasks = {p: progress.add_task(p, total=messages) for p in ("send", "drain")}
-            result = _bench.run(
+            result = _bench.measure(
                 client,
                 messages=messages,
                 batch=batch,
