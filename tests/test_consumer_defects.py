@@ -20,7 +20,7 @@ import rqueue
 import rqueue.asyncio as rqa
 from rqueue._consumer import core
 from rqueue._consumer.core import Flush, Settings, Tracker
-from rqueue._protocol.keys import QueueKeys
+from rqueue._protocol.keys import QueueKeys, prefix_pattern
 
 from .bridge import LoopThread
 from .conftest import raw_client
@@ -130,7 +130,7 @@ def rig(request: pytest.FixtureRequest, backend_url: str, prefix: str) -> Iterat
     yield r
     r.close()
     raw = raw_client(backend_url)
-    for key in list(raw.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in list(raw.scan_iter(match=prefix_pattern(prefix), count=1000)):
         raw.unlink(key)
     raw.close()
 

@@ -47,6 +47,7 @@ from hypothesis import strategies as st
 
 import rqueue
 import rqueue.asyncio as rqa
+from rqueue._protocol.keys import prefix_pattern
 from rqueue._protocol.peek import peek
 
 from .bridge import LoopThread
@@ -628,7 +629,7 @@ def envs(request: pytest.FixtureRequest) -> Iterator[Callable[[str, str], Env]]:
             env.loop.run(env.aclient.aclose())
         env.client.close()
         r: redis.Redis = raw_client(env.url)
-        for key in list(r.scan_iter(match=f"{env.prefix}:*", count=1000)):
+        for key in list(r.scan_iter(match=prefix_pattern(env.prefix), count=1000)):
             r.unlink(key)
         r.close()
 

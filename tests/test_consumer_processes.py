@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import rqueue
+from rqueue._protocol.keys import prefix_pattern
 from rqueue._transport.embedded import ServerProcess
 
 from .conftest import BACKENDS, raw_client
@@ -99,7 +100,7 @@ def workers(backend_url: str, prefix: str, tmp_path: Path) -> Iterator[Workers]:
     yield w
     w.close()
     r = raw_client(backend_url)
-    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
         r.unlink(key)
     r.close()
 
@@ -186,7 +187,7 @@ class Restartable:
     def close(self) -> None:
         if self.kind == "cluster":  # shared by the session: left running, keys removed
             r = raw_client(self.url)
-            for key in list(r.scan_iter(match=f"{self.prefix}:*", count=1000)):
+            for key in list(r.scan_iter(match=prefix_pattern(self.prefix), count=1000)):
                 r.unlink(key)
             r.close()
         elif self.kind == "sentinel":

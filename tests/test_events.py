@@ -14,6 +14,7 @@ import redis
 import rqueue
 import rqueue.asyncio as rqa
 from rqueue._protocol.events import UNCLAIMED_MAX, Router
+from rqueue._protocol.keys import QueueKeys
 
 from .conftest import BACKENDS
 from .test_requests import start_worker, stop_worker
@@ -91,7 +92,7 @@ def test_dead_letter_events(client: Any) -> None:
 
 
 def test_untracked_messages_publish_nothing(q: Any, raw: Any, backend_url: str, prefix: str) -> None:
-    channel = f"{prefix}:{{orders}}:events"
+    channel = QueueKeys.for_queue(prefix, "orders").events
     if backend_url.startswith("redis+cluster://"):
         pytest.skip("the raw pub/sub check below needs a single node")
     ps = raw.pubsub()

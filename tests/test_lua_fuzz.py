@@ -44,7 +44,7 @@ from rqueue._protocol import operations as _core
 from rqueue._protocol import peek as _peek
 from rqueue._protocol import topic_operations as _topics
 from rqueue._protocol.errors import InvalidParameter, RQueueError, from_lua
-from rqueue._protocol.keys import QueueKeys, TopicKeys
+from rqueue._protocol.keys import QueueKeys, TopicKeys, prefix_pattern
 from rqueue._protocol.operations import Call
 
 from .conftest import raw_client
@@ -465,7 +465,7 @@ class World:
             Case("unsubscribe", _topics.unsubscribe(tk, ["s1", "s2"], only_expired=True)),
         ]
         self.cases = {c.name: c for c in cases}
-        keys = {k.decode() for k in self.raw.scan_iter(match=f"{self.prefix}:*", count=1000)}
+        keys = {k.decode() for k in self.raw.scan_iter(match=prefix_pattern(self.prefix), count=1000)}
         for c in cases:
             keys.update(c.call.keys)
         self.known = sorted(keys)
@@ -549,7 +549,7 @@ class World:
         for node, ps in self.listeners.values():
             ps.close()
             node.close()
-        for k in self.raw.scan_iter(match=f"{self.prefix}:*", count=1000):
+        for k in self.raw.scan_iter(match=prefix_pattern(self.prefix), count=1000):
             self.raw.unlink(k)
         self.raw.close()
 

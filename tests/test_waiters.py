@@ -22,6 +22,7 @@ import redis
 
 import rqueue
 import rqueue.asyncio as rqa
+from rqueue._protocol.keys import prefix_pattern, reply_pattern
 
 from .conftest import raw_client, stored_keys
 
@@ -627,7 +628,7 @@ async def test_request_cancelled_while_a_consumer_holds_it_gets_no_reply_key(
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await q.delete(m.receipt, reply="late")
-        assert [k for k in stored_keys(raw, prefix) if ":reply:" in k] == []
+        assert stored_keys(raw, prefix, reply_pattern(prefix)) == []
     finally:
         await c.aclose()
 
@@ -703,7 +704,7 @@ async def test_any_call_cancelled_on_the_server_leaves_the_client_usable(server_
         assert await c.list_queues() == ["orders"]
     finally:
         await c.aclose()
-        for key in raw.scan_iter(match=f"{prefix}:*"):
+        for key in raw.scan_iter(match=prefix_pattern(prefix)):
             raw.unlink(key)
         raw.close()
 

@@ -17,7 +17,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from rqueue._protocol import codec as _codec
 from rqueue._protocol.errors import InvalidParameter, MessageDeadLettered, RequestFailed, RequestTimeout
-from rqueue._protocol.keys import QueueKeys
+from rqueue._protocol.keys import DLQ_SUFFIX, QueueKeys
 from rqueue._protocol.models import DeadLetter, Message, QueueAttributes, QueueStats, make_message
 from rqueue._protocol.scripts import Script, script
 
@@ -258,7 +258,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
     """Receive-and-hide; the reply gives messages and ms to the next visible one."""
     n = integer("max_messages", max_messages, 1, MAX_BATCH)
     vt = "" if visibility_timeout is None else seconds_ms("visibility_timeout", visibility_timeout, 0, MAX_VISIBILITY)
-    dlq = keys.dlq() if not keys.is_dlq else QueueKeys(keys.name + ":dlq", keys.base + ":dlq", True)
+    dlq = keys.dead_letter_target()
     source = keys.source().name if keys.is_dlq else ""
     name = keys.name
 
@@ -444,7 +444,7 @@ def _attributes(meta: dict[bytes, bytes]) -> QueueAttributes:
 
 def stats(keys: QueueKeys) -> Call[QueueStats]:
     """Counts and counters of one queue."""
-    dlq_vis = keys.dlq().vis if not keys.is_dlq else keys.base + ":dlq:vis"
+    dlq_vis = keys.dead_letter_target().vis
 
     def parse(reply: list[Any]) -> QueueStats:
         visible, in_flight, delayed, oldest, now, flat, dead = reply
@@ -515,7 +515,7 @@ def reply_value(raw: bytes, message_id: str, queue: str) -> Any:
     reason, _, detail = raw[1:].decode().partition("|")
     raise MessageDeadLettered(
         f"message {message_id} of queue {queue!r} was dead-lettered ({reason}"
-        f"{': ' + detail if detail else ''}) while its sender waited; it is in {queue + ':dlq'!r}",
+        f"{': ' + detail if detail else ''}) while its sender waited; it is in {queue + DLQ_SUFFIX!r}",
         message_id=message_id,
         reason=reason,
         detail=detail,
