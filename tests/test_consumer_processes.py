@@ -20,11 +20,10 @@ import pytest
 
 import rqueue
 from rqueue._protocol.keys import prefix_pattern
-from rqueue._transport.embedded import ServerProcess
 
 from .conftest import BACKENDS, raw_client
 from .consumer_app import fails
-from .servers import Cluster, Sentinel
+from .servers import Cluster, FixtureServer, Sentinel
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -170,10 +169,10 @@ class Restartable:
             self.sentinel = Sentinel(persistent=True).start()
             self.url = self.sentinel.url
         else:
-            self.server = ServerProcess(persistent=True, data_dir=tmp / "data").start()
+            self.server = FixtureServer(persistent=True, data_dir=tmp / "data").start()
             self.url = self.server.url
 
-    def serving(self, key: str) -> ServerProcess:
+    def serving(self, key: str) -> FixtureServer:
         """The process holding ``key`` (on a cluster: the master owning its slot)."""
         if self.kind == "cluster":
             return self.cluster.node_for(key)
