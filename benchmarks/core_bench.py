@@ -43,7 +43,9 @@ from bench_common import payload
 import rqueue
 from rqueue._transport.embedded import ServerProcess
 
-MINIMAL = Path(os.environ.get("RQUEUE_MINIMAL_LUA", "/work/shared/bench-limit/minimal_lua.py"))
+#: The floor benchmark: ``RQUEUE_MINIMAL_LUA``, else ``shared/bench-limit/minimal_lua.py`` beside the repository.
+MINIMAL_DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared" / "bench-limit" / "minimal_lua.py"
+MINIMAL = Path(os.environ.get("RQUEUE_MINIMAL_LUA") or MINIMAL_DEFAULT)
 PREFIX = "bench"
 BATCHES = (1, 10, 100)
 
@@ -128,6 +130,25 @@ def best(runs: list[list[dict[str, float]]]) -> dict[int, dict[str, float]]:
 def _server_cpu(r: redis.Redis) -> float:
     info = r.info("cpu")
     return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+
+
+def minimal_available(skip: bool) -> bool:
+    """Whether to measure the floor: not with --no-minimal; exit 2 when RQUEUE_MINIMAL_LUA names no
+    file; without the default file, say so on stderr and measure rqueue alone (no ratios)."""
+    if skip:
+        return False
+    if MINIMAL.is_file():
+        return True
+    if os.environ.get("RQUEUE_MINIMAL_LUA"):
+        print(f"core_bench: error: RQUEUE_MINIMAL_LUA={str(MINIMAL)!r} is not a file", file=sys.stderr)
+        sys.exit(2)
+    print(
+        f"core_bench: no floor benchmark at {MINIMAL} (../shared/bench-limit/minimal_lua.py beside the "
+        "repository): measuring rqueue alone, without ratios. Set RQUEUE_MINIMAL_LUA to its path, "
+        "or pass --no-minimal to skip it without this note.",
+        file=sys.stderr,
+    )
+    return False
 
 
 def _load_minimal() -> Any:
@@ -534,7 +555,7 @@ def main() -> None:
     mem_n = a.mem_messages or (5_000 if q else 100_000)
     deep_n = a.deep or (20_000 if q else 1_000_000)
     cycles = 100 if q else 1_000
-    use_minimal = not a.no_minimal and MINIMAL.is_file()
+    use_minimal = minimal_available(a.no_minimal)
 
     servers: list[ServerProcess] = []
     try:
