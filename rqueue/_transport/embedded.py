@@ -62,7 +62,7 @@ def free_port(below: int = 65536) -> int:
             return port
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Linux: SIGTERM when the *thread* that forked this child exits (so fork from a long-lived one)."""
     if sys.platform.startswith("linux"):
         import ctypes
