@@ -179,13 +179,13 @@ class Demo:
     def run(self) -> dict[str, Any]:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return self._run()
+            return self._start_and_watch()
         finally:
             self._teardown()
             for s, h in old.items():
                 signal.signal(s, h)
 
-    def _run(self) -> dict[str, Any]:
+    def _start_and_watch(self) -> dict[str, Any]:
         self._start_server()
         client = self._setup_queues()
         self._spawn_all()
@@ -201,7 +201,7 @@ class Demo:
             request_timeout=10,
         )
         load_stop = threading.Event()
-        producer = threading.Thread(target=self.load.run, args=(load_stop, self.seconds), name="rqueue-demo-load")
+        producer = threading.Thread(target=self.load.produce, args=(load_stop, self.seconds), name="rqueue-demo-load")
         live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
         self.started = time.monotonic()
         self.phase = "running"

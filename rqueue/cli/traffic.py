@@ -289,7 +289,7 @@ def produce(
         gen = LoadGenerator(
             client, name, rate=rate, requests_pct=requests, tracked_pct=tracked, poison_pct=poison, topic=topic
         )
-        thread = threading.Thread(target=gen.run, args=(stop, seconds or None), name="rqueue-produce")
+        thread = threading.Thread(target=gen.produce, args=(stop, seconds or None), name="rqueue-produce")
         thread.start()
         log.info("producing", extra={"queue": name, "rate": rate, "topic": topic})
         while thread.is_alive():
@@ -377,10 +377,10 @@ def demo(seconds: float, rate: float, consumers: int, url: str | None, prefix: s
     """
     from rqueue.cli import demo as _demo
 
-    run = _demo.Demo(
+    the_demo = _demo.Demo(
         url=url, prefix=prefix, seconds=seconds or None, rate=rate, consumers=consumers, console=console, quiet=as_json
     )
-    summary = run.run()
+    summary = the_demo.run()
     emit(Env(url, prefix, as_json), summary, _demo.render_summary(summary))
     if not summary["all_accounted"]:
         click.get_current_context().exit(1)

@@ -88,8 +88,15 @@ def run_worker(
         "hooks": hooks,
     }
     if kind:
-        asyncio.run(_run_async(handler, queues, url, prefix, options))
-        return
+        asyncio.run(_consume_async(handler, queues, url, prefix, options))
+    else:
+        _consume(handler, queues, url, prefix, options)
+
+
+def _consume(
+    handler: Callable[..., Any] | Router, queues: list[str], url: str | None, prefix: str, options: dict[str, Any]
+) -> None:
+    """Run a thread consumer on ``queues`` (each must exist) until it stops."""
     client = connect(url, prefix=prefix, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=10)
     try:
         qs = [client.queue(name) for name in queues]
@@ -103,9 +110,10 @@ def run_worker(
         client.close()
 
 
-async def _run_async(
+async def _consume_async(
     handler: Callable[..., Any] | Router, queues: list[str], url: str | None, prefix: str, options: dict[str, Any]
 ) -> None:
+    """Run an asyncio consumer on ``queues`` (each must exist) until it stops."""
     from rqueue.asyncio import Consumer as AsyncConsumer
     from rqueue.asyncio import connect as aconnect
 
