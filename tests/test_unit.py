@@ -7,7 +7,7 @@ import pytest
 import rqueue
 from rqueue._protocol import codec as _codec
 from rqueue._protocol import operations as _core
-from rqueue._protocol.keys import QueueKeys, TopicKeys, prefix_pattern, reply_pattern
+from rqueue._protocol.keys import QueueKeys, TopicKeys, is_wake_key, prefix_pattern, reply_pattern
 
 
 @pytest.mark.parametrize("body", ["s", b"b", {"j": [1]}, 3.5, None, ""])
@@ -46,6 +46,12 @@ def test_scan_patterns_cover_the_keys_they_name() -> None:
     assert QueueKeys.for_queue("rq", "orders").pattern == "rq:{orders}:*"
     assert t.subscriptions_pattern == "rq:{topic:events}:sub:*"
     assert t.subscription("s").pattern == "rq:{topic:events}:sub:s:*"
+
+
+def test_a_wake_key_is_told_from_a_reply_key() -> None:
+    k = QueueKeys.for_queue("rq", "orders")
+    assert is_wake_key(k.wake) and is_wake_key(k.dlq().wake)
+    assert not is_wake_key(k.reply("12")) and not is_wake_key(k.meta)
 
 
 @pytest.mark.parametrize("receipt", ["", "1", "1.", ".1", "a.b", "1.2.3", "1.2 ", None, 12])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from rqueue._protocol.errors import InvalidParameter, InvalidQueueName
 
 DLQ_SUFFIX = ":dlq"
+_WAKE_SUFFIX = ":wake"
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 
@@ -83,7 +84,8 @@ class QueueKeys:
 
     @property
     def wake(self) -> str:
-        return self.base + ":wake"
+        """The list a receive's long poll blocks on; a send (or a message becoming visible) pushes to it."""
+        return self.base + _WAKE_SUFFIX
 
     @property
     def why(self) -> str:
@@ -156,6 +158,11 @@ class TopicKeys:
 def registry(prefix: str) -> str:
     """The set of queue names, for list_queues (not touched by scripts)."""
     return f"{prefix}:queues"
+
+
+def is_wake_key(key: str) -> bool:
+    """Whether ``key`` is a queue's wake-up list (``QueueKeys.wake``), not a request's reply list."""
+    return key.endswith(_WAKE_SUFFIX)
 
 
 def prefix_pattern(prefix: str) -> str:
