@@ -12,7 +12,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._protocol.keys import prefix_pattern
+from rqueue._protocol.keys import QueueKeys, prefix_pattern
 
 from .bridge import AsyncBridge, LoopThread
 from .servers import Cluster, Sentinel, standalone
@@ -95,7 +95,7 @@ def names_on_every_node(url: str, count: int = 3) -> list[str]:
     r = raw_client(url)
     names: dict[str, str] = {}
     for i in range(1000):
-        names.setdefault(r.get_node_from_key(f"{{n{i}}}").name, f"n{i}")
+        names.setdefault(r.get_node_from_key(QueueKeys.for_queue("t", f"n{i}").meta).name, f"n{i}")
     r.close()
     assert len(names) >= count, names
     return list(names.values())[:count]
