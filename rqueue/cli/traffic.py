@@ -18,7 +18,7 @@ from rqueue._protocol.errors import RequestTimeout, RQueueError
 from rqueue._sync.client import Client, Queue
 from rqueue._sync.topic import Subscription
 from rqueue.cli import output as out
-from rqueue.cli.base import (
+from rqueue.cli.shared import (
     BODY_FORMAT,
     Env,
     Interrupted,
