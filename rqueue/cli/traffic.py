@@ -74,24 +74,7 @@ def request(
             q = client.queue(name)
             n = 0
             while not stop.event.is_set():
-                t0 = time.perf_counter()
-                try:
-                    reply = _stoppable_request(client, q, value, timeout, stop)
-                except TimeoutError as err:  # not a mistake of the user's: exit code 1
-                    if every is None:
-                        click.echo(f"rqueue: {one_line(err)}", err=True)
-                        ctx.exit(1)
-                    log.warning("no reply: %s", one_line(err), extra={"queue": name, "timeout": timeout})
-                except RQueueError as err:
-                    if every is None:
-                        raise
-                    log.warning("request failed: %s", one_line(err), extra={"queue": name})
-                else:
-                    ms = (time.perf_counter() - t0) * 1000
-                    if every is None:
-                        emit(e, {"reply": reply, "ms": round(ms, 3)}, out.preview(reply, 10_000))
-                    else:
-                        log.info("reply", extra={"queue": name, "reply": out.jsonable(reply), "ms": round(ms, 3)})
+                _one_request(e, client, q, value, timeout, stop, repeating=every is not None)
                 n += 1
                 if every is None or (count is not None and n >= count):
                     return
@@ -108,6 +91,32 @@ def request(
         return
     click.echo(f"rqueue: {stopped or 'interrupted before the request was sent'}", err=True)
     ctx.exit(stop.exit_code)
+
+
+def _one_request(
+    e: Env, client: Client, q: Queue, value: Any, timeout: float, stop: Stoppable, repeating: bool
+) -> None:
+    """One request of ``rqueue request``: print its reply, or exit 1 on a timeout; when
+    ``repeating`` (--every), log the reply or the failure and go on."""
+    t0 = time.perf_counter()
+    try:
+        reply = _stoppable_request(client, q, value, timeout, stop)
+    except TimeoutError as err:  # not a mistake of the user's: exit code 1
+        if not repeating:
+            click.echo(f"rqueue: {one_line(err)}", err=True)
+            click.get_current_context().exit(1)
+        log.warning("no reply: %s", one_line(err), extra={"queue": q.name, "timeout": timeout})
+        return
+    except RQueueError as err:
+        if not repeating:
+            raise
+        log.warning("request failed: %s", one_line(err), extra={"queue": q.name})
+        return
+    ms = (time.perf_counter() - t0) * 1000
+    if repeating:
+        log.info("reply", extra={"queue": q.name, "reply": out.jsonable(reply), "ms": round(ms, 3)})
+    else:
+        emit(e, {"reply": reply, "ms": round(ms, 3)}, out.preview(reply, 10_000))
 
 
 class _Stopped(Exception):
