@@ -14,16 +14,23 @@ import contextlib
 from typing import Any
 
 
+def _node(redis: Any, attempt: int) -> Any:
+    """On Cluster the node for this attempt (any node hears every PUBLISH), else None."""
+    if not hasattr(redis, "get_nodes"):
+        return None
+    nodes = redis.get_nodes()
+    return nodes[attempt % len(nodes)]
+
+
 class AsyncPushConnection:
     """An asyncio connection to one server (on Cluster: node ``attempt`` modulo their number)."""
 
     def __init__(self, redis: Any, attempt: int) -> None:
-        if hasattr(redis, "get_nodes"):  # cluster: any node hears every PUBLISH
-            nodes = redis.get_nodes()
-            node = nodes[attempt % len(nodes)]
-            self._conn: Any = node.connection_class(**node.connection_kwargs)
+        node = _node(redis, attempt)
+        if node is None:
+            self._conn: Any = redis.connection_pool.make_connection()
         else:
-            self._conn = redis.connection_pool.make_connection()
+            self._conn = node.connection_class(**node.connection_kwargs)
 
     async def connect(self) -> None:
         await self._conn.connect()
@@ -46,12 +53,9 @@ class PushConnection:
     """A sync connection to one server (on Cluster: node ``attempt`` modulo their number)."""
 
     def __init__(self, redis: Any, attempt: int) -> None:
-        if hasattr(redis, "get_nodes"):  # cluster: any node hears every PUBLISH
-            nodes = redis.get_nodes()
-            pool = nodes[attempt % len(nodes)].redis_connection.connection_pool
-        else:
-            pool = redis.connection_pool
-        self._conn: Any = pool.connection_class(**pool.connection_kwargs)
+        node = _node(redis, attempt)
+        pool = redis.connection_pool if node is None else node.redis_connection.connection_pool
+        self._conn = pool.connection_class(**pool.connection_kwargs)
 
     def connect(self) -> None:
         self._conn.connect()
