@@ -5,8 +5,8 @@ for asyncio; ``scripts/unasync`` turns ``AsyncX`` into ``X`` for the sync
 copy. So each ``AsyncX`` here has a sync ``X`` with the same methods (async
 ones on the asyncio side), in the style of httpcore's ``_synchronization``:
 
-- ``ThreadLock``: a lock between threads; asyncio runs on one thread, so
-  ``AsyncThreadLock`` does nothing (never held across anything but a send).
+- ``ThreadLock``: a lock between threads; asyncio code runs on one thread, so
+  ``AsyncThreadLock`` does nothing.
 - ``Flag``: an event flag with a timed wait (``threading.Event`` / ``asyncio.Event``).
 - ``Condition``: wait until a predicate holds (``threading.Condition`` / futures).
 - ``Background``: where the listener runs (a daemon thread / a task).
@@ -108,6 +108,7 @@ class AsyncBackground:
         if not self._started:
             self._started = True
             self._task = asyncio.ensure_future(self._target())
+            self._task.set_name(self._name)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
