@@ -107,7 +107,7 @@ _STOP = object()
 _BACKGROUND = object()
 
 
-class Waiter:
+class Wait:
     """One waiting call: its key, deadline and outcome."""
 
     __slots__ = ("deadline", "done", "error", "handle", "key", "lane", "pop", "value")
@@ -163,7 +163,7 @@ class Lane:
         self.node = node
         #: The hash slot of its waiters' keys on a cluster (None: any).
         self.slot: int | None = None
-        self.waiters: dict[str, collections.deque[Waiter]] = {}
+        self.waiters: dict[str, collections.deque[Wait]] = {}
         #: The keys of the BLPOP in flight, or None when none is.
         self.blocked: frozenset[str] | None = None
         #: When the server times the BLPOP in flight out by itself.
@@ -206,7 +206,7 @@ class Lanes:
     def closed_error(self) -> ConnectionError:
         return ConnectionError(f"the client of {self.url} is closed; its waiting calls ended")
 
-    def place(self, w: Waiter, node: str, slot: int | None, can_unblock: bool) -> tuple[Lane, bool]:
+    def place(self, w: Wait, node: str, slot: int | None, can_unblock: bool) -> tuple[Lane, bool]:
         """Add ``w`` to a lane: (lane, whether the lane is new)."""
         if self.closed:
             raise self.closed_error()
@@ -266,7 +266,7 @@ class Lanes:
         if self.by_key.get(key) is lane:
             del self.by_key[key]
 
-    def leave(self, w: Waiter) -> Any:
+    def leave(self, w: Wait) -> Any:
         """End ``w`` early; returns the value it got if it had already finished, else None."""
         if w.done:
             return w.value
@@ -334,7 +334,7 @@ class Lanes:
                     self._drop_key(lane, key)
         return orphan
 
-    def next_step(self, lane: Lane, me: Waiter | None, can_release: bool) -> str:
+    def next_step(self, lane: Lane, me: Wait | None, can_release: bool) -> str:
         """What the driver ``me`` (None: a background driver) does next: 'stop',
         'last' (its own wait is over, but it finishes the BLPOP in flight that
         nobody else waits for: a CLIENT UNBLOCK away), or 'drive'."""
@@ -348,7 +348,7 @@ class Lanes:
             return "stop"  # (without CLIENT UNBLOCK a background driver waits out the BLPOP)
         return "last"
 
-    def successor(self, lane: Lane, me: Waiter | None) -> Waiter | None:
+    def successor(self, lane: Lane, me: Wait | None) -> Wait | None:
         """A waiter of the lane, other than ``me``, to drive it next."""
         for q in lane.waiters.values():
             for w in q:
@@ -356,7 +356,7 @@ class Lanes:
                     return w
         return None
 
-    def hand_over(self, lane: Lane, me: Waiter | None, now: float) -> Waiter | object | None:
+    def hand_over(self, lane: Lane, me: Wait | None, now: float) -> Wait | object | None:
         """The driver ``me`` stops: who drives next. A waiter (to be signalled),
         _BACKGROUND (start one: a BLPOP is on the way and nobody else waits), or None."""
         lane.driver = None
@@ -569,7 +569,7 @@ class _SyncLane:
         self._r.close()
         self._w.close()
 
-    def drive(self, me: Waiter | None) -> None:
+    def drive(self, me: Wait | None) -> None:
         """Run the lane's BLPOPs in this thread until ``me`` has finished (None:
         until the lane is idle), then hand the lane on."""
         hub, core, lane = self.hub, self.hub.core, self.lane
@@ -614,12 +614,12 @@ class _SyncLane:
         finally:
             self._after(me)
 
-    def _after(self, me: Waiter | None) -> None:
+    def _after(self, me: Wait | None) -> None:
         """Hand the lane to the next driver (or close it once retired)."""
         hub, core, lane = self.hub, self.hub.core, self.lane
         with hub.lock:
             nxt = core.hand_over(lane, me, time.monotonic())
-            if isinstance(nxt, Waiter):
+            if isinstance(nxt, Wait):
                 nxt.signal()
         if nxt is _BACKGROUND:
             t = threading.Thread(target=self.drive, args=(None,), name="rqueue-wait", daemon=True)
@@ -630,7 +630,7 @@ class _SyncLane:
         if me is None:
             hub.background.discard(threading.current_thread())
 
-    def _answer(self, me: Waiter | None, fresh: bool) -> Any:
+    def _answer(self, me: Wait | None, fresh: bool) -> Any:
         """What the BLPOP in flight got: [key, value], None, or AGAIN; _STOP when
         ``me`` finished first (the BLPOP is left for the next driver). ``fresh``:
         it was just sent, so nothing of its answer can be buffered yet."""
@@ -707,7 +707,8 @@ class SyncWaiter:
                 node.probe()
         return name, slot, node
 
-    def _join(self, key: str, timeout: float, pop: bool) -> Waiter:
+    def join(self, key: str, timeout: float, pop: bool) -> Wait:
+        """Start a wait on ``key`` (``pop``: for the value pushed on it)."""
         if os.getpid() != self._pid:  # forked: the parent's lanes (and lock holders) are not this process's
             self.lock, self._node_lock = threading.Lock(), threading.Lock()
             self.core = Lanes(self.core.url, self.core.max_lanes, SYNC_SPREAD)
@@ -717,7 +718,7 @@ class SyncWaiter:
             raise self.core.closed_error()
         name, slot, node = self._node(key)
         now = time.monotonic()
-        w = Waiter(key, now + timeout, pop, None)
+        w = Wait(key, now + timeout, pop, None)
         with self.lock:
             idle = self.core.reap(now)
             lane, new = self.core.place(w, name, slot, bool(node.can_unblock))
@@ -730,8 +731,9 @@ class SyncWaiter:
             lane.runner.poke()
         return w
 
-    def _result(self, w: Waiter, timeout: float) -> Any:
-        """Wait for ``w`` to finish, driving its lane whenever nobody else does."""
+    def result(self, w: Wait, timeout: float) -> Any:
+        """The wait's value (bytes, AGAIN or None), driving its lane whenever
+        nobody else does. An interrupted caller must ``leave``."""
         assert w.lane is not None
         fail_at = time.monotonic() + timeout + 2 * GRACE  # a lane always answers well before this
         while True:
@@ -766,7 +768,7 @@ class SyncWaiter:
         with self.lock:
             return self.core.waiting()
 
-    def leave(self, w: Waiter) -> Any:
+    def leave(self, w: Wait) -> Any:
         """End a wait early (from any thread); the value it got if it had already finished."""
         with self.lock:
             got = self.core.leave(w)
@@ -782,7 +784,7 @@ class SyncWaiter:
         ``on_block`` is called once the wait is registered with a function that
         ends it early from another thread (a stopping consumer uses it).
         """
-        w = self._join(key, timeout, False)
+        w = self.join(key, timeout, False)
         try:
             if on_block is not None:
 
@@ -790,7 +792,7 @@ class SyncWaiter:
                     self.leave(w)
 
                 on_block(unblock)
-            return self._result(w, timeout) is not None
+            return self.result(w, timeout) is not None
         except BaseException:
             if self.leave(w) is not None:  # interrupted after a token came: it is not ours to keep
                 self.hand_on(key)
@@ -805,23 +807,15 @@ class SyncWaiter:
         """
         _hand_on_sync(self.client, key)
 
-    def join_pop(self, key: str, timeout: float) -> Waiter:
-        """Start waiting for the value pushed on ``key``; see ``pop``."""
-        return self._join(key, timeout, True)
-
-    def result(self, w: Waiter, timeout: float) -> bytes | None:
-        """The value a ``join_pop`` waiter got, or None on timeout."""
-        value = self._result(w, timeout)
-        return None if value is AGAIN else value
-
     def pop(self, key: str, timeout: float) -> bytes | None:
         """The value popped from ``key``, or None on timeout."""
-        w = self.join_pop(key, timeout)
+        w = self.join(key, timeout, True)
         try:
-            return self.result(w, timeout)
+            value = self.result(w, timeout)
         except BaseException:
             self.leave(w)
             raise
+        return None if value is AGAIN else value
 
     def close(self) -> None:
         """End every wait ('client is closed') and close the lanes."""
@@ -1023,7 +1017,7 @@ class _AsyncLane:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
 
-    async def drive(self, me: Waiter | None) -> None:
+    async def drive(self, me: Wait | None) -> None:
         """Run the lane's BLPOPs in this task until ``me`` has finished (None:
         until the lane is idle), then hand the lane on."""
         core, lane = self.hub.core, self.lane
@@ -1063,17 +1057,17 @@ class _AsyncLane:
         finally:
             self._after(me)
 
-    def _after(self, me: Waiter | None) -> None:
+    def _after(self, me: Wait | None) -> None:
         core, lane = self.hub.core, self.lane
         nxt = core.hand_over(lane, me, time.monotonic())
-        if isinstance(nxt, Waiter):
+        if isinstance(nxt, Wait):
             nxt.signal()
         elif nxt is _BACKGROUND:
             self.hub.background(self.drive(None))
         elif lane.retired:
             self.hub.background(self.close())
 
-    async def _answer(self, me: Waiter | None) -> Any:
+    async def _answer(self, me: Wait | None) -> Any:
         """What the BLPOP in flight got (see ``_SyncLane._answer``)."""
         core, lane = self.hub.core, self.lane
         answer = self.answer
@@ -1148,14 +1142,14 @@ class AsyncWaiter:
             await node.probe()
         return name, slot, node
 
-    async def join(self, key: str, timeout: float, pop: bool) -> Waiter:
+    async def join(self, key: str, timeout: float, pop: bool) -> Wait:
         """Start a wait on ``key``; nothing is awaited once it is registered."""
         if self.core.closed:
             raise self.core.closed_error()
         name, slot, node = await self._node(key)
         _honour_cancel()
         now = time.monotonic()
-        w = Waiter(key, now + timeout, pop, asyncio.get_running_loop().create_future())
+        w = Wait(key, now + timeout, pop, asyncio.get_running_loop().create_future())
         for old in self.core.reap(now):
             self.background(old.runner.close())
         lane, new = self.core.place(w, name, slot, bool(node.can_unblock))
@@ -1165,7 +1159,7 @@ class AsyncWaiter:
             lane.runner.poke()
         return w
 
-    async def result(self, w: Waiter, timeout: float) -> Any:
+    async def result(self, w: Wait, timeout: float) -> Any:
         """The waiter's value (bytes, AGAIN or None), driving its lane whenever
         nobody else does. A cancelled caller must ``leave``."""
         assert w.lane is not None
@@ -1199,7 +1193,7 @@ class AsyncWaiter:
         """How many waits are registered (for tests and diagnostics)."""
         return self.core.waiting()
 
-    def leave(self, w: Waiter) -> Any:
+    def leave(self, w: Wait) -> Any:
         """End a wait early; the value it got if it had already finished."""
         got = self.core.leave(w)
         lane = w.lane
@@ -1207,10 +1201,22 @@ class AsyncWaiter:
             lane.runner.poke()
         return got
 
-    async def wait(self, key: str, timeout: float) -> bool:
-        """True when a token was popped, False on timeout."""
+    async def wait(
+        self, key: str, timeout: float, *, on_block: Callable[[Callable[[], None]], None] | None = None
+    ) -> bool:
+        """True when a token was popped, False on timeout (or when ended early).
+
+        ``on_block`` is called once the wait is registered with a function that
+        ends it early (called in the event loop's thread).
+        """
         w = await self.join(key, timeout, False)
         try:
+            if on_block is not None:
+
+                def unblock() -> None:
+                    self.leave(w)
+
+                on_block(unblock)
             return await self.result(w, timeout) is not None
         except BaseException:
             if self.leave(w) is not None:  # cancelled after a token came: hand it on
