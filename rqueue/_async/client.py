@@ -15,6 +15,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from rqueue._async.queue import AsyncQueue
 from rqueue._async.topic import AsyncTopic
+from rqueue._async.waiter import AsyncWaiter
 from rqueue._protocol import errors as _errors
 from rqueue._protocol import operations as _core
 from rqueue._protocol.errors import QueueDoesNotExist
@@ -29,10 +30,10 @@ from rqueue._transport.errors import (
     raise_connect_error,
     raise_mapped,
 )
+from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, Wait, check_max_lanes
 from rqueue._transport.listen import AsyncListener
 from rqueue._transport.routing import Routing, settle, unreachable
 from rqueue._transport.slots import AsyncCallSlots, call_limit
-from rqueue._transport.wait import AGAIN, DEFAULT_MAX_LANES, AsyncWaiter, Wait, check_max_lanes
 
 __all__ = ["AsyncClient", "AsyncQueue", "connect"]
 
@@ -75,7 +76,7 @@ class AsyncClient:
     """A connection to one server or cluster; makes ``AsyncQueue`` handles.
 
     Waiting calls (long polls, requests) share a few connections of their own
-    (``rqueue._transport.wait``), so they never take the pool from other calls.
+    (``rqueue._async.waiter``), so they never take the pool from other calls.
     The sync client is thread-safe; cancelling a call of the asyncio client never
     leaves a message hidden from everyone or a request unanswered: see ``drive``.
     """
@@ -252,18 +253,18 @@ class AsyncClient:
             if isinstance(got, bytes):
                 return got
             if give_up is not None and not self._waiter.core.closed:
-                await io.finish(self._waiter, self._run_all, [give_up])
+                await io.finish(self._waiter.background, self._run_all, [give_up])
             self._fail(e, "")
         except BaseException:
             got = None if w is None else self._waiter.leave(w)
             if give_up is not None and not isinstance(got, bytes):
-                await io.finish(self._waiter, self._run_all, [give_up])
+                await io.finish(self._waiter.background, self._run_all, [give_up])
             raise
         return None if value is AGAIN else value
 
     async def _run_kept(self, call: Call[T]) -> T:
         """Run a call with ``settle``: a cancelled caller lets it finish, then settles it."""
-        return await io.kept(self.run(call), functools.partial(self._undo, call), self._waiter)
+        return await io.kept(self.run(call), functools.partial(self._undo, call), self._waiter.background)
 
     async def _undo(self, call: Call[T], result: T) -> None:
         if call.settle is not None:

@@ -16,6 +16,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from rqueue._sync.queue import Queue
 from rqueue._sync.topic import Topic
+from rqueue._sync.waiter import Waiter
 from rqueue._protocol import errors as _errors
 from rqueue._protocol import operations as _core
 from rqueue._protocol.errors import QueueDoesNotExist
@@ -30,10 +31,10 @@ from rqueue._transport.errors import (
     raise_connect_error,
     raise_mapped,
 )
+from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, Wait, check_max_lanes
 from rqueue._transport.listen import SyncListener
 from rqueue._transport.routing import Routing, settle, unreachable
 from rqueue._transport.slots import CallSlots, call_limit
-from rqueue._transport.wait import AGAIN, DEFAULT_MAX_LANES, SyncWaiter, Wait, check_max_lanes
 
 __all__ = ["Client", "Queue", "connect"]
 
@@ -76,7 +77,7 @@ class Client:
     """A connection to one server or cluster; makes ``Queue`` handles.
 
     Waiting calls (long polls, requests) share a few connections of their own
-    (``rqueue._transport.wait``), so they never take the pool from other calls.
+    (``rqueue._sync.waiter``), so they never take the pool from other calls.
     The sync client is thread-safe; cancelling a call of the asyncio client never
     leaves a message hidden from everyone or a request unanswered: see ``drive``.
     """
@@ -89,7 +90,7 @@ class Client:
         self.url = backend.url
         self.prefix = check_prefix(prefix)
         self._listener: SyncListener | None = None
-        self._waiter = SyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
+        self._waiter = Waiter(self.redis, self.url, check_max_lanes(max_wait_connections))
         #: Calls beyond the pool's size wait here for a connection instead of failing.
         self._calls = CallSlots(call_limit(self.redis))
         #: Set on a Redis Cluster: run_many pipelines per node.
@@ -251,18 +252,18 @@ class Client:
             if isinstance(got, bytes):
                 return got
             if give_up is not None and not self._waiter.core.closed:
-                io.finish(self._waiter, self._run_all, [give_up])
+                io.finish(self._waiter.background, self._run_all, [give_up])
             self._fail(e, "")
         except BaseException:
             got = None if w is None else self._waiter.leave(w)
             if give_up is not None and not isinstance(got, bytes):
-                io.finish(self._waiter, self._run_all, [give_up])
+                io.finish(self._waiter.background, self._run_all, [give_up])
             raise
         return None if value is AGAIN else value
 
     def _run_kept(self, call: Call[T]) -> T:
         """Run a call with ``settle``: a cancelled caller lets it finish, then settles it."""
-        return io.kept(self.run(call), functools.partial(self._undo, call), self._waiter)
+        return io.kept(self.run(call), functools.partial(self._undo, call), self._waiter.background)
 
     def _undo(self, call: Call[T], result: T) -> None:
         if call.settle is not None:

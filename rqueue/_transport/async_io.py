@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from rqueue._protocol import errors as _errors
+from rqueue._transport.lane_async import AsyncBackground
 
 if TYPE_CHECKING:
     from rqueue._protocol.operations import Call
-    from rqueue._transport.wait import AsyncWaiter
 
 T = TypeVar("T")
 
@@ -42,14 +42,14 @@ async def each(groups: Sequence[tuple[Any, list[int]]], on: Callable[[Any, list[
             raise next((f for f in failures if isinstance(f, _errors.ConnectionError)), failures[0])
 
 
-async def kept(work: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[None]], waiter: AsyncWaiter) -> T:
+async def kept(work: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[None]], background: AsyncBackground) -> T:
     """Await ``work``; cancelled meanwhile, let it finish and run ``undo`` on its result
     (a receive's messages become visible again), then raise the CancelledError."""
     task = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        await finish(waiter, _undo_after, task, undo)
+        await finish(background, _undo_after, task, undo)
         raise
 
 
@@ -61,9 +61,9 @@ async def _undo_after(task: asyncio.Future[T], undo: Callable[[T], Awaitable[Non
     await undo(result)
 
 
-async def finish(waiter: AsyncWaiter, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+async def finish(background: AsyncBackground, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
     """Run ``fn(*args)`` to its end even if the caller is cancelled again (it then goes
-    on in the background, and the waiter's ``aclose`` waits for it)."""
-    job = waiter.background(fn(*args))
+    on in ``background``, which the waiter's ``aclose`` waits for)."""
+    job = background.run(fn(*args))
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.shield(job)

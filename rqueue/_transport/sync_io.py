@@ -34,11 +34,11 @@ def each(groups: Sequence[tuple[Any, list[int]]], on: Callable[[Any, list[int]],
         on(*g)
 
 
-def kept(work: T, undo: object, waiter: object) -> T:
+def kept(work: T, undo: object, background: object) -> T:
     """``work``'s result: a sync call is not cancelled half way, so nothing to undo."""
     return work
 
 
-def finish(waiter: object, fn: Callable[..., None], *args: Any) -> None:
+def finish(background: object, fn: Callable[..., None], *args: Any) -> None:
     """``fn(*args)``: a sync caller is not cancelled half way."""
     fn(*args)
