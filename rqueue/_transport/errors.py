@@ -4,7 +4,8 @@ redis-py or socket error means, for calls and for ``connect()``. No I/O."""
 from __future__ import annotations
 
 import re
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NamedTuple, NoReturn
 
 from redis import exceptions as rx
 
@@ -59,6 +60,29 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
         msg = inner[1]
     low = msg.lower()
     where = f" (queue {queue!r})" if queue else ""
+    seen = _Seen(e, msg, low, url, where, queue, connecting)
+    for rule in _RULES:
+        mapped = rule(seen)
+        if mapped is not None:
+            return mapped
+    return e
+
+
+class _Seen(NamedTuple):
+    """An error, read: its message (``low``: lowercased), and where it happened."""
+
+    e: Exception
+    msg: str
+    low: str
+    url: str
+    where: str
+    queue: str
+    connecting: bool
+
+
+def _access(s: _Seen) -> BaseException | None:
+    """A password or a permission the server wants."""
+    e, msg, low, url, where = s.e, s.msg, s.low, s.url, s.where
     if isinstance(e, rx.AuthenticationError) or any(n in low for n in _NEEDS_PASSWORD):
         if any(n in low for n in _NEEDS_PASSWORD):
             return _errors.AuthenticationError(
@@ -74,6 +98,12 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
             "the commands (+@all, or at least scripting, +@read, +@write, +@pubsub, +client|id, +client|unblock) "
             "and the keys and channels of the prefix (~PREFIX:* &PREFIX:*) with ACL SETUSER"
         )
+    return None
+
+
+def _server_state(s: _Seen) -> BaseException | None:
+    """The server cannot take the call now: full, a replica, no such database, the pool used up."""
+    e, msg, low, url, where = s.e, s.msg, s.low, s.url, s.where
     if isinstance(e, rx.OutOfMemoryError) or low.startswith("oom "):
         return _errors.ServerFull(
             f"the server at {url} is full (used memory over maxmemory) and refuses writes{where}; nothing was "
@@ -100,6 +130,12 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
             f"no Sentinel of {url} gave a master for the service {service!r}: check the service name and "
             "the Sentinel hosts, and that the master is up"
         )
+    return None
+
+
+def _refused(s: _Seen) -> BaseException | None:
+    """The server (or a script's check) refused the command."""
+    e, msg, low, url, where, queue = s.e, s.msg, s.low, s.url, s.where, s.queue
     if isinstance(e, rx.ResponseError) and not isinstance(e, rx.ClusterError | rx.TryAgainError | rx.AskError):
         mapped = _errors.from_lua(msg, queue)
         if mapped is not None:
@@ -125,6 +161,12 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
             f"the server at {url} refused a command{where}: {msg}; if another program writes keys under "
             "this prefix, use another prefix, else report this message"
         )
+    return None
+
+
+def _protocol(s: _Seen) -> BaseException | None:
+    """Not the Redis protocol, a value redis-py refuses, a server still loading."""
+    e, msg, url, where = s.e, s.msg, s.url, s.where
     if isinstance(e, rx.InvalidResponse):
         return _errors.ConnectionError(
             f"the server at {url} does not answer in the Redis protocol ({msg}): is it a Redis server? "
@@ -134,6 +176,12 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
         return _errors.InvalidParameter(f"redis-py refused a value: {msg}")
     if isinstance(e, rx.BusyLoadingError):
         return _errors.ConnectionError(f"the server at {url} is loading its data{where}: try again in a moment")
+    return None
+
+
+def _cluster(s: _Seen) -> BaseException | None:
+    """Redis Cluster: a wrong URL, slots moving, a node unreachable."""
+    e, msg, low, url, where = s.e, s.msg, s.low, s.url, s.where
     cluster_url = "+cluster://" in url.lower()
     if isinstance(e, rx.AskError) and not cluster_url:
         return _errors.InvalidParameter(
@@ -152,13 +200,30 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
         if "connect" in low or "reachable" in low or "no startup nodes" in low:
             return _errors.ConnectionError(f"cannot reach the cluster at {url}: {msg}; check the node addresses")
         return _errors.ServerError(f"the cluster at {url} refused a call{where}: {msg}; report this message")
+    return None
+
+
+def _unreachable(s: _Seen) -> BaseException | None:
+    """The server cannot be reached, or failed the call otherwise."""
+    e, msg, low, url, where, connecting = s.e, s.msg, s.low, s.url, s.where, s.connecting
     if isinstance(e, (*CONNECTION_ERRORS, OSError)):
         return _errors.ConnectionError(f"cannot reach {url}: {msg}{_hint(msg, url, connecting)}")
     if type(e) is rx.RedisError and low.startswith("invalid"):  # redis-py refused a URL option it parsed late
         return _errors.InvalidParameter(f"url {url!r} or an option of connect() cannot be used: {msg}")
     if isinstance(e, rx.RedisError):
         return _errors.ServerError(f"the server at {url} failed a call{where}: {msg}; report this message")
-    return e
+    return None
+
+
+#: The rules of ``map_error``, in order: the first that maps the error wins.
+_RULES: tuple[Callable[[_Seen], BaseException | None], ...] = (
+    _access,
+    _server_state,
+    _refused,
+    _protocol,
+    _cluster,
+    _unreachable,
+)
 
 
 def raise_mapped(e: BaseException, url: str, queue: str) -> NoReturn:
