@@ -14,7 +14,16 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from rqueue._transport.lanes import _BACKGROUND, _STOP, AGAIN, ASYNC_SPREAD, GRACE, Lane, Wait, blpop_command
+from rqueue._transport.blpop import PROBE, RELEASE, Watch, blpop_command, release_delays
+from rqueue._transport.lanes import (
+    _BACKGROUND,
+    _STOP,
+    AGAIN,
+    ASYNC_SPREAD,
+    GRACE,
+    Lane,
+    Wait,
+)
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.ASYNC_SPREAD``).
 SPREAD = ASYNC_SPREAD
@@ -265,26 +274,27 @@ class AsyncLaneDriver:
 
     async def _answer(self, me: Wait | None) -> Any:
         """What the BLPOP in flight got (see ``lane_sync.LaneDriver._answer``)."""
-        core, lane = self.hub.core, self.lane
         answer = self.answer
         assert answer is not None
-        released = False
-        check = lane.block_until + GRACE
+        watch = Watch(self.hub.core, self.lane, me)
         while not answer.done():
-            if (me is not None and me.done) or lane.retired:
+            now = time.monotonic()
+            step = watch.next(now, bool(self.node.can_unblock))
+            if step is _STOP:
                 return _STOP
             if me is not None:
                 honour_cancel()
-            now = time.monotonic()
-            release = core.must_release(lane, now)
-            if now >= check:
+            if step == PROBE:
                 if not await self.node.alive(self.client_id):
                     raise RedisConnectionError("the connection of a blocked BLPOP was lost")
-                check, released = now + GRACE, False
-            if release and not released and self.node.can_unblock:
-                released = await self._release(answer)
+                watch.alive(now)
                 continue
-            await self._sleep(max(0.0, (check if release else min(lane.deadline(), check)) - now), answer)
+            if step == RELEASE:
+                await self._release(answer)
+                watch.released()
+                continue
+            assert isinstance(step, float)
+            await self._sleep(step, answer)
         self.answer = None
         got = answer.result()
         if isinstance(got, _Failed):
@@ -293,17 +303,14 @@ class AsyncLaneDriver:
             raise got.error
         return got
 
-    async def _release(self, answer: asyncio.Future[Any]) -> bool:
-        delay = 0.0005
-        give_up = time.monotonic() + 1.0
-        while not await self.node.unblock(self.client_id):
-            if not self.node.can_unblock or time.monotonic() > give_up:
-                break
+    async def _release(self, answer: asyncio.Future[Any]) -> None:
+        """CLIENT UNBLOCK until it works or the BLPOP answers (see ``release_delays``)."""
+        for delay in release_delays():
+            if await self.node.unblock(self.client_id) or not self.node.can_unblock:
+                return
             await asyncio.wait([answer], timeout=delay)
             if answer.done():
-                break
-            delay = min(delay * 2, 0.05)
-        return True
+                return
 
 
 async def _disconnect(conn: Any) -> None:

@@ -16,7 +16,16 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from rqueue._transport.lanes import _BACKGROUND, _STOP, AGAIN, GRACE, SYNC_SPREAD, Lane, Wait, blpop_command
+from rqueue._transport.blpop import PROBE, RELEASE, Watch, blpop_command, release_delays
+from rqueue._transport.lanes import (
+    _BACKGROUND,
+    _STOP,
+    AGAIN,
+    GRACE,
+    SYNC_SPREAD,
+    Lane,
+    Wait,
+)
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.SYNC_SPREAD``).
 SPREAD = SYNC_SPREAD
@@ -205,27 +214,27 @@ class LaneDriver:
         """What the BLPOP in flight got: [key, value], None, or AGAIN; _STOP when
         ``me`` finished first (the BLPOP is left for the next driver). ``fresh``:
         it was just sent, so nothing of its answer can be buffered yet."""
-        hub, core, lane = self.hub, self.hub.core, self.lane
-        conn = self.conn
-        released = False
-        check = lane.block_until + GRACE  # the server's own timeout has long passed by then
+        hub, conn = self.hub, self.conn
+        watch = Watch(hub.core, self.lane, me)
         while fresh or not conn.can_read(0):
             fresh = False
             now = time.monotonic()
             with hub.lock:
-                if (me is not None and me.done) or lane.retired:
-                    return _STOP
-                release = core.must_release(lane, now)
-                deadline = lane.deadline()
-            if now >= check:
+                step = watch.next(now, bool(self.node.can_unblock))
+            if step is _STOP:
+                return _STOP
+            if step == PROBE:
                 if not self.node.alive(self.client_id):
                     raise RedisConnectionError("the connection of a blocked BLPOP was lost")
-                check, released = now + GRACE, False  # held by a paused server (a failover): try again
-            if release and not released and self.node.can_unblock:
-                released = self._release()
+                watch.alive(now)
                 continue
+            if step == RELEASE:
+                self._release()
+                watch.released()
+                continue
+            assert isinstance(step, float)
             ready = False
-            for key, _ in self._sel.select(max(0.0, (check if release else min(deadline, check)) - now)):
+            for key, _ in self._sel.select(step):
                 if key.fileobj is self._r:
                     self._drain()
                 else:
@@ -237,14 +246,8 @@ class LaneDriver:
         except ResponseError:  # MOVED/ASK during a resharding: look again
             return AGAIN
 
-    def _release(self) -> bool:
-        """CLIENT UNBLOCK until it works or the BLPOP answers: it may not have
-        reached the server yet, or its answer may be on the way. A server with
-        writes paused holds a BLPOP sent meanwhile: then give up for now."""
-        delay = 0.0005
-        give_up = time.monotonic() + 1.0
-        while not self.node.unblock(self.client_id):
-            if not self.node.can_unblock or self.conn.can_read(delay) or time.monotonic() > give_up:
-                break
-            delay = min(delay * 2, 0.05)
-        return True
+    def _release(self) -> None:
+        """CLIENT UNBLOCK until it works or the BLPOP answers (see ``release_delays``)."""
+        for delay in release_delays():
+            if self.node.unblock(self.client_id) or not self.node.can_unblock or self.conn.can_read(delay):
+                return
