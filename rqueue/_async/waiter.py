@@ -75,6 +75,17 @@ class _AsyncNode:
             raise
         return conn
 
+    async def lane_connection(self) -> tuple[Any, int]:
+        """A new connection for a lane, and its client id (what CLIENT UNBLOCK names)."""
+        conn = await self.connection()
+        try:
+            await conn.send_command("CLIENT", "ID")
+            return conn, int(await conn.read_response(timeout=GRACE))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            raise
+
     async def _command(self, *args: Any) -> Any:
         async with self._lock:
             conn = self._control

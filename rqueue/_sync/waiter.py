@@ -76,6 +76,17 @@ class _Node:
             raise
         return conn
 
+    def lane_connection(self) -> tuple[Any, int]:
+        """A new connection for a lane, and its client id (what CLIENT UNBLOCK names)."""
+        conn = self.connection()
+        try:
+            conn.send_command("CLIENT", "ID")
+            return conn, int(conn.read_response(timeout=GRACE))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.disconnect()
+            raise
+
     def _command(self, *args: Any) -> Any:
         with self._lock:
             conn = self._control

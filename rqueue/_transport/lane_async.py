@@ -20,7 +20,6 @@ from rqueue._transport.lanes import (
     _STOP,
     AGAIN,
     ASYNC_SPREAD,
-    GRACE,
     Lane,
     Wait,
 )
@@ -175,14 +174,7 @@ class AsyncLaneDriver:
             self._poked = asyncio.get_running_loop().create_future()
 
     async def _connect(self) -> None:
-        conn = await self.node.connection()
-        try:
-            await conn.send_command("CLIENT", "ID")
-            self.client_id = int(await conn.read_response(timeout=GRACE))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            raise
+        conn, self.client_id = await self.node.lane_connection()
         self.conn = conn
         self._reading = asyncio.ensure_future(self._read(conn))
 

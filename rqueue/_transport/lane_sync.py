@@ -21,7 +21,6 @@ from rqueue._transport.lanes import (
     _BACKGROUND,
     _STOP,
     AGAIN,
-    GRACE,
     SYNC_SPREAD,
     Lane,
     Wait,
@@ -122,10 +121,8 @@ class LaneDriver:
                 pass
 
     def _connect(self) -> None:
-        conn = self.node.connection()
+        conn, self.client_id = self.node.lane_connection()
         try:
-            conn.send_command("CLIENT", "ID")
-            self.client_id = int(conn.read_response(timeout=GRACE))
             self._sel.register(conn._sock, selectors.EVENT_READ)
         except BaseException:
             conn.disconnect()
