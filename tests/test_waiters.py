@@ -765,13 +765,13 @@ def test_a_forked_child_waits_on_lanes_of_its_own(lib: rqueue.Client) -> None:
 
 
 def waiter(key: str, deadline: float = 1e9, pop: bool = False) -> Any:
-    from rqueue._transport.wait import Waiter
+    from rqueue._transport.lanes import Wait
 
-    return Waiter(key, deadline, pop, threading.Event())
+    return Wait(key, deadline, pop, threading.Event())
 
 
 def test_lanes_hand_a_lane_on_to_another_waiter_and_past_one_that_left() -> None:
-    from rqueue._transport.wait import Lanes
+    from rqueue._transport.lanes import Lanes
 
     core = Lanes("redis://x", 8, 4)
     a, b, c = waiter("k1"), waiter("k2"), waiter("k2")
@@ -789,7 +789,7 @@ def test_lanes_hand_a_lane_on_to_another_waiter_and_past_one_that_left() -> None
 
 
 def test_lanes_driver_finishes_a_blpop_nobody_else_waits_for() -> None:
-    from rqueue._transport.wait import _BACKGROUND, Lanes
+    from rqueue._transport.lanes import _BACKGROUND, Lanes
 
     core = Lanes("redis://x", 8, 4)
     a = waiter("k")
@@ -810,7 +810,7 @@ def test_lanes_driver_finishes_a_blpop_nobody_else_waits_for() -> None:
 
 
 def test_lanes_deliver_in_order_and_expire_exactly() -> None:
-    from rqueue._transport.wait import AGAIN, Lanes
+    from rqueue._transport.lanes import AGAIN, Lanes
 
     core = Lanes("redis://x", 8, 4)
     first, second, late = waiter("k", 5), waiter("k", 10), waiter("r", 2, pop=True)
@@ -829,7 +829,7 @@ def test_lanes_deliver_in_order_and_expire_exactly() -> None:
 
 
 def test_lanes_limit_on_cluster_and_without_client_unblock() -> None:
-    from rqueue._transport.wait import Lanes
+    from rqueue._transport.lanes import Lanes
 
     core = Lanes("redis://x", 2, 1)
     core.place(waiter("a"), "n1", 1, True)[0].blocked = frozenset({"a"})

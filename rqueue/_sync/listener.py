@@ -35,7 +35,6 @@ from redis.exceptions import ResponseError
 from rqueue._protocol.errors import ConnectionError, WaitTimeout
 from rqueue._protocol.events import EventRouter, Sink, Subscriptions, check_kind, deliver, match
 from rqueue._protocol.models import Event
-from rqueue._transport.base import map_error
 from rqueue._transport.concurrency import (
     Background,
     Callbacks,
@@ -43,6 +42,7 @@ from rqueue._transport.concurrency import (
     Flag,
     ThreadLock,
 )
+from rqueue._transport.errors import map_error
 from rqueue._transport.push import PushConnection
 
 log = logging.getLogger("rqueue.events")
