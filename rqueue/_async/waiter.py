@@ -2,7 +2,8 @@
 
 The asyncio waiter is the source: ``scripts/unasync`` generates the sync one
 (``rqueue._sync.waiter``). The bookkeeping is in ``rqueue._transport.lanes``
-(no I/O), the lanes' drivers in ``lane_async`` (tasks) and ``lane_sync`` (threads).
+(no I/O), the lanes' driver in ``rqueue._async.lane_driver`` (generated too), what
+tasks and threads do differently in ``lane_async`` and ``lane_sync``.
 
 Why: a long poll, or a request waiting for its reply, used to hold a pool
 connection each, so about a hundred waiters exhausted redis-py's pool and the
@@ -48,6 +49,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from rqueue._async.lane_driver import AsyncLaneDriver
 from rqueue._transport import lane_async as lane_io
 from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, GRACE, Lanes, Wait, unbounded
 
@@ -92,7 +94,7 @@ class _AsyncNode:
             try:
                 if conn is None:
                     conn = self._control = await self.connection()
-                lane_io.honour_cancel()
+                lane_io.honour_cancel()  # unasync: remove
                 await conn.send_command(*args)
                 reply = await conn.read_response(timeout=GRACE)
             except ResponseError:
@@ -184,14 +186,14 @@ class AsyncWaiter:
         if self.core.closed:
             raise self.core.closed_error()
         name, slot, node = await self._node(key)
-        lane_io.honour_cancel()
+        lane_io.honour_cancel()  # unasync: remove
         now = time.monotonic()
         w = Wait(key, now + timeout, pop, lane_io.new_handle())
         with self.lock:
             idle = self.core.reap(now)
             lane, new = self.core.place(w, name, slot, bool(node.can_unblock))
             if new:
-                lane.runner = lane_io.AsyncLaneDriver(self, lane, node)
+                lane.runner = AsyncLaneDriver(self, lane, node)
             driven = lane.driver is not None
         for old in idle:
             old.runner.discard()

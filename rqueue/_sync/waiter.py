@@ -3,7 +3,8 @@
 
 The asyncio waiter is the source: ``scripts/unasync`` generates the sync one
 (``rqueue._sync.waiter``). The bookkeeping is in ``rqueue._transport.lanes``
-(no I/O), the lanes' drivers in ``lane_sync`` (tasks) and ``lane_sync`` (threads).
+(no I/O), the lanes' driver in ``rqueue._sync.lane_driver`` (generated too), what
+tasks and threads do differently in ``lane_sync`` and ``lane_sync``.
 
 Why: a long poll, or a request waiting for its reply, used to hold a pool
 connection each, so about a hundred waiters exhausted redis-py's pool and the
@@ -49,6 +50,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from rqueue._sync.lane_driver import LaneDriver
 from rqueue._transport import lane_sync as lane_io
 from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, GRACE, Lanes, Wait, unbounded
 
@@ -93,7 +95,6 @@ class _Node:
             try:
                 if conn is None:
                     conn = self._control = self.connection()
-                lane_io.honour_cancel()
                 conn.send_command(*args)
                 reply = conn.read_response(timeout=GRACE)
             except ResponseError:
@@ -185,14 +186,13 @@ class Waiter:
         if self.core.closed:
             raise self.core.closed_error()
         name, slot, node = self._node(key)
-        lane_io.honour_cancel()
         now = time.monotonic()
         w = Wait(key, now + timeout, pop, lane_io.new_handle())
         with self.lock:
             idle = self.core.reap(now)
             lane, new = self.core.place(w, name, slot, bool(node.can_unblock))
             if new:
-                lane.runner = lane_io.LaneDriver(self, lane, node)
+                lane.runner = LaneDriver(self, lane, node)
             driven = lane.driver is not None
         for old in idle:
             old.runner.discard()

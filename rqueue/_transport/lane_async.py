@@ -1,28 +1,20 @@
-"""What the asyncio waiter (``rqueue._async.waiter``) does with tasks: its
-lanes' driver (a reader task per lane connection, answers in futures), and the
-primitives its source awaits where the generated sync waiter blocks. The twin
-of ``lane_sync``; every decision both drivers make is in ``lanes.Lanes``."""
+"""What the asyncio waiter and lane driver (``rqueue._async.waiter``,
+``lane_driver``) do with tasks: the lane's connection, read by a task of its
+own into futures, and the primitives the source awaits where the generated sync
+copies block. The twin of ``lane_sync``; every decision is in ``lanes`` and
+``blpop``, the drivers' control flow in ``rqueue._async.lane_driver``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from rqueue._transport.blpop import PROBE, RELEASE, Watch, blpop_command, release_delays
-from rqueue._transport.lanes import (
-    _BACKGROUND,
-    _STOP,
-    AGAIN,
-    ASYNC_SPREAD,
-    Lane,
-    Wait,
-)
+from rqueue._transport.lanes import AGAIN, ASYNC_SPREAD, Lane, Wait
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.ASYNC_SPREAD``).
 SPREAD = ASYNC_SPREAD
@@ -73,6 +65,10 @@ class AsyncBackground:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def start(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in a task of its own (a lane's background driver)."""
+        self.run(fn(*args))
 
     def later(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """``fn(*args)`` in the background: a cancelled caller must not wait on it."""
@@ -135,20 +131,18 @@ class _Failed:
         self.error = error
 
 
-class AsyncLaneDriver:
-    """The I/O of one lane, run by whichever task drives it (see ``lane_sync.LaneDriver``).
+class AsyncLaneLink:
+    """A lane's connection on asyncio (see ``rqueue._async.lane_driver``).
 
-    The lane's connection is read by a task of its own, which puts each answer
-    into the in-flight BLPOP's future: a driver that is cancelled leaves that
-    future to the next driver instead of breaking the connection.
+    A task of its own reads the connection and puts each answer into the
+    in-flight BLPOP's future: a driver that is cancelled leaves that future to
+    the next driver instead of breaking the connection. ``poke`` completes a
+    future the driver sleeps on.
     """
 
-    def __init__(self, hub: Any, lane: Lane, node: Any) -> None:
-        self.hub = hub
-        self.lane = lane
-        self.node = node
+    def __init__(self, background: AsyncBackground) -> None:
+        self.background = background
         self.conn: Any = None
-        self.client_id = 0
         #: The answer of the BLPOP in flight (a reply, or _Failed).
         self.answer: asyncio.Future[Any] | None = None
         self._reading: asyncio.Future[None] | None = None
@@ -158,23 +152,14 @@ class AsyncLaneDriver:
         if not self._poked.done():
             self._poked.set_result(None)
 
-    async def _sleep(self, timeout: float, answer: asyncio.Future[Any]) -> None:
-        """Until poked, ``answer`` is done, or ``timeout`` (one future and one
-        timer: cheaper than asyncio.wait, and this runs on every BLPOP)."""
-        poked = self._poked
-        if not poked.done():
-            answer.add_done_callback(_Wake(poked))
-            timer = asyncio.get_running_loop().call_later(timeout, _Wake(poked), None)
-            try:
-                await poked  # cancelled with this task: harmless, a fresh one is made
-            finally:
-                timer.cancel()
-                answer.remove_done_callback(_Wake(poked))
-        if poked.done():
-            self._poked = asyncio.get_running_loop().create_future()
+    def usable(self) -> bool:
+        """Whether there is a connection to send on (one lost while idle is dropped)."""
+        if self.conn is not None and (self._reading is None or self._reading.done()):
+            self.background.run(_disconnect(self._drop()))
+        return self.conn is not None
 
-    async def _connect(self) -> None:
-        conn, self.client_id = await self.node.lane_connection()
+    def attach(self, conn: Any) -> None:
+        """Use ``conn`` (just connected): start its reader."""
         self.conn = conn
         self._reading = asyncio.ensure_future(self._read(conn))
 
@@ -182,7 +167,7 @@ class AsyncLaneDriver:
         """Put every answer of ``conn`` into the in-flight BLPOP's future."""
         while True:
             try:
-                # No socket_timeout: a BLPOP may block for long; _answer bounds the wait.
+                # No socket_timeout: a BLPOP may block for long; the driver bounds the wait.
                 got: Any = await conn.read_response(timeout=1e9)
             except ResponseError as e:  # MOVED/ASK: the connection itself is fine
                 got = _Failed(e)
@@ -195,99 +180,45 @@ class AsyncLaneDriver:
             if self.answer is not None and not self.answer.done():
                 self.answer.set_result(got)
 
-    def _drop_connection(self) -> Any:
-        conn, self.conn = self.conn, None
-        self.answer = None
-        if self._reading is not None and not self._reading.done():
-            self._reading.cancel()
-        self._reading = None
-        return conn
-
-    def discard(self) -> None:
-        """Close the lane in the background (retired while idle)."""
-        self.hub.background.run(self.close())
-
-    async def close(self) -> None:
-        """Close the connection (the lane is retired, nobody drives it)."""
-        conn = self._drop_connection()
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-
-    async def drive(self, me: Wait | None) -> None:
-        """Run the lane's BLPOPs in this task until ``me`` has finished (None:
-        until the lane is idle), then hand the lane on."""
-        core, lane = self.hub.core, self.lane
+    async def send(self, blpop: bytes) -> None:
+        """Send the BLPOP; its answer will come into a new future."""
+        self.answer = asyncio.get_running_loop().create_future()
         try:
-            while (step := core.next_step(lane, me, bool(self.node.can_unblock))) != "stop":
-                if me is not None:
-                    honour_cancel()
-                if lane.blocked is None:
-                    if self.conn is not None and (self._reading is None or self._reading.done()):
-                        self.hub.background.run(_disconnect(self._drop_connection()))  # it was lost while idle
-                    if self.conn is None:
-                        await self._connect()
-                        continue  # (a step: the cancellation may have been lost in it)
-                    keys = core.plan(lane, time.monotonic())
-                    if not keys:
-                        continue
-                    blpop = blpop_command(self.conn, keys, lane.block_until - time.monotonic())
-                    self.answer = asyncio.get_running_loop().create_future()
-                    try:
-                        await self.conn.send_packed_command([blpop], check_health=False)
-                    except BaseException:
-                        lane.blocked, self.answer = None, None  # not sent, or lost with the connection
-                        raise
-                reply = await self._answer(None if step == "last" else me)
-                if reply is _STOP:
-                    continue
-                orphan = core.popped(lane, reply, time.monotonic())
-                if orphan is False:
-                    self.hub.hand_on_later(reply[0])  # a wake-up nobody here waits for any more
-        except Exception as e:  # noqa: BLE001 - the connection failed: so do the lane's waits
-            core.fail(lane, e)
-        except BaseException:  # this task was cancelled: the answer (if any) goes on for the next driver
-            if self.conn is not None and not self.conn.is_connected:
-                lane.blocked = None
-                self.hub.background.run(_disconnect(self._drop_connection()))
+            await self.conn.send_packed_command([blpop], check_health=False)
+        except BaseException:
+            self.answer = None  # not sent, or lost with the connection
             raise
-        finally:
-            self._after(me)
 
-    def _after(self, me: Wait | None) -> None:
-        core, lane = self.hub.core, self.lane
-        nxt = core.hand_over(lane, me, time.monotonic())
-        if isinstance(nxt, Wait):
-            nxt.signal()
-        elif nxt is _BACKGROUND:
-            self.hub.background.run(self.drive(None))
-        elif lane.retired:
-            self.hub.background.run(self.close())
-
-    async def _answer(self, me: Wait | None) -> Any:
-        """What the BLPOP in flight got (see ``lane_sync.LaneDriver._answer``)."""
+    async def answered(self, timeout: float) -> bool:
+        """Whether the BLPOP's answer came (waiting up to ``timeout`` for it; pokes do not count)."""
         answer = self.answer
         assert answer is not None
-        watch = Watch(self.hub.core, self.lane, me)
-        while not answer.done():
-            now = time.monotonic()
-            step = watch.next(now, bool(self.node.can_unblock))
-            if step is _STOP:
-                return _STOP
-            if me is not None:
-                honour_cancel()
-            if step == PROBE:
-                if not await self.node.alive(self.client_id):
-                    raise RedisConnectionError("the connection of a blocked BLPOP was lost")
-                watch.alive(now)
-                continue
-            if step == RELEASE:
-                await self._release(answer)
-                watch.released()
-                continue
-            assert isinstance(step, float)
-            await self._sleep(step, answer)
-        self.answer = None
+        if timeout and not answer.done():
+            await asyncio.wait([answer], timeout=timeout)
+        return answer.done()
+
+    async def sleep(self, timeout: float) -> bool:
+        """Until poked, the answer came, or ``timeout`` (one future and one timer:
+        cheaper than asyncio.wait, and this runs on every BLPOP); whether it came."""
+        answer = self.answer
+        assert answer is not None
+        poked = self._poked
+        if not poked.done():
+            answer.add_done_callback(_Wake(poked))
+            timer = asyncio.get_running_loop().call_later(timeout, _Wake(poked), None)
+            try:
+                await poked  # cancelled with this task: harmless, a fresh one is made
+            finally:
+                timer.cancel()
+                answer.remove_done_callback(_Wake(poked))
+        if poked.done():
+            self._poked = asyncio.get_running_loop().create_future()
+        return answer.done()
+
+    async def read(self) -> Any:
+        """The BLPOP's answer (it came): [key, value] or None; AGAIN after MOVED/ASK."""
+        answer, self.answer = self.answer, None
+        assert answer is not None
         got = answer.result()
         if isinstance(got, _Failed):
             if isinstance(got.error, ResponseError):
@@ -295,14 +226,24 @@ class AsyncLaneDriver:
             raise got.error
         return got
 
-    async def _release(self, answer: asyncio.Future[Any]) -> None:
-        """CLIENT UNBLOCK until it works or the BLPOP answers (see ``release_delays``)."""
-        for delay in release_delays():
-            if await self.node.unblock(self.client_id) or not self.node.can_unblock:
-                return
-            await asyncio.wait([answer], timeout=delay)
-            if answer.done():
-                return
+    def interrupted(self, lane: Lane) -> frozenset[str]:
+        """The driver was cancelled: the answer (if any) goes on for the next driver;
+        a connection that broke (cancelled mid-send) is dropped. Nothing was lost."""
+        if self.conn is not None and not self.conn.is_connected:
+            lane.blocked = None
+            self.background.run(_disconnect(self._drop()))
+        return frozenset()
+
+    def _drop(self) -> Any:
+        conn, self.conn = self.conn, None
+        self.answer = None
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
+        self._reading = None
+        return conn
+
+    async def close(self) -> None:
+        await _disconnect(self._drop())
 
 
 async def _disconnect(conn: Any) -> None:

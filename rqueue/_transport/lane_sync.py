@@ -1,7 +1,8 @@
-"""What the sync waiter (``rqueue._sync.waiter``, generated) does with threads:
-its lanes' driver (a selector and a socketpair in the caller's thread), and the
-primitives where the asyncio source awaits. The twin of ``lane_async``;
-every decision both drivers make is in ``lanes.Lanes``."""
+"""What the sync waiter and lane driver (``rqueue._sync.waiter``, ``lane_driver``,
+generated) do with threads: the lane's connection, read in the driving caller's
+thread on a selector that a socketpair pokes, and the primitives where the
+asyncio source awaits. The twin of ``lane_async``; every decision is in
+``lanes`` and ``blpop``, the drivers' control flow in ``rqueue._async.lane_driver``."""
 
 from __future__ import annotations
 
@@ -9,22 +10,12 @@ import contextlib
 import selectors
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from rqueue._transport.blpop import PROBE, RELEASE, Watch, blpop_command, release_delays
-from rqueue._transport.lanes import (
-    _BACKGROUND,
-    _STOP,
-    AGAIN,
-    SYNC_SPREAD,
-    Lane,
-    Wait,
-)
+from rqueue._transport.lanes import AGAIN, SYNC_SPREAD, Lane, Wait
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.SYNC_SPREAD``).
 SPREAD = SYNC_SPREAD
@@ -56,10 +47,6 @@ def sleep_on(handle: threading.Event, timeout: float) -> None:
     handle.wait(timeout)
 
 
-def honour_cancel() -> None:
-    """Nothing: threads are not cancelled (see ``lane_async.honour_cancel``)."""
-
-
 def node_connection(node: Any) -> tuple[Any, dict[str, Any]]:
     """How to connect to a cluster node: its connection class and options."""
     pool = node.redis_connection.connection_pool
@@ -73,13 +60,15 @@ class Background:
         self._threads: set[threading.Thread] = set()
 
     def start(self, fn: Callable[..., None], *args: Any) -> None:
-        t = threading.Thread(target=fn, args=args, name="rqueue-wait", daemon=True)
+        t = threading.Thread(target=self._run, args=(fn, *args), name="rqueue-wait", daemon=True)
         self._threads.add(t)
         t.start()
 
-    def done(self) -> None:
-        """The calling background thread ends."""
-        self._threads.discard(threading.current_thread())
+    def _run(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        finally:
+            self._threads.discard(threading.current_thread())
 
     def later(self, fn: Callable[..., None], *args: Any) -> None:
         """``fn(*args)`` now: a thread is not cancelled half way."""
@@ -94,16 +83,14 @@ class Background:
                 t.join(timeout)
 
 
-class LaneDriver:
-    """The I/O of one lane, run by whichever thread drives it: a selector on its
-    connection and a socketpair that ``poke`` writes to."""
+class LaneLink:
+    """A lane's connection on threads (see ``rqueue._async.lane_driver``): the
+    driving thread reads it itself, on a selector that a socketpair's write
+    (``poke``, from any thread) wakes too."""
 
-    def __init__(self, hub: Any, lane: Lane, node: Any) -> None:
-        self.hub = hub
-        self.lane = lane
-        self.node = node
+    def __init__(self, background: Background) -> None:
         self.conn: Any = None
-        self.client_id = 0
+        self._sock: Any = None
         self._r, self._w = socket.socketpair()
         self._r.setblocking(False)
         self._w.setblocking(False)
@@ -111,140 +98,69 @@ class LaneDriver:
         self._sel.register(self._r, selectors.EVENT_READ)
 
     def poke(self) -> None:
-        """Make the driver look at the lane's waiters again (from any thread)."""
         with contextlib.suppress(OSError):
             self._w.send(b"\0")
 
-    def _drain(self) -> None:
-        with contextlib.suppress(OSError):
-            while self._r.recv(4096):
-                pass
+    def usable(self) -> bool:
+        return self.conn is not None
 
-    def _connect(self) -> None:
-        conn, self.client_id = self.node.lane_connection()
+    def attach(self, conn: Any) -> None:
+        """Use ``conn`` (just connected): watch its socket."""
         try:
             self._sel.register(conn._sock, selectors.EVENT_READ)
         except BaseException:
             conn.disconnect()
             raise
-        self.conn = conn
+        self.conn, self._sock = conn, conn._sock
 
-    def _drop_connection(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                self._sel.unregister(conn._sock)
-            with contextlib.suppress(Exception):
-                conn.disconnect()
+    def send(self, blpop: bytes) -> None:
+        self.conn.send_packed_command([blpop], check_health=False)
 
-    def discard(self) -> None:
-        """Close the lane now (retired while idle)."""
-        self.close()
+    def answered(self, timeout: float) -> bool:
+        """Whether the answer is there (read or buffered), waiting up to ``timeout``."""
+        return bool(self.conn.can_read(timeout))
 
-    def close(self) -> None:
-        """Close the connection and the poke sockets (the lane is retired, nobody drives it)."""
-        self._drop_connection()
-        self._sel.close()
-        self._r.close()
-        self._w.close()
+    def sleep(self, timeout: float) -> bool:
+        """Until poked, the connection is readable, or ``timeout``; whether it is."""
+        ready = False
+        for key, _ in self._sel.select(timeout):
+            if key.fileobj is self._r:
+                with contextlib.suppress(OSError):
+                    while self._r.recv(4096):
+                        pass
+            else:
+                ready = True
+        return ready
 
-    def drive(self, me: Wait | None) -> None:
-        """Run the lane's BLPOPs in this thread until ``me`` has finished (None:
-        until the lane is idle), then hand the lane on."""
-        hub, core, lane = self.hub, self.hub.core, self.lane
+    def read(self) -> Any:
         try:
-            while True:
-                keys = None
-                with hub.lock:
-                    step = core.next_step(lane, me, bool(self.node.can_unblock))
-                    connect = lane.blocked is None and self.conn is None
-                    if step != "stop" and lane.blocked is None and not connect:
-                        now = time.monotonic()
-                        keys = core.plan(lane, now)
-                        timeout = lane.block_until - now
-                if step == "stop":
-                    break
-                if connect:
-                    self._connect()
-                    continue
-                if keys is not None:
-                    if not keys:
-                        continue
-                    self.conn.send_packed_command([blpop_command(self.conn, keys, timeout)], check_health=False)
-                reply = self._answer(None if step == "last" else me, keys is not None)
-                if reply is _STOP:
-                    continue
-                with hub.lock:
-                    orphan = core.popped(lane, reply, time.monotonic())
-                if orphan is False:
-                    hub.hand_on(reply[0])  # a wake-up nobody here waits for any more
-        except Exception as e:  # noqa: BLE001 - the connection failed: so do the lane's waits
-            with hub.lock:
-                core.fail(lane, e)
-        except BaseException:  # this thread was interrupted (KeyboardInterrupt): hand the lane on
-            lost: frozenset[str] | None = None
-            with hub.lock:
-                if self.conn is not None and not self.conn._sock:  # interrupted mid-read or mid-send: lost
-                    lost, lane.blocked, self.conn = lane.blocked, None, None
-            for key in lost or ():
-                if key.endswith(":wake"):  # whatever it popped is gone: at worst a spurious wake-up
-                    hub.hand_on(key)
-            raise
-        finally:
-            self._after(me)
-
-    def _after(self, me: Wait | None) -> None:
-        """Hand the lane to the next driver (or close it once retired)."""
-        hub, core, lane = self.hub, self.hub.core, self.lane
-        with hub.lock:
-            nxt = core.hand_over(lane, me, time.monotonic())
-            if isinstance(nxt, Wait):
-                nxt.signal()
-        if nxt is _BACKGROUND:
-            hub.background.start(self.drive, None)
-        elif lane.retired:
-            self.close()
-        if me is None:
-            hub.background.done()
-
-    def _answer(self, me: Wait | None, fresh: bool) -> Any:
-        """What the BLPOP in flight got: [key, value], None, or AGAIN; _STOP when
-        ``me`` finished first (the BLPOP is left for the next driver). ``fresh``:
-        it was just sent, so nothing of its answer can be buffered yet."""
-        hub, conn = self.hub, self.conn
-        watch = Watch(hub.core, self.lane, me)
-        while fresh or not conn.can_read(0):
-            fresh = False
-            now = time.monotonic()
-            with hub.lock:
-                step = watch.next(now, bool(self.node.can_unblock))
-            if step is _STOP:
-                return _STOP
-            if step == PROBE:
-                if not self.node.alive(self.client_id):
-                    raise RedisConnectionError("the connection of a blocked BLPOP was lost")
-                watch.alive(now)
-                continue
-            if step == RELEASE:
-                self._release()
-                watch.released()
-                continue
-            assert isinstance(step, float)
-            ready = False
-            for key, _ in self._sel.select(step):
-                if key.fileobj is self._r:
-                    self._drain()
-                else:
-                    ready = True
-            if ready:
-                break
-        try:
-            return conn.read_response()
+            return self.conn.read_response()
         except ResponseError:  # MOVED/ASK during a resharding: look again
             return AGAIN
 
-    def _release(self) -> None:
-        """CLIENT UNBLOCK until it works or the BLPOP answers (see ``release_delays``)."""
-        for delay in release_delays():
-            if self.node.unblock(self.client_id) or not self.node.can_unblock or self.conn.can_read(delay):
-                return
+    def interrupted(self, lane: Lane) -> frozenset[str]:
+        """The driving thread was interrupted (KeyboardInterrupt, under the waiter's
+        lock): mid-read or mid-send the connection broke, and whatever its BLPOP
+        popped is lost; returns those keys (wake-up tokens are handed on)."""
+        if self.conn is None or self.conn._sock:
+            return frozenset()
+        lost, lane.blocked = lane.blocked, None
+        self._unwatch()
+        return lost or frozenset()
+
+    def _unwatch(self) -> Any:
+        conn, sock, self.conn, self._sock = self.conn, self._sock, None, None
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                self._sel.unregister(sock)
+        return conn
+
+    def close(self) -> None:
+        """Close the connection and the poke sockets (the lane is retired)."""
+        conn = self._unwatch()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.disconnect()
+        self._sel.close()
+        self._r.close()
+        self._w.close()

@@ -1,0 +1,139 @@
+"""The driver of one lane: runs its BLPOPs in the thread or task of whichever
+waiter drives it (see ``rqueue._async.waiter``), written once for both sides.
+
+The asyncio driver is the source: ``scripts/unasync`` generates the sync one
+(``rqueue._sync.lane_driver``). Every decision is in the I/O-free core
+(``lanes.Lanes``, ``blpop.Watch``); what threads and tasks do differently with
+the lane's connection is in ``lane_async.AsyncLaneLink`` (a reader task, answers
+in futures) and ``lane_sync.LaneLink`` (a selector and a socketpair poke).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from rqueue._transport import lane_async as lane_io
+from rqueue._transport.blpop import PROBE, RELEASE, Watch, blpop_command, release_delays
+from rqueue._transport.lanes import _BACKGROUND, _STOP, Lane, Wait
+
+
+class AsyncLaneDriver:
+    """The I/O of one lane, run by whichever waiter drives it."""
+
+    def __init__(self, hub: Any, lane: Lane, node: Any) -> None:
+        self.hub = hub
+        self.lane = lane
+        self.node = node
+        #: The lane's connection, and how its driver waits on it.
+        self.link = lane_io.AsyncLaneLink(hub.background)
+        #: The lane connection's client id (what CLIENT UNBLOCK names).
+        self.client_id = 0
+
+    def poke(self) -> None:
+        """Make the driver look at the lane's waiters again (from any thread)."""
+        self.link.poke()
+
+    def discard(self) -> None:
+        """Close the lane (retired while idle; on asyncio in the background)."""
+        self.hub.background.later(self.close)
+
+    async def close(self) -> None:
+        """Close the lane's connection (the lane is retired, nobody drives it)."""
+        await self.link.close()
+
+    async def drive(self, me: Wait | None) -> None:
+        """Run the lane's BLPOPs until ``me`` has finished (None: until the lane
+        is idle), then hand the lane on."""
+        hub, core, lane, link = self.hub, self.hub.core, self.lane, self.link
+        try:
+            while True:
+                keys = None
+                with hub.lock:
+                    step = core.next_step(lane, me, bool(self.node.can_unblock))
+                    if step == "stop":
+                        break
+                    if me is not None:  # unasync: remove
+                        lane_io.honour_cancel()  # unasync: remove
+                    connect = lane.blocked is None and not link.usable()
+                    if lane.blocked is None and not connect:
+                        now = time.monotonic()
+                        keys = core.plan(lane, now)
+                        timeout = lane.block_until - now
+                if connect:
+                    conn, self.client_id = await self.node.lane_connection()
+                    link.attach(conn)
+                    continue  # (a step: on asyncio the cancellation may have been lost in it)
+                if keys is not None:
+                    if not keys:
+                        continue
+                    await link.send(blpop_command(link.conn, keys, timeout))
+                reply = await self._answer(None if step == "last" else me, keys is not None)
+                if reply is _STOP:
+                    continue
+                with hub.lock:
+                    orphan = core.popped(lane, reply, time.monotonic())
+                if orphan is False:
+                    hub.hand_on_later(reply[0])  # a wake-up nobody here waits for any more
+        except Exception as e:  # noqa: BLE001 - the connection failed: so do the lane's waits
+            with hub.lock:
+                core.fail(lane, e)
+        except BaseException:  # interrupted (cancelled, KeyboardInterrupt): hand the lane on
+            with hub.lock:
+                lost = link.interrupted(lane)
+            for key in lost:
+                if key.endswith(":wake"):  # whatever it popped is gone: at worst a spurious wake-up
+                    hub.hand_on_later(key)
+            raise
+        finally:
+            self._after(me)
+
+    def _after(self, me: Wait | None) -> None:
+        """Hand the lane to the next driver (or close it once retired)."""
+        hub, lane = self.hub, self.lane
+        with hub.lock:
+            nxt = hub.core.hand_over(lane, me, time.monotonic())
+            if isinstance(nxt, Wait):
+                nxt.signal()
+        if nxt is _BACKGROUND:
+            hub.background.start(self.drive, None)
+        elif lane.retired:
+            hub.background.later(self.close)
+
+    async def _answer(self, me: Wait | None, fresh: bool) -> Any:
+        """What the BLPOP in flight got: [key, value], None, or AGAIN; _STOP when
+        ``me`` finished first (the BLPOP is left for the next driver). ``fresh``:
+        it was just sent, so nothing of its answer can be there yet."""
+        hub, link = self.hub, self.link
+        watch = Watch(hub.core, self.lane, me)
+        while fresh or not await link.answered(0):
+            fresh = False
+            now = time.monotonic()
+            with hub.lock:
+                step = watch.next(now, bool(self.node.can_unblock))
+            if step is _STOP:
+                return _STOP
+            if me is not None:  # unasync: remove
+                lane_io.honour_cancel()  # unasync: remove
+            if step == PROBE:
+                if not await self.node.alive(self.client_id):
+                    raise RedisConnectionError("the connection of a blocked BLPOP was lost")
+                watch.alive(now)
+            elif step == RELEASE:
+                await self._release()
+                watch.released()
+            else:
+                assert isinstance(step, float)
+                if await link.sleep(step):
+                    break
+        return await link.read()
+
+    async def _release(self) -> None:
+        """CLIENT UNBLOCK until it works or the BLPOP answers (see ``release_delays``)."""
+        for delay in release_delays():
+            if await self.node.unblock(self.client_id) or not self.node.can_unblock:
+                return
+            if await self.link.answered(delay):
+                return
