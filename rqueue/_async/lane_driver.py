@@ -28,7 +28,7 @@ class AsyncLaneDriver:
         self.lane = lane
         self.node = node
         #: The lane's connection, and how its driver waits on it.
-        self.link = lane_io.AsyncLaneLink(hub.background)
+        self.link = lane_io.AsyncLaneLink(hub.background)  # unasync: self.link = lane_io.LaneLink()
         #: The lane connection's client id (what CLIENT UNBLOCK names).
         self.client_id = 0
 
@@ -57,7 +57,8 @@ class AsyncLaneDriver:
                         break
                     if me is not None:  # unasync: remove
                         lane_io.honour_cancel()  # unasync: remove
-                    connect = lane.blocked is None and not link.usable()
+                    link.drop_lost(lane)  # unasync: remove
+                    connect = lane.blocked is None and link.conn is None
                     if lane.blocked is None and not connect:
                         now = time.monotonic()
                         keys = core.plan(lane, now)
@@ -69,7 +70,8 @@ class AsyncLaneDriver:
                 if keys is not None:
                     if not keys:
                         continue
-                    await link.send(blpop_command(link.conn, keys, timeout))
+                    blpop = blpop_command(link.conn, keys, timeout)
+                    await link.send(blpop)  # unasync: link.conn.send_packed_command([blpop], check_health=False)
                 reply = await self._answer(None if step == "last" else me, keys is not None)
                 if reply is _STOP:
                     continue
@@ -83,7 +85,7 @@ class AsyncLaneDriver:
         except BaseException:  # interrupted (cancelled, KeyboardInterrupt): hand the lane on
             with hub.lock:
                 lost = link.interrupted(lane)
-            for key in lost:
+            for key in lost or ():
                 if key.endswith(":wake"):  # whatever it popped is gone: at worst a spurious wake-up
                     hub.hand_on_later(key)
             raise
@@ -108,7 +110,7 @@ class AsyncLaneDriver:
         it was just sent, so nothing of its answer can be there yet."""
         hub, link = self.hub, self.link
         watch = Watch(hub.core, self.lane, me)
-        while fresh or not await link.answered(0):
+        while fresh or not link.answered():  # unasync: while fresh or not link.conn.can_read(0):
             fresh = False
             now = time.monotonic()
             with hub.lock:
@@ -135,5 +137,5 @@ class AsyncLaneDriver:
         for delay in release_delays():
             if await self.node.unblock(self.client_id) or not self.node.can_unblock:
                 return
-            if await self.link.answered(delay):
+            if await self.link.answer_within(delay):  # unasync: if self.link.conn.can_read(delay):
                 return

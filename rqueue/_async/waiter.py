@@ -165,14 +165,14 @@ class AsyncWaiter:
         if self._cluster:
             n = self.client.get_node_from_key(key)
             name, slot = n.name, self.client.keyslot(key)
-            cls, kwargs = lane_io.node_connection(n)
+            # What makes the node's connections: an asyncio ClusterNode itself, a sync one's pool.
+            maker = n  # unasync: maker = n.redis_connection.connection_pool
         else:
-            pool = self.client.connection_pool
+            maker = self.client.connection_pool
             name, slot = "", None
-            cls, kwargs = pool.connection_class, pool.connection_kwargs
         node = self._nodes.get(name)
         if node is None:
-            node = self._nodes.setdefault(name, _AsyncNode(cls, kwargs))
+            node = self._nodes.setdefault(name, _AsyncNode(maker.connection_class, maker.connection_kwargs))
         if node.can_unblock is None:
             await node.probe()
         return name, slot, node
@@ -294,7 +294,7 @@ class AsyncWaiter:
     async def aclose(self, timeout: float = GRACE) -> None:
         """Let background work finish (settling what cancelled callers left),
         end every wait ('client is closed'), close the lanes."""
-        await self.background.settle(timeout)
+        await self.background.settle(timeout)  # unasync: remove
         with self.lock:
             lanes = self.core.close()
             idle = [ln for ln in lanes if ln.driver is None and ln.runner is not None]

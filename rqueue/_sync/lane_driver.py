@@ -29,7 +29,7 @@ class LaneDriver:
         self.lane = lane
         self.node = node
         #: The lane's connection, and how its driver waits on it.
-        self.link = lane_io.LaneLink(hub.background)
+        self.link = lane_io.LaneLink()
         #: The lane connection's client id (what CLIENT UNBLOCK names).
         self.client_id = 0
 
@@ -56,7 +56,7 @@ class LaneDriver:
                     step = core.next_step(lane, me, bool(self.node.can_unblock))
                     if step == "stop":
                         break
-                    connect = lane.blocked is None and not link.usable()
+                    connect = lane.blocked is None and link.conn is None
                     if lane.blocked is None and not connect:
                         now = time.monotonic()
                         keys = core.plan(lane, now)
@@ -68,7 +68,8 @@ class LaneDriver:
                 if keys is not None:
                     if not keys:
                         continue
-                    link.send(blpop_command(link.conn, keys, timeout))
+                    blpop = blpop_command(link.conn, keys, timeout)
+                    link.conn.send_packed_command([blpop], check_health=False)
                 reply = self._answer(None if step == "last" else me, keys is not None)
                 if reply is _STOP:
                     continue
@@ -82,7 +83,7 @@ class LaneDriver:
         except BaseException:  # interrupted (cancelled, KeyboardInterrupt): hand the lane on
             with hub.lock:
                 lost = link.interrupted(lane)
-            for key in lost:
+            for key in lost or ():
                 if key.endswith(":wake"):  # whatever it popped is gone: at worst a spurious wake-up
                     hub.hand_on_later(key)
             raise
@@ -107,7 +108,7 @@ class LaneDriver:
         it was just sent, so nothing of its answer can be there yet."""
         hub, link = self.hub, self.link
         watch = Watch(hub.core, self.lane, me)
-        while fresh or not link.answered(0):
+        while fresh or not link.conn.can_read(0):
             fresh = False
             now = time.monotonic()
             with hub.lock:
@@ -132,5 +133,5 @@ class LaneDriver:
         for delay in release_delays():
             if self.node.unblock(self.client_id) or not self.node.can_unblock:
                 return
-            if self.link.answered(delay):
+            if self.link.conn.can_read(delay):
                 return

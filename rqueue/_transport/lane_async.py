@@ -48,11 +48,6 @@ async def sleep_on(fut: asyncio.Future[None], timeout: float) -> None:
         timer.cancel()
 
 
-def node_connection(node: Any) -> tuple[Any, dict[str, Any]]:
-    """How to connect to a cluster node: its connection class and options."""
-    return node.connection_class, node.connection_kwargs
-
-
 class AsyncBackground:
     """Tasks that run on after their caller (settling what a cancelled call left,
     handing a token on, closing a lane); the waiter's ``aclose`` waits for them."""
@@ -152,11 +147,10 @@ class AsyncLaneLink:
         if not self._poked.done():
             self._poked.set_result(None)
 
-    def usable(self) -> bool:
-        """Whether there is a connection to send on (one lost while idle is dropped)."""
-        if self.conn is not None and (self._reading is None or self._reading.done()):
+    def drop_lost(self, lane: Lane) -> None:
+        """Drop the connection if it was lost while the lane was idle (its reader ended)."""
+        if lane.blocked is None and self.conn is not None and (self._reading is None or self._reading.done()):
             self.background.run(_disconnect(self._drop()))
-        return self.conn is not None
 
     def attach(self, conn: Any) -> None:
         """Use ``conn`` (just connected): start its reader."""
@@ -189,12 +183,16 @@ class AsyncLaneLink:
             self.answer = None  # not sent, or lost with the connection
             raise
 
-    async def answered(self, timeout: float) -> bool:
-        """Whether the BLPOP's answer came (waiting up to ``timeout`` for it; pokes do not count)."""
+    def answered(self) -> bool:
+        """Whether the BLPOP's answer came."""
+        assert self.answer is not None
+        return self.answer.done()
+
+    async def answer_within(self, timeout: float) -> bool:
+        """Whether the BLPOP's answer comes within ``timeout`` (pokes do not count)."""
         answer = self.answer
         assert answer is not None
-        if timeout and not answer.done():
-            await asyncio.wait([answer], timeout=timeout)
+        await asyncio.wait([answer], timeout=timeout)
         return answer.done()
 
     async def sleep(self, timeout: float) -> bool:
@@ -226,13 +224,14 @@ class AsyncLaneLink:
             raise got.error
         return got
 
-    def interrupted(self, lane: Lane) -> frozenset[str]:
-        """The driver was cancelled: the answer (if any) goes on for the next driver;
-        a connection that broke (cancelled mid-send) is dropped. Nothing was lost."""
+    def interrupted(self, lane: Lane) -> frozenset[str] | None:
+        """The driver was cancelled: the answer (if any) goes on for the next driver,
+        read by the reader task, so nothing is lost; a connection that broke
+        (cancelled mid-send) is dropped."""
         if self.conn is not None and not self.conn.is_connected:
             lane.blocked = None
             self.background.run(_disconnect(self._drop()))
-        return frozenset()
+        return None
 
     def _drop(self) -> Any:
         conn, self.conn = self.conn, None

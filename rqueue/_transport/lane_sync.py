@@ -47,12 +47,6 @@ def sleep_on(handle: threading.Event, timeout: float) -> None:
     handle.wait(timeout)
 
 
-def node_connection(node: Any) -> tuple[Any, dict[str, Any]]:
-    """How to connect to a cluster node: its connection class and options."""
-    pool = node.redis_connection.connection_pool
-    return pool.connection_class, pool.connection_kwargs
-
-
 class Background:
     """The threads that finish a lane nobody else drives; ``end`` joins them."""
 
@@ -74,9 +68,6 @@ class Background:
         """``fn(*args)`` now: a thread is not cancelled half way."""
         fn(*args)
 
-    def settle(self, timeout: float) -> None:
-        """Nothing: sync callers settle what they started themselves."""
-
     def end(self, timeout: float) -> None:
         for t in list(self._threads):
             if t is not threading.current_thread():
@@ -88,7 +79,7 @@ class LaneLink:
     driving thread reads it itself, on a selector that a socketpair's write
     (``poke``, from any thread) wakes too."""
 
-    def __init__(self, background: Background) -> None:
+    def __init__(self) -> None:
         self.conn: Any = None
         self._sock: Any = None
         self._r, self._w = socket.socketpair()
@@ -101,9 +92,6 @@ class LaneLink:
         with contextlib.suppress(OSError):
             self._w.send(b"\0")
 
-    def usable(self) -> bool:
-        return self.conn is not None
-
     def attach(self, conn: Any) -> None:
         """Use ``conn`` (just connected): watch its socket."""
         try:
@@ -112,13 +100,6 @@ class LaneLink:
             conn.disconnect()
             raise
         self.conn, self._sock = conn, conn._sock
-
-    def send(self, blpop: bytes) -> None:
-        self.conn.send_packed_command([blpop], check_health=False)
-
-    def answered(self, timeout: float) -> bool:
-        """Whether the answer is there (read or buffered), waiting up to ``timeout``."""
-        return bool(self.conn.can_read(timeout))
 
     def sleep(self, timeout: float) -> bool:
         """Until poked, the connection is readable, or ``timeout``; whether it is."""
@@ -138,15 +119,15 @@ class LaneLink:
         except ResponseError:  # MOVED/ASK during a resharding: look again
             return AGAIN
 
-    def interrupted(self, lane: Lane) -> frozenset[str]:
+    def interrupted(self, lane: Lane) -> frozenset[str] | None:
         """The driving thread was interrupted (KeyboardInterrupt, under the waiter's
-        lock): mid-read or mid-send the connection broke, and whatever its BLPOP
-        popped is lost; returns those keys (wake-up tokens are handed on)."""
-        if self.conn is None or self.conn._sock:
-            return frozenset()
-        lost, lane.blocked = lane.blocked, None
-        self._unwatch()
-        return lost or frozenset()
+        lock). Mid-read or mid-send the connection broke, and whatever its BLPOP
+        popped is lost: returns those keys (wake-up tokens are handed on)."""
+        lost = None
+        if self.conn is not None and not self.conn._sock:
+            lost, lane.blocked = lane.blocked, None
+            self._unwatch()
+        return lost
 
     def _unwatch(self) -> Any:
         conn, sock, self.conn, self._sock = self.conn, self._sock, None, None
