@@ -14,10 +14,11 @@ import time
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from rqueue._transport import lane_async as lane_io
 from rqueue._transport.blpop import PROBE, RELEASE, Watch, blpop_command, release_delays
-from rqueue._transport.lanes import _BACKGROUND, _STOP, Lane, Wait
+from rqueue._transport.lanes import _BACKGROUND, _STOP, AGAIN, Lane, Wait
 
 
 class AsyncLaneDriver:
@@ -130,7 +131,10 @@ class AsyncLaneDriver:
                 assert isinstance(step, float)
                 if await link.sleep(step):
                     break
-        return await link.read()
+        try:
+            return await link.read()  # unasync: return link.conn.read_response()
+        except ResponseError:  # MOVED/ASK during a resharding: look again
+            return AGAIN
 
     async def _release(self) -> None:
         """CLIENT UNBLOCK until it works or the BLPOP answers (see ``release_delays``)."""

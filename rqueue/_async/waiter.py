@@ -51,7 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rqueue._async.lane_driver import AsyncLaneDriver
 from rqueue._transport import lane_async as lane_io
-from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, GRACE, Lanes, Wait, unbounded
+from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, GRACE, Lanes, Wait, connection_maker, unbounded
 
 
 class _AsyncNode:
@@ -165,8 +165,7 @@ class AsyncWaiter:
         if self._cluster:
             n = self.client.get_node_from_key(key)
             name, slot = n.name, self.client.keyslot(key)
-            # What makes the node's connections: an asyncio ClusterNode itself, a sync one's pool.
-            maker = n  # unasync: maker = n.redis_connection.connection_pool
+            maker = connection_maker(n)
         else:
             maker = self.client.connection_pool
             name, slot = "", None

@@ -15,10 +15,11 @@ import time
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from rqueue._transport import lane_sync as lane_io
 from rqueue._transport.blpop import PROBE, RELEASE, Watch, blpop_command, release_delays
-from rqueue._transport.lanes import _BACKGROUND, _STOP, Lane, Wait
+from rqueue._transport.lanes import _BACKGROUND, _STOP, AGAIN, Lane, Wait
 
 
 class LaneDriver:
@@ -126,7 +127,10 @@ class LaneDriver:
                 assert isinstance(step, float)
                 if link.sleep(step):
                     break
-        return link.read()
+        try:
+            return link.conn.read_response()
+        except ResponseError:  # MOVED/ASK during a resharding: look again
+            return AGAIN
 
     def _release(self) -> None:
         """CLIENT UNBLOCK until it works or the BLPOP answers (see ``release_delays``)."""

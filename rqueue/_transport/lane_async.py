@@ -14,7 +14,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from rqueue._transport.lanes import AGAIN, ASYNC_SPREAD, Lane, Wait
+from rqueue._transport.lanes import ASYNC_SPREAD, Lane, Wait
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.ASYNC_SPREAD``).
 SPREAD = ASYNC_SPREAD
@@ -214,13 +214,11 @@ class AsyncLaneLink:
         return answer.done()
 
     async def read(self) -> Any:
-        """The BLPOP's answer (it came): [key, value] or None; AGAIN after MOVED/ASK."""
+        """The BLPOP's answer (it came): [key, value] or None; raises what the reader met."""
         answer, self.answer = self.answer, None
         assert answer is not None
         got = answer.result()
         if isinstance(got, _Failed):
-            if isinstance(got.error, ResponseError):
-                return AGAIN  # MOVED/ASK during a resharding: look again
             raise got.error
         return got
 

@@ -13,9 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import ResponseError
-
-from rqueue._transport.lanes import AGAIN, SYNC_SPREAD, Lane, Wait
+from rqueue._transport.lanes import SYNC_SPREAD, Lane, Wait
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.SYNC_SPREAD``).
 SPREAD = SYNC_SPREAD
@@ -112,12 +110,6 @@ class LaneLink:
             else:
                 ready = True
         return ready
-
-    def read(self) -> Any:
-        try:
-            return self.conn.read_response()
-        except ResponseError:  # MOVED/ASK during a resharding: look again
-            return AGAIN
 
     def interrupted(self, lane: Lane) -> frozenset[str] | None:
         """The driving thread was interrupted (KeyboardInterrupt, under the waiter's

@@ -370,3 +370,10 @@ def unbounded(kwargs: dict[str, Any]) -> dict[str, Any]:
     sends without wrapping each command in asyncio.wait_for (a task each).
     """
     return {**kwargs, "socket_timeout": None}
+
+
+def connection_maker(node: Any) -> Any:
+    """What makes the connections of a cluster node (its ``connection_class`` and
+    ``connection_kwargs``): an asyncio ClusterNode itself, a sync one its client's pool."""
+    client = getattr(node, "redis_connection", None)
+    return node if client is None else client.connection_pool

@@ -1,11 +1,11 @@
 """The listener's own connection for pushed replies, on redis-py's sync and asyncio APIs.
 
 redis-py reads with a timeout differently on its two sides (``can_read`` then
-``read_response`` / ``read_response(timeout=...)``) and builds connections
-from different objects, so this small twin is written by hand; the listener
-that uses it is generated (``rqueue._async.listener``). Never one of the
-pool's connections: the pool would count it against ``max_connections`` for
-good, and every reconnect would use up one more.
+``read_response`` / ``read_response(timeout=...)``), so that much is written
+per side, the rest once; the listener that uses it is generated
+(``rqueue._async.listener``). Never one of the pool's connections: the pool
+would count it against ``max_connections`` for good, and every reconnect
+would use up one more.
 """
 
 from __future__ import annotations
@@ -13,55 +13,40 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-
-def _node(redis: Any, attempt: int) -> Any:
-    """On Cluster the node for this attempt (any node hears every PUBLISH), else None."""
-    if not hasattr(redis, "get_nodes"):
-        return None
-    nodes = redis.get_nodes()
-    return nodes[attempt % len(nodes)]
+from rqueue._transport.lanes import connection_maker
 
 
-class AsyncPushConnection:
-    """An asyncio connection to one server (on Cluster: node ``attempt`` modulo their number)."""
+class _PushConnection:
+    """What the push connections of both sides share: a connection of their own
+    to one server (on Cluster: node ``attempt`` modulo their number), whose
+    ``connect``, ``send`` and ``disconnect`` are redis-py's (coroutine functions
+    on asyncio); only reading with a timeout and interrupting differ."""
 
     def __init__(self, redis: Any, attempt: int) -> None:
-        node = _node(redis, attempt)
-        if node is None:
-            self._conn: Any = redis.connection_pool.make_connection()
+        if hasattr(redis, "get_nodes"):  # any node hears every PUBLISH
+            nodes = redis.get_nodes()
+            maker = connection_maker(nodes[attempt % len(nodes)])
         else:
-            self._conn = node.connection_class(**node.connection_kwargs)
+            maker = redis.connection_pool
+        self._conn = conn = maker.connection_class(**maker.connection_kwargs)
+        self.connect = conn.connect
+        self.send = conn.send_command
+        self.disconnect = conn.disconnect
 
-    async def connect(self) -> None:
-        await self._conn.connect()
+    def interrupt(self) -> None:
+        """Nothing (asyncio): closing cancels the listener's task, which ends its read."""
 
-    async def send(self, *args: str) -> None:
-        await self._conn.send_command(*args)
+
+class AsyncPushConnection(_PushConnection):
+    """An asyncio connection for pushed replies."""
 
     async def read(self, timeout: float) -> Any:
         """The next pushed reply, or None after ``timeout`` seconds of silence."""
         return await self._conn.read_response(timeout=timeout, push_request=True)
 
-    def interrupt(self) -> None:
-        """Nothing: closing cancels the listener's task, which ends its read."""
 
-    async def disconnect(self) -> None:
-        await self._conn.disconnect()
-
-
-class PushConnection:
-    """A sync connection to one server (on Cluster: node ``attempt`` modulo their number)."""
-
-    def __init__(self, redis: Any, attempt: int) -> None:
-        node = _node(redis, attempt)
-        pool = redis.connection_pool if node is None else node.redis_connection.connection_pool
-        self._conn = pool.connection_class(**pool.connection_kwargs)
-
-    def connect(self) -> None:
-        self._conn.connect()
-
-    def send(self, *args: str) -> None:
-        self._conn.send_command(*args)
+class PushConnection(_PushConnection):
+    """A sync connection for pushed replies."""
 
     def read(self, timeout: float) -> Any:
         """The next pushed reply, or None after ``timeout`` seconds of silence."""
@@ -73,6 +58,3 @@ class PushConnection:
         """Disconnect from another thread: wakes the listener thread's read."""
         with contextlib.suppress(Exception):
             self._conn.disconnect()
-
-    def disconnect(self) -> None:
-        self._conn.disconnect()
