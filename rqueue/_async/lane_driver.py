@@ -3,13 +3,16 @@ waiter drives it (see ``rqueue._async.waiter``), written once for both sides.
 
 The asyncio driver is the source: ``scripts/unasync`` generates the sync one
 (``rqueue._sync.lane_driver``). Every decision is in the I/O-free core
-(``lanes.Lanes``, ``blpop.Watch``); what threads and tasks do differently with
-the lane's connection is in ``lane_async.AsyncLaneLink`` (a reader task, answers
-in futures) and ``lane_sync.LaneLink`` (a selector and a socketpair poke).
+(``lanes.Lanes``, ``blpop.Watch``). How the driver waits for the BLPOP's answer
+is what threads and tasks do differently: a thread reads the connection itself,
+on a selector that a socketpair pokes (``lane_sync.LaneLink``); on asyncio a
+reader task puts each answer into a future, so a cancelled driver leaves it to
+the next one (``lane_async.AsyncLaneLink``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -28,9 +31,11 @@ class AsyncLaneDriver:
         self.hub = hub
         self.lane = lane
         self.node = node
-        #: The lane's connection, and how its driver waits on it.
-        self.link = lane_io.AsyncLaneLink(hub.background)  # unasync: self.link = lane_io.LaneLink()
-        #: The lane connection's client id (what CLIENT UNBLOCK names).
+        #: How the driver waits on the lane's connection.
+        self.link = lane_io.AsyncLaneLink()
+        #: The lane's connection (None until made, or after it was lost), and its
+        #: client id (what CLIENT UNBLOCK names).
+        self.conn: Any = None
         self.client_id = 0
 
     def poke(self) -> None:
@@ -42,8 +47,15 @@ class AsyncLaneDriver:
         self.hub.background.later(self.close)
 
     async def close(self) -> None:
-        """Close the lane's connection (the lane is retired, nobody drives it)."""
-        await self.link.close()
+        """Close the lane's connection and link (the lane is retired, nobody drives it)."""
+        await _disconnect(self._drop())
+        self.link.close()
+
+    def _drop(self) -> Any:
+        """Let go of the lane's connection; returns it (to disconnect)."""
+        conn, self.conn = self.conn, None
+        self.link.detach()  # unasync: remove
+        return conn
 
     async def drive(self, me: Wait | None) -> None:
         """Run the lane's BLPOPs until ``me`` has finished (None: until the lane
@@ -58,21 +70,23 @@ class AsyncLaneDriver:
                         break
                     if me is not None:  # unasync: remove
                         lane_io.honour_cancel()  # unasync: remove
-                    link.drop_lost(lane)  # unasync: remove
-                    connect = lane.blocked is None and link.conn is None
+                    if lane.blocked is None and self.conn is not None and link.lost():  # unasync: remove
+                        hub.background.later(_disconnect, self._drop())  # unasync: remove
+                    connect = lane.blocked is None and self.conn is None
                     if lane.blocked is None and not connect:
                         now = time.monotonic()
                         keys = core.plan(lane, now)
                         timeout = lane.block_until - now
                 if connect:
-                    conn, self.client_id = await self.node.lane_connection()
-                    link.attach(conn)
+                    self.conn, self.client_id = await self.node.lane_connection()
+                    link.attach(self.conn)  # unasync: remove
                     continue  # (a step: on asyncio the cancellation may have been lost in it)
                 if keys is not None:
                     if not keys:
                         continue
-                    blpop = blpop_command(link.conn, keys, timeout)
-                    await link.send(blpop)  # unasync: link.conn.send_packed_command([blpop], check_health=False)
+                    conn = self.conn
+                    blpop = blpop_command(conn, keys, timeout)
+                    await link.send(conn, blpop)  # unasync: conn.send_packed_command([blpop], check_health=False)
                 reply = await self._answer(None if step == "last" else me, keys is not None)
                 if reply is _STOP:
                     continue
@@ -85,13 +99,24 @@ class AsyncLaneDriver:
                 core.fail(lane, e)
         except BaseException:  # interrupted (cancelled, KeyboardInterrupt): hand the lane on
             with hub.lock:
-                lost = link.interrupted(lane)
+                lost = self._interrupted()
             for key in lost or ():
                 if key.endswith(":wake"):  # whatever it popped is gone: at worst a spurious wake-up
                     hub.hand_on_later(key)
             raise
         finally:
             self._after(me)
+
+    def _interrupted(self) -> frozenset[str] | None:
+        """The driver was interrupted (under the lock). If that broke the connection
+        (mid-send; on threads also mid-read), let it go; returns the keys of the
+        BLPOP whose popped value went with it. A task loses none: its reader reads."""
+        if self.conn is None or self.conn.is_connected:
+            return None
+        lost = None  # unasync: lost = self.lane.blocked
+        self.lane.blocked = None
+        self.hub.background.later(_disconnect, self._drop())
+        return lost
 
     def _after(self, me: Wait | None) -> None:
         """Hand the lane to the next driver (or close it once retired)."""
@@ -111,7 +136,7 @@ class AsyncLaneDriver:
         it was just sent, so nothing of its answer can be there yet."""
         hub, link = self.hub, self.link
         watch = Watch(hub.core, self.lane, me)
-        while fresh or not link.answered():  # unasync: while fresh or not link.conn.can_read(0):
+        while fresh or not link.answered():  # unasync: while fresh or not self.conn.can_read(0):
             fresh = False
             now = time.monotonic()
             with hub.lock:
@@ -129,10 +154,10 @@ class AsyncLaneDriver:
                 watch.released()
             else:
                 assert isinstance(step, float)
-                if await link.sleep(step):
+                if await link.sleep(step):  # unasync: if link.select(self.conn, step):
                     break
         try:
-            return await link.read()  # unasync: return link.conn.read_response()
+            return await link.read()  # unasync: return self.conn.read_response()
         except ResponseError:  # MOVED/ASK during a resharding: look again
             return AGAIN
 
@@ -141,5 +166,11 @@ class AsyncLaneDriver:
         for delay in release_delays():
             if await self.node.unblock(self.client_id) or not self.node.can_unblock:
                 return
-            if await self.link.answer_within(delay):  # unasync: if self.link.conn.can_read(delay):
+            if await self.link.answer_within(delay):  # unasync: if self.conn.can_read(delay):
                 return
+
+
+async def _disconnect(conn: Any) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.disconnect()

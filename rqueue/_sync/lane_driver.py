@@ -4,13 +4,16 @@ waiter drives it (see ``rqueue._sync.waiter``), written once for both sides.
 
 The asyncio driver is the source: ``scripts/unasync`` generates the sync one
 (``rqueue._sync.lane_driver``). Every decision is in the I/O-free core
-(``lanes.Lanes``, ``blpop.Watch``); what threads and tasks do differently with
-the lane's connection is in ``lane_sync.LaneLink`` (a reader task, answers
-in futures) and ``lane_sync.LaneLink`` (a selector and a socketpair poke).
+(``lanes.Lanes``, ``blpop.Watch``). How the driver waits for the BLPOP's answer
+is what threads and tasks do differently: a thread reads the connection itself,
+on a selector that a socketpair pokes (``lane_sync.LaneLink``); on asyncio a
+reader task puts each answer into a future, so a cancelled driver leaves it to
+the next one (``lane_sync.LaneLink``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -29,9 +32,11 @@ class LaneDriver:
         self.hub = hub
         self.lane = lane
         self.node = node
-        #: The lane's connection, and how its driver waits on it.
+        #: How the driver waits on the lane's connection.
         self.link = lane_io.LaneLink()
-        #: The lane connection's client id (what CLIENT UNBLOCK names).
+        #: The lane's connection (None until made, or after it was lost), and its
+        #: client id (what CLIENT UNBLOCK names).
+        self.conn: Any = None
         self.client_id = 0
 
     def poke(self) -> None:
@@ -43,8 +48,14 @@ class LaneDriver:
         self.hub.background.later(self.close)
 
     def close(self) -> None:
-        """Close the lane's connection (the lane is retired, nobody drives it)."""
+        """Close the lane's connection and link (the lane is retired, nobody drives it)."""
+        _disconnect(self._drop())
         self.link.close()
+
+    def _drop(self) -> Any:
+        """Let go of the lane's connection; returns it (to disconnect)."""
+        conn, self.conn = self.conn, None
+        return conn
 
     def drive(self, me: Wait | None) -> None:
         """Run the lane's BLPOPs until ``me`` has finished (None: until the lane
@@ -57,20 +68,20 @@ class LaneDriver:
                     step = core.next_step(lane, me, bool(self.node.can_unblock))
                     if step == "stop":
                         break
-                    connect = lane.blocked is None and link.conn is None
+                    connect = lane.blocked is None and self.conn is None
                     if lane.blocked is None and not connect:
                         now = time.monotonic()
                         keys = core.plan(lane, now)
                         timeout = lane.block_until - now
                 if connect:
-                    conn, self.client_id = self.node.lane_connection()
-                    link.attach(conn)
+                    self.conn, self.client_id = self.node.lane_connection()
                     continue  # (a step: on asyncio the cancellation may have been lost in it)
                 if keys is not None:
                     if not keys:
                         continue
-                    blpop = blpop_command(link.conn, keys, timeout)
-                    link.conn.send_packed_command([blpop], check_health=False)
+                    conn = self.conn
+                    blpop = blpop_command(conn, keys, timeout)
+                    conn.send_packed_command([blpop], check_health=False)
                 reply = self._answer(None if step == "last" else me, keys is not None)
                 if reply is _STOP:
                     continue
@@ -83,13 +94,24 @@ class LaneDriver:
                 core.fail(lane, e)
         except BaseException:  # interrupted (cancelled, KeyboardInterrupt): hand the lane on
             with hub.lock:
-                lost = link.interrupted(lane)
+                lost = self._interrupted()
             for key in lost or ():
                 if key.endswith(":wake"):  # whatever it popped is gone: at worst a spurious wake-up
                     hub.hand_on_later(key)
             raise
         finally:
             self._after(me)
+
+    def _interrupted(self) -> frozenset[str] | None:
+        """The driver was interrupted (under the lock). If that broke the connection
+        (mid-send; on threads also mid-read), let it go; returns the keys of the
+        BLPOP whose popped value went with it. A task loses none: its reader reads."""
+        if self.conn is None or self.conn.is_connected:
+            return None
+        lost = self.lane.blocked
+        self.lane.blocked = None
+        self.hub.background.later(_disconnect, self._drop())
+        return lost
 
     def _after(self, me: Wait | None) -> None:
         """Hand the lane to the next driver (or close it once retired)."""
@@ -109,7 +131,7 @@ class LaneDriver:
         it was just sent, so nothing of its answer can be there yet."""
         hub, link = self.hub, self.link
         watch = Watch(hub.core, self.lane, me)
-        while fresh or not link.conn.can_read(0):
+        while fresh or not self.conn.can_read(0):
             fresh = False
             now = time.monotonic()
             with hub.lock:
@@ -125,10 +147,10 @@ class LaneDriver:
                 watch.released()
             else:
                 assert isinstance(step, float)
-                if link.sleep(step):
+                if link.select(self.conn, step):
                     break
         try:
-            return link.conn.read_response()
+            return self.conn.read_response()
         except ResponseError:  # MOVED/ASK during a resharding: look again
             return AGAIN
 
@@ -137,5 +159,11 @@ class LaneDriver:
         for delay in release_delays():
             if self.node.unblock(self.client_id) or not self.node.can_unblock:
                 return
-            if self.link.conn.can_read(delay):
+            if self.conn.can_read(delay):
                 return
+
+
+def _disconnect(conn: Any) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.disconnect()

@@ -14,7 +14,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from rqueue._transport.lanes import ASYNC_SPREAD, Lane, Wait
+from rqueue._transport.lanes import ASYNC_SPREAD, Wait
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.ASYNC_SPREAD``).
 SPREAD = ASYNC_SPREAD
@@ -127,17 +127,14 @@ class _Failed:
 
 
 class AsyncLaneLink:
-    """A lane's connection on asyncio (see ``rqueue._async.lane_driver``).
-
-    A task of its own reads the connection and puts each answer into the
-    in-flight BLPOP's future: a driver that is cancelled leaves that future to
-    the next driver instead of breaking the connection. ``poke`` completes a
-    future the driver sleeps on.
+    """How a lane's driver waits on its connection on asyncio (see
+    ``rqueue._async.lane_driver``): a task of its own reads the connection and
+    puts each answer into the in-flight BLPOP's future, so a driver that is
+    cancelled leaves that future to the next driver instead of breaking the
+    connection. ``poke`` completes a future the driver sleeps on.
     """
 
-    def __init__(self, background: AsyncBackground) -> None:
-        self.background = background
-        self.conn: Any = None
+    def __init__(self) -> None:
         #: The answer of the BLPOP in flight (a reply, or _Failed).
         self.answer: asyncio.Future[Any] | None = None
         self._reading: asyncio.Future[None] | None = None
@@ -147,15 +144,20 @@ class AsyncLaneLink:
         if not self._poked.done():
             self._poked.set_result(None)
 
-    def drop_lost(self, lane: Lane) -> None:
-        """Drop the connection if it was lost while the lane was idle (its reader ended)."""
-        if lane.blocked is None and self.conn is not None and (self._reading is None or self._reading.done()):
-            self.background.run(_disconnect(self._drop()))
-
     def attach(self, conn: Any) -> None:
-        """Use ``conn`` (just connected): start its reader."""
-        self.conn = conn
+        """Start reading ``conn`` (just connected)."""
         self._reading = asyncio.ensure_future(self._read(conn))
+
+    def lost(self) -> bool:
+        """Whether the connection's reader ended (the connection was lost)."""
+        return self._reading is None or self._reading.done()
+
+    def detach(self) -> None:
+        """Stop reading the connection (it is dropped)."""
+        self.answer = None
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
+        self._reading = None
 
     async def _read(self, conn: Any) -> None:
         """Put every answer of ``conn`` into the in-flight BLPOP's future."""
@@ -174,11 +176,11 @@ class AsyncLaneLink:
             if self.answer is not None and not self.answer.done():
                 self.answer.set_result(got)
 
-    async def send(self, blpop: bytes) -> None:
+    async def send(self, conn: Any, blpop: bytes) -> None:
         """Send the BLPOP; its answer will come into a new future."""
         self.answer = asyncio.get_running_loop().create_future()
         try:
-            await self.conn.send_packed_command([blpop], check_health=False)
+            await conn.send_packed_command([blpop], check_health=False)
         except BaseException:
             self.answer = None  # not sent, or lost with the connection
             raise
@@ -222,28 +224,5 @@ class AsyncLaneLink:
             raise got.error
         return got
 
-    def interrupted(self, lane: Lane) -> frozenset[str] | None:
-        """The driver was cancelled: the answer (if any) goes on for the next driver,
-        read by the reader task, so nothing is lost; a connection that broke
-        (cancelled mid-send) is dropped."""
-        if self.conn is not None and not self.conn.is_connected:
-            lane.blocked = None
-            self.background.run(_disconnect(self._drop()))
-        return None
-
-    def _drop(self) -> Any:
-        conn, self.conn = self.conn, None
-        self.answer = None
-        if self._reading is not None and not self._reading.done():
-            self._reading.cancel()
-        self._reading = None
-        return conn
-
-    async def close(self) -> None:
-        await _disconnect(self._drop())
-
-
-async def _disconnect(conn: Any) -> None:
-    if conn is not None:
-        with contextlib.suppress(Exception):
-            await conn.disconnect()
+    def close(self) -> None:
+        """Nothing: the reader went with the connection."""

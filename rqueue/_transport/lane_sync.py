@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from rqueue._transport.lanes import SYNC_SPREAD, Lane, Wait
+from rqueue._transport.lanes import SYNC_SPREAD, Wait
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.SYNC_SPREAD``).
 SPREAD = SYNC_SPREAD
@@ -73,12 +73,12 @@ class Background:
 
 
 class LaneLink:
-    """A lane's connection on threads (see ``rqueue._async.lane_driver``): the
-    driving thread reads it itself, on a selector that a socketpair's write
-    (``poke``, from any thread) wakes too."""
+    """How a lane's driving thread waits on its connection (see
+    ``rqueue._async.lane_driver``): the thread reads it itself, after a
+    selector on its socket and on a socketpair that ``poke`` (from any thread)
+    writes to."""
 
     def __init__(self) -> None:
-        self.conn: Any = None
         self._sock: Any = None
         self._r, self._w = socket.socketpair()
         self._r.setblocking(False)
@@ -90,17 +90,15 @@ class LaneLink:
         with contextlib.suppress(OSError):
             self._w.send(b"\0")
 
-    def attach(self, conn: Any) -> None:
-        """Use ``conn`` (just connected): watch its socket."""
-        try:
-            self._sel.register(conn._sock, selectors.EVENT_READ)
-        except BaseException:
-            conn.disconnect()
-            raise
-        self.conn, self._sock = conn, conn._sock
-
-    def sleep(self, timeout: float) -> bool:
-        """Until poked, the connection is readable, or ``timeout``; whether it is."""
+    def select(self, conn: Any, timeout: float) -> bool:
+        """Until ``conn`` is readable, poked, or ``timeout``: whether it is readable."""
+        sock = conn._sock
+        if sock is not self._sock:  # a new connection: watch its socket instead
+            if self._sock is not None:
+                with contextlib.suppress(Exception):  # (closed already if it broke)
+                    self._sel.unregister(self._sock)
+            self._sel.register(sock, selectors.EVENT_READ)
+            self._sock = sock
         ready = False
         for key, _ in self._sel.select(timeout):
             if key.fileobj is self._r:
@@ -111,29 +109,8 @@ class LaneLink:
                 ready = True
         return ready
 
-    def interrupted(self, lane: Lane) -> frozenset[str] | None:
-        """The driving thread was interrupted (KeyboardInterrupt, under the waiter's
-        lock). Mid-read or mid-send the connection broke, and whatever its BLPOP
-        popped is lost: returns those keys (wake-up tokens are handed on)."""
-        lost = None
-        if self.conn is not None and not self.conn._sock:
-            lost, lane.blocked = lane.blocked, None
-            self._unwatch()
-        return lost
-
-    def _unwatch(self) -> Any:
-        conn, sock, self.conn, self._sock = self.conn, self._sock, None, None
-        if sock is not None:
-            with contextlib.suppress(Exception):
-                self._sel.unregister(sock)
-        return conn
-
     def close(self) -> None:
-        """Close the connection and the poke sockets (the lane is retired)."""
-        conn = self._unwatch()
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.disconnect()
+        """Close the selector and the poke sockets (the lane is retired)."""
         self._sel.close()
         self._r.close()
         self._w.close()
