@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from rqueue._protocol import errors as _errors
+from rqueue._protocol.calls import Call
 from rqueue._transport.lane_async import AsyncBackground
-
-if TYPE_CHECKING:
-    from rqueue._protocol.operations import Call
 
 T = TypeVar("T")
 

@@ -97,6 +97,9 @@ class AsyncCondition:
 class AsyncBackground:
     """Runs ``target`` in a task, once; ``stop`` cancels it and waits for it."""
 
+    #: How it pauses (between reconnects).
+    sleep = staticmethod(asyncio.sleep)
+
     def __init__(self, target: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         self._target = target
         self._name = name
@@ -109,9 +112,6 @@ class AsyncBackground:
             self._started = True
             self._task = asyncio.ensure_future(self._target())
             self._task.set_name(self._name)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
     async def stop(self, timeout: float) -> None:
         """Cancel the task and wait until it ended (``timeout`` is the sync side's join)."""
@@ -159,24 +159,21 @@ Flag = threading.Event
 class Background:
     """Runs ``target`` on a daemon thread, once; ``stop`` joins it (not from itself)."""
 
+    #: How it pauses (between reconnects).
+    sleep = staticmethod(time.sleep)
+
     def __init__(self, target: Callable[[], None], name: str) -> None:
-        self._target = target
-        self._name = name
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
 
     def start(self) -> None:
         """Start the thread unless it was started before."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._target, name=self._name, daemon=True)
+        if self._thread.ident is None:
             self._thread.start()
 
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
     def stop(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the thread to end."""
+        """Wait up to ``timeout`` seconds for the thread to end (if it was started)."""
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread.ident is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
 

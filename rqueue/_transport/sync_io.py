@@ -4,12 +4,11 @@ the asyncio client needs tasks (see there). Hand-written: keep them tiny."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from redis.cluster import ClusterNode, RedisCluster
 
-if TYPE_CHECKING:
-    from rqueue._protocol.operations import Call
+from rqueue._protocol.calls import Call
 
 T = TypeVar("T")
 
