@@ -47,9 +47,11 @@ class AsyncLaneDriver:
         self.hub.background.later(self.close)
 
     async def close(self) -> None:
-        """Close the lane's connection and link (the lane is retired, nobody drives it)."""
-        await _disconnect(self._drop())
-        self.link.close()
+        """Close the lane's connection (the lane is retired, nobody drives it): on
+        asyncio its reader stops, on threads the selector and poke sockets close."""
+        conn, self.conn = self.conn, None
+        self.link.detach()  # unasync: self.link.close()
+        await _disconnect(conn)
 
     def _drop(self) -> Any:
         """Let go of the lane's connection; returns it (to disconnect)."""

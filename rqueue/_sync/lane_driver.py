@@ -48,9 +48,11 @@ class LaneDriver:
         self.hub.background.later(self.close)
 
     def close(self) -> None:
-        """Close the lane's connection and link (the lane is retired, nobody drives it)."""
-        _disconnect(self._drop())
+        """Close the lane's connection (the lane is retired, nobody drives it): on
+        asyncio its reader stops, on threads the selector and poke sockets close."""
+        conn, self.conn = self.conn, None
         self.link.close()
+        _disconnect(conn)
 
     def _drop(self) -> Any:
         """Let go of the lane's connection; returns it (to disconnect)."""

@@ -223,6 +223,3 @@ class AsyncLaneLink:
         if isinstance(got, _Failed):
             raise got.error
         return got
-
-    def close(self) -> None:
-        """Nothing: the reader went with the connection."""

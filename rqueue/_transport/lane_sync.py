@@ -33,12 +33,13 @@ def new_handle() -> threading.Event | None:
 
 def rearm(w: Wait) -> threading.Event:
     """The Event ``w`` sleeps on until its value comes or it is to drive (under the lock)."""
-    if w.handle is None:
-        w.handle = threading.Event()
+    handle = w.handle
+    if handle is None:
+        handle = w.handle = threading.Event()
     else:
-        assert isinstance(w.handle, threading.Event)
-        w.handle.clear()
-    return w.handle
+        assert isinstance(handle, threading.Event)
+        handle.clear()
+    return handle
 
 
 def sleep_on(handle: threading.Event, timeout: float) -> None:
