@@ -158,7 +158,7 @@ class AsyncWaiter:
         #: Guards ``core`` and the lanes (the sync waiter's threads share them; asyncio needs none).
         self.lock = lane_io.state_lock()
         self.core = core
-        self.background = lane_io.AsyncBackground()
+        self.background = lane_io.AsyncBackgroundWork()
         self._pid = os.getpid()
 
     async def _node(self, key: str) -> tuple[str, int | None, _AsyncNode]:

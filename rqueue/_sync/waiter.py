@@ -158,7 +158,7 @@ class Waiter:
         #: Guards ``core`` and the lanes (the sync waiter's threads share them; asyncio needs none).
         self.lock = lane_io.state_lock()
         self.core = core
-        self.background = lane_io.Background()
+        self.background = lane_io.BackgroundWork()
         self._pid = os.getpid()
 
     def _node(self, key: str) -> tuple[str, int | None, _Node]:

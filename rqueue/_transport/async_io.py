@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from rqueue._protocol import errors as _errors
-from rqueue._protocol.calls import Call
-from rqueue._transport.lane_async import AsyncBackground
-
-T = TypeVar("T")
+from rqueue._protocol.calls import Call, T
+from rqueue._transport.lane_async import AsyncBackgroundWork
 
 #: What ``connect`` asks the backend for.
 IS_ASYNC = True
@@ -40,7 +38,9 @@ async def each(groups: Sequence[tuple[Any, list[int]]], on: Callable[[Any, list[
             raise next((f for f in failures if isinstance(f, _errors.ConnectionError)), failures[0])
 
 
-async def kept(work: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[None]], background: AsyncBackground) -> T:
+async def kept(
+    work: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[None]], background: AsyncBackgroundWork
+) -> T:
     """Await ``work``; cancelled meanwhile, let it finish and run ``undo`` on its result
     (a receive's messages become visible again), then raise the CancelledError."""
     task = asyncio.ensure_future(work)
@@ -59,7 +59,7 @@ async def _undo_after(task: asyncio.Future[T], undo: Callable[[T], Awaitable[Non
     await undo(result)
 
 
-async def finish(background: AsyncBackground, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+async def finish(background: AsyncBackgroundWork, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
     """Run ``fn(*args)`` to its end even if the caller is cancelled again (it then goes
     on in ``background``, which the waiter's ``aclose`` waits for)."""
     job = background.run(fn(*args))

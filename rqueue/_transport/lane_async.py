@@ -48,7 +48,7 @@ async def sleep_on(fut: asyncio.Future[None], timeout: float) -> None:
         timer.cancel()
 
 
-class AsyncBackground:
+class AsyncBackgroundWork:
     """Tasks that run on after their caller (settling what a cancelled call left,
     handing a token on, closing a lane); the waiter's ``aclose`` waits for them."""
 

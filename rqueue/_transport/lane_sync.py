@@ -46,7 +46,7 @@ def sleep_on(handle: threading.Event, timeout: float) -> None:
     handle.wait(timeout)
 
 
-class Background:
+class BackgroundWork:
     """The threads that finish a lane nobody else drives; ``end`` joins them."""
 
     def __init__(self) -> None:

@@ -4,13 +4,11 @@ the asyncio client needs tasks (see there). Hand-written: keep them tiny."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.cluster import ClusterNode, RedisCluster
 
-from rqueue._protocol.calls import Call
-
-T = TypeVar("T")
+from rqueue._protocol.calls import Call, T
 
 #: What ``connect`` asks the backend for.
 IS_ASYNC = False
