@@ -1,8 +1,8 @@
 """The bookkeeping of a client's waits (no I/O): which lane (one connection
 blocked in one BLPOP) each wait goes to, what a lane's driver does next, and
-who drives it after. The waiters (``rqueue._async.waiter``, generated into
-``rqueue._sync.waiter``) and their lane drivers (``lane_async``, ``lane_sync``)
-share it; see ``rqueue._async.waiter`` for the design.
+who drives it after. The waiters and their lane drivers
+(``rqueue._async.waiter``, ``rqueue._async.lane_driver``, generated into
+``rqueue._sync``) share it; see ``rqueue._async.waiter`` for the design.
 """
 
 from __future__ import annotations
