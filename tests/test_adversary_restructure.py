@@ -287,7 +287,7 @@ def _until(ready: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="calls after close() reconnect silently (as on main)")
-def test_a_closed_client_refuses_calls(connect: Any) -> None:
+def test_a_closed_client_refuses_calls(connect: Any, request: pytest.FixtureRequest) -> None:
     """After ``close()`` a waiting call fails with 'the client ... is closed' (README, Long
     polling), and so does a tracked send ('the client is closed'), but an ordinary call opens a
     new pool connection and succeeds: ``send`` stores a message, a receive that needs no wait
@@ -295,6 +295,10 @@ def test_a_closed_client_refuses_calls(connect: Any) -> None:
     gone instead, and the call fails as unreachable). Present on main too. Fix: ``run``,
     ``run_many`` and the registry calls check ``self._waiter.core.closed`` first (one attribute
     read) and raise ``closed_error()``."""
+    if request.node.callspec.params == {"connect": "async", "backend_url": "sentinel"}:
+        # There the connection the late call reopens outlives even a second aclose(): its
+        # ResourceWarning would fail a later test. Same defect; the other five show it.
+        pytest.skip("a late call on a closed asyncio Sentinel client leaks its connection")
     client = connect()
     q = client.create_queue("orders")
     client.close()
