@@ -86,11 +86,13 @@ def test_the_generated_sync_modules_do_not_call_themselves_the_asyncio_client() 
     docstrings: ``help(rqueue._sync.client)`` opens with 'The asyncio client:
     ``rqueue.asyncio.connect(url)`` -> ``Client``' (client.py:2, queue.py:2, topic.py:2), and
     the sync waiter says its drivers are in '``lane_sync`` (tasks) and ``lane_sync`` (threads)'
-    (waiter.py:6, ``lane_async`` rewritten). Fix: neutral wording in ``rqueue/_async/*.py``."""
+    (waiter.py:6, ``lane_async`` rewritten); ``help(rqueue.Client.drive)`` says 'Cancelled at any
+    await, it settles first ...'. Fix: neutral wording in ``rqueue/_async/*.py``."""
     for module in (sync_client, sync_queue, sync_topic):
         first = (module.__doc__ or "").splitlines()[0]
         assert "asyncio" not in first, f"{module.__name__}: {first}"
     assert "``lane_sync`` (tasks)" not in (sync_waiter.__doc__ or "")
+    assert "await" not in (rqueue.Client.drive.__doc__ or "")  # 'Cancelled at any await, it settles ...'
 
 
 # ---------------------------------------------------------------- entry points
