@@ -67,7 +67,11 @@ def test_every_asyncio_source_module_is_generated() -> None:
     assert {dst for _, dst in script.FILES} == {m.replace("/_async/", "/_sync/") for m in modules}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 asks for ruff's mccabe check (max 15) in pyproject.toml; not on yet")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 asks for ruff's mccabe check (max 15) in pyproject.toml; not on yet",
+    raises=AssertionError,
+)
 def test_ruff_checks_complexity_at_15() -> None:
     """Issue 10's 'done means': no function over complexity 15, ruff's mccabe check on in
     pyproject.toml. ``[tool.ruff.lint] select`` has no C90 (and the two consumers'
@@ -80,7 +84,9 @@ def test_ruff_checks_complexity_at_15() -> None:
 # ---------------------------------------------------------------- words the rewrite got wrong
 
 
-@pytest.mark.xfail(strict=True, reason="the asyncio source's module docstrings are copied word for word")
+@pytest.mark.xfail(
+    strict=True, reason="the asyncio source's module docstrings are copied word for word", raises=AssertionError
+)
 def test_the_generated_sync_modules_do_not_call_themselves_the_asyncio_client() -> None:
     """``scripts/unasync`` renames ``AsyncClient`` but leaves 'the asyncio client' in the
     docstrings: ``help(rqueue._sync.client)`` opens with 'The asyncio client:
@@ -98,7 +104,7 @@ def test_the_generated_sync_modules_do_not_call_themselves_the_asyncio_client() 
 # ---------------------------------------------------------------- entry points
 
 
-@pytest.mark.xfail(strict=True, reason="rqueue/cli became a package without a __main__.py")
+@pytest.mark.xfail(strict=True, reason="rqueue/cli became a package without a __main__.py", raises=AssertionError)
 def test_python_m_rqueue_cli_still_runs() -> None:
     """On main ``rqueue/cli.py`` ran as ``python -m rqueue.cli`` (its ``if __name__ ==
     '__main__'`` block); ``rqueue/cli/`` is a package now, so that fails with 'No module named
@@ -129,7 +135,9 @@ def _generated_twins(modules: list[str]) -> bool:
     return sorted(m.split("/")[1] for m in modules) == ["_async", "_sync"]
 
 
-@pytest.mark.xfail(strict=True, reason="Tracker, Wait, Background, AsyncBackground, Consumer are defined twice")
+@pytest.mark.xfail(
+    strict=True, reason="Tracker, Wait, Background, AsyncBackground, Consumer are defined twice", raises=AssertionError
+)
 def test_no_two_classes_share_a_name() -> None:
     """Issue 10: 'no two public or private classes share a name' (it names the two Trackers).
     Still twice: ``Tracker`` (_consumer/core.py, _sync/listener.py), ``Wait`` (_protocol/calls.py,
@@ -140,7 +148,9 @@ def test_no_two_classes_share_a_name() -> None:
     assert twice == {}
 
 
-@pytest.mark.xfail(strict=True, reason="lane_sync.py spells the ':wake' suffix instead of keys.is_wake_key")
+@pytest.mark.xfail(
+    strict=True, reason="lane_sync.py spells the ':wake' suffix instead of keys.is_wake_key", raises=AssertionError
+)
 def test_key_suffixes_are_spelled_only_in_keys() -> None:
     """Issue 10: every key name in ``_protocol/keys.py``. ``keys.is_wake_key`` was added for
     the waiter (commit 1e409e8) but ``rqueue/_transport/lane_sync.py`` still tells a wake-up
@@ -182,7 +192,9 @@ def counted_listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_CountedL
         listener.close()
 
 
-@pytest.mark.xfail(strict=True, reason="Client.listener() checks then sets without a lock (as on main)")
+@pytest.mark.xfail(
+    strict=True, reason="Client.listener() checks then sets without a lock (as on main)", raises=AssertionError
+)
 @pytest.mark.parametrize("backend_url", ["standalone", "cluster", "sentinel"], indirect=True)
 def test_two_threads_sending_their_first_tracked_messages_share_one_listener(
     backend_url: str, prefix: str, raw: Any, counted_listener: type[_CountedListener]
@@ -219,7 +231,9 @@ def _final_kind(tracker: Any) -> str:
         return "silence"
 
 
-@pytest.mark.xfail(strict=True, reason="the listener's thread object survives a fork; its thread does not")
+@pytest.mark.xfail(
+    strict=True, reason="the listener's thread object survives a fork; its thread does not", raises=AssertionError
+)
 def test_a_forked_child_can_send_tracked_messages(lib: rqueue.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sync waiter starts afresh in a forked child ('the parent's lanes are not this
     process's'); the listener does not: its ``Background`` still holds the parent's thread
@@ -244,7 +258,11 @@ def test_a_forked_child_can_send_tracked_messages(lib: rqueue.Client, monkeypatc
 # ---------------------------------------------------------------- close() while a tracked send waits
 
 
-@pytest.mark.xfail(strict=True, reason="Listener.close() leaves a subscribe in flight to its timeout (as on main)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="Listener.close() leaves a subscribe in flight to its timeout (as on main)",
+    raises=AssertionError,
+)
 def test_close_ends_a_tracked_send_waiting_for_its_subscription(monkeypatch: pytest.MonkeyPatch) -> None:
     """``close()``: 'calls still waiting (... in other threads) end with rqueue.ConnectionError
     (the client ... is closed)'. A tracked send waits in ``Listener.ensure`` until the server
@@ -276,7 +294,9 @@ def test_close_ends_a_tracked_send_waiting_for_its_subscription(monkeypatch: pyt
         assert (type(error), "closed" in str(error), at - closed < 1.0) == (rqueue.ConnectionError, True, True), error
 
 
-@pytest.mark.xfail(strict=True, reason="AsyncListener.aclose() leaves a subscribe in flight to its timeout")
+@pytest.mark.xfail(
+    strict=True, reason="AsyncListener.aclose() leaves a subscribe in flight to its timeout", raises=AssertionError
+)
 async def test_aclose_ends_a_tracked_send_waiting_for_its_subscription(monkeypatch: pytest.MonkeyPatch) -> None:
     """The asyncio twin of the test above (the listener is generated from the same source)."""
     monkeypatch.setattr(async_listener, "SUBSCRIBE_TIMEOUT", 3.0)
@@ -306,7 +326,9 @@ def _until(ready: Callable[[], bool], timeout: float = 10.0) -> None:
 # ---------------------------------------------------------------- a closed client
 
 
-@pytest.mark.xfail(strict=True, reason="calls after close() reconnect silently (as on main)")
+@pytest.mark.xfail(
+    strict=True, reason="calls after close() reconnect silently (as on main)", raises=pytest.fail.Exception
+)
 def test_a_closed_client_refuses_calls(connect: Any, request: pytest.FixtureRequest) -> None:
     """After ``close()`` a waiting call fails with 'the client ... is closed' (README, Long
     polling), and so does a tracked send ('the client is closed'), but an ordinary call opens a
@@ -326,7 +348,7 @@ def test_a_closed_client_refuses_calls(connect: Any, request: pytest.FixtureRequ
         q.send("after close")
 
 
-@pytest.mark.xfail(strict=True, reason="README has no map of the layers yet")
+@pytest.mark.xfail(strict=True, reason="README has no map of the layers yet", raises=AssertionError)
 def test_the_readme_maps_the_layers() -> None:
     """Issue 10: 'README's architecture section updated with a short map of the layers'. The
     README names none of the layers, nor ``scripts/unasync`` (what a contributor must run after
@@ -340,7 +362,11 @@ def test_the_readme_maps_the_layers() -> None:
 # ---------------------------------------------------------------- the new key patterns
 
 
-@pytest.mark.xfail(strict=True, reason="the SCAN patterns in keys.py do not escape glob characters of the prefix")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the SCAN patterns in keys.py do not escape glob characters of the prefix",
+    raises=AssertionError,
+)
 def test_a_prefix_pattern_matches_only_that_prefix(server_url: str) -> None:
     """``keys.prefix_pattern`` ('every key under prefix'), ``reply_pattern`` and
     ``QueueKeys.pattern`` paste the prefix into a SCAN MATCH glob as it is, and ``check_prefix``
