@@ -2,7 +2,7 @@
 
 from rqueue._async.client import AsyncClient, AsyncQueue, connect
 from rqueue._async.topic import AsyncSubscription, AsyncTopic
-from rqueue._consumer.tasks import Consumer
+from rqueue._consumer.tasks import AsyncConsumer, Consumer
 from rqueue._transport.listen import AsyncTracker
 
 Client = AsyncClient
@@ -10,6 +10,7 @@ Queue = AsyncQueue
 
 __all__ = [
     "AsyncClient",
+    "AsyncConsumer",
     "AsyncQueue",
     "AsyncSubscription",
     "AsyncTopic",
