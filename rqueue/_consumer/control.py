@@ -11,6 +11,7 @@ calls it under its lock, the asyncio runner on its loop.
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import logging
@@ -38,6 +39,24 @@ RECEIVE_BACKOFF = (0.5, 30.0)
 Due = list[tuple[int, list[str]]]
 
 
+@dataclass(frozen=True, slots=True)
+class Wakes:
+    """How a runner wakes its threads or tasks; ``Control`` calls these (under the thread runner's lock)."""
+
+    #: Receivers waiting for slots (and the shutdown waiting for jobs) must look.
+    slots: Callable[[], None]
+    #: The maintainer must look.
+    maint: Callable[[], None]
+    #: Jobs were queued in ``Control.work``: a worker must take them.
+    jobs: Callable[[], None]
+    #: A stop was requested: everyone waiting must look; backoffs end.
+    halted: Callable[[], None]
+    #: Workers and the maintainer must exit.
+    closing: Callable[[], None]
+    #: Jobs wait for a worker (threads: get a helper if none was taken since the last look).
+    stalled: Callable[[], bool] = bool
+
+
 class Gate(enum.Enum):
     """A receiver's next step."""
 
@@ -50,15 +69,10 @@ class Gate(enum.Enum):
 
 @dataclass(slots=True)
 class Arrival:
-    """What one receive brought and what the receiver does next."""
+    """What a receiver does after a receive."""
 
-    jobs: list[Job]
     #: Tell senders of requests this receive dead-lettered (best effort).
     notify: Call[Any] | None = None
-    #: Other receivers may go: slots came back.
-    wake_slots: bool = False
-    #: The maintainer must look earlier than it planned.
-    wake_maint: bool = False
     #: Back off this long first (stopping cuts it short).
     pause: float = 0.0
     #: Long-poll this long for a wake-up before the next receive; None: receive again at once.
@@ -70,6 +84,7 @@ def open_control(
     attrs: Sequence[QueueAttributes],
     life: Lifecycle,
     errors: Sequence[Outage],
+    wakes: Wakes,
     *,
     stall: float | None = None,
     what: str,
@@ -85,7 +100,7 @@ def open_control(
     )
     life.to(Cause.START)
     log.info("consuming %s with up to %d %s", ", ".join(setup.names), setup.settings.concurrency, what)
-    return Control(ledger, life, setup.keys, setup.names, setup.hooks, errors, stall=stall)
+    return Control(ledger, life, setup.keys, setup.names, setup.hooks, errors, wakes, stall=stall)
 
 
 class Control:
@@ -99,10 +114,14 @@ class Control:
         names: Sequence[str],
         hooks: Sequence[Hook],
         errors: Sequence[Outage],
+        wakes: Wakes,
         *,
         stall: float | None = None,
     ) -> None:
         self.ledger = ledger
+        self.wakes = wakes
+        #: Jobs waiting for a worker, in order.
+        self.work: collections.deque[Job] = collections.deque()
         self.life = life
         self.settings: Settings = ledger.settings
         self.keys = list(keys)
@@ -154,16 +173,17 @@ class Control:
         wanting.discard(qi)
         return Gate.GO, None
 
-    def go(self, qi: int) -> tuple[int, Flush, bool]:
-        """Receiver ``qi`` goes: the slots it reserved, the pending acks it carries, and whether
-        other receivers wait for their turn (wake them)."""
+    def go(self, qi: int) -> tuple[int, Flush]:
+        """Receiver ``qi`` goes: the slots it reserved and the pending acks it carries."""
         book = self.ledger
         self._last_turn[qi] = next(self._turns)
         n = book.reserve()
         flush = book.take()
         self.poked.discard(qi)
         book.receiving += 1
-        return n, flush, bool(self.wanting)
+        if self.wanting:
+            self.wakes.slots()  # the next queue in turn may go
+        return n, flush
 
     def receive_call(self, qi: int, n: int) -> Call[Any]:
         return _core.receive(self.keys[qi], n, self.ledger.leases[qi])
@@ -172,37 +192,42 @@ class Control:
         """One round trip: ``flush`` carried out, then ``tail``. Reads no shared state: no lock needed."""
         return flush.calls(self.keys) + tail if flush else tail
 
-    def receive_ended(self) -> bool:
-        """A receive round trip ended (either way); True: pending acks must go now (wake the maintainer)."""
+    def receive_ended(self) -> None:
+        """A receive round trip ended (either way); pending acks it did not carry may have to go now."""
         book = self.ledger
         book.receiving -= 1
-        return book.full
+        if book.full:
+            self.wakes.maint()
 
     def arrived(self, qi: int, n: int, result: Any, now: float) -> Arrival:
-        """What receive ``result`` (a tuple, an Exception, or None: connection lost) brought."""
+        """Receive ``result`` (a tuple, an Exception, or None: connection lost) came: queue its jobs."""
         book = self.ledger
         if not isinstance(result, tuple):
             book.unreserve(n)
+            self.wakes.slots()
             if not isinstance(result, Exception):
-                return Arrival([], wake_slots=True)
+                return Arrival()
             delay, starts = self.errors[qi].failed()
             if starts:
                 log.error("queue %r: receive failed: %s; retrying with backoff", self.names[qi], result)
-            return Arrival([], wake_slots=True, pause=delay)
+            return Arrival(pause=delay)
         if self.errors[qi].ok() is not None:
             log.warning("queue %r: receiving again", self.names[qi])
         messages, next_ms, notify = result
         book.unreserve(n - len(messages))
-        out = Arrival([], notify, wake_slots=len(messages) < n and len(self.keys) > 1)
-        if messages:
-            out.jobs = book.received(qi, messages, now)
-            soon = book.heartbeat_in(now) or 0.0  # jobs are held: never None
-            if self.stall is not None:
-                soon = min(self.stall, soon)
-            out.wake_maint = now + soon < self.maint_wake_at
-        elif next_ms != 0:
-            out.wait = _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
-        return out
+        if len(messages) < n and len(self.keys) > 1:
+            self.wakes.slots()  # slots this receiver did not fill
+        if not messages:
+            wait = None if next_ms == 0 else _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
+            return Arrival(notify, wait=wait)
+        self.work.extend(book.received(qi, messages, now))
+        self.wakes.jobs()
+        soon = book.heartbeat_in(now) or 0.0  # jobs are held: never None
+        if self.stall is not None:
+            soon = min(self.stall, soon)
+        if now + soon < self.maint_wake_at:
+            self.wakes.maint()
+        return Arrival(notify)
 
     def may_wait(self, qi: int) -> bool:
         """May receiver ``qi`` long-poll now? Not when stopping, nor when poked (look again first)."""
@@ -252,18 +277,26 @@ class Control:
 
     # ------------------------------------------------------------ workers
 
-    def finished(self, job: Job, reply: Any, error: BaseException | None, now: float) -> tuple[Outcome, bool, bool]:
-        """A handler returned ``reply`` or raised ``error``: its outcome, whether receivers waiting for
-        slots (or the shutdown) must look, and whether the maintainer must look earlier."""
+    def finished(self, job: Job, reply: Any, error: BaseException | None, now: float) -> Outcome:
+        """A handler returned ``reply`` or raised ``error``: record it and wake whoever must look."""
         book = self.ledger
         decision = book.finish(job, reply, error, now)
         free = book.free
-        wake_slots = free == 1 or free == book.want or self.life.halted or book.full
-        wake_maint = False
+        if free == 1 or free == book.want or self.life.halted or book.full:
+            self.wakes.slots()  # a receiver may go (or start gathering); the shutdown may finish
         if decision.flush_now:
             due = book.flush_in(now)
-            wake_maint = due is not None and now + due < self.maint_wake_at
-        return decision.outcome, wake_slots, wake_maint
+            if due is not None and now + due < self.maint_wake_at:
+                self.wakes.maint()
+        return decision.outcome
+
+    def take(self) -> Job | None:
+        """The next job for a worker (marked started), or None if none may start."""
+        if not self.work or self.life.halted:
+            return None
+        job = self.work.popleft()
+        job.started = True
+        return job
 
     def report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
         """Log a handler's failure; give every outcome to the hooks."""
@@ -283,17 +316,18 @@ class Control:
 
     # ------------------------------------------------------------ maintainer
 
-    def chores(self, now: float, stalled: Callable[[], bool] | None = None) -> tuple[Flush, Due] | float | None:
+    def chores(self, now: float) -> tuple[Flush, Due] | float | None:
         """The maintainer's work due now (acks to flush, leases to extend), else seconds until some
-        is (None: only when woken). ``stalled()``, asked only then: jobs wait for a worker, so the
-        maintainer looks again after ``stall``."""
+        is (None: only when woken); with a ``stall``, it looks again that soon while jobs wait for a
+        worker."""
         book = self.ledger
         f = book.flush_in(now)
         h = book.heartbeat_in(now)
         if f == 0 or h == 0:
             self.maint_wake_at = 0.0
             return (book.take() if f == 0 else Flush()), (book.heartbeat(now) if h == 0 else [])
-        waits = [x for x in (f, h, self.stall if stalled is not None and stalled() else None) if x is not None]
+        stall = self.stall if self.stall is not None and self.wakes.stalled() else None
+        waits = [x for x in (f, h, stall) if x is not None]
         timeout = min(waits) if waits else None
         self.maint_wake_at = now + timeout if timeout is not None else float("inf")
         return timeout
@@ -311,6 +345,11 @@ class Control:
             log.warning("%d message(s) lost their lease before the heartbeat (visibility timeout too short?)", lost)
 
     # ------------------------------------------------------------ stopping
+
+    def release(self) -> Flush:
+        """Stopping: drop the jobs not started; the flush makes their messages visible at once."""
+        self.work.clear()
+        return self.ledger.take_unstarted()
 
     def drain_wait(self, deadline: float, now: float) -> float | None:
         """The shutdown waits this long for running jobs (then looks again); None: done waiting

@@ -4,9 +4,10 @@ The design of the thread consumer (``rqueue._consumer.threads``), on tasks: one
 receiver per queue, a maintainer (ack flush after a few ms, lease extension)
 and up to ``concurrency`` worker tasks pulling jobs from one deque (no task
 per message: a handler that never suspends costs a coroutine call, and a
-worker wakes one helper only when more work waits). Every decision is the
-I/O-free ``Control``'s (``rqueue._consumer.control``); this module only
-does the round trips, the tasks and the waiting.
+worker wakes one helper only when more work waits). What receivers,
+maintainer and shutdown do is written once, I/O-free, in
+``rqueue._consumer.programs``; this module awaits what they ask for and runs
+the workers.
 """
 
 from __future__ import annotations
@@ -23,15 +24,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from rqueue._async.client import AsyncClient, AsyncQueue
-from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Gate, open_control
+from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Wakes, open_control
 from rqueue._consumer.core import setup
-from rqueue._consumer.flush import Flush
 from rqueue._consumer.handlers import Router
 from rqueue._consumer.ledger import Job
-from rqueue._consumer.lifecycle import Cause, Lifecycle, Outage
+from rqueue._consumer.lifecycle import Lifecycle, Outage
 from rqueue._consumer.metrics import Hook, Outcome
-from rqueue._protocol.errors import ConnectionError, InvalidParameter
-from rqueue._protocol.operations import Call
+from rqueue._consumer.programs import Join, Op, Program, Signal, Until, maintain, receive, shutdown
+from rqueue._protocol.errors import InvalidParameter
 
 log = logging.getLogger("rqueue.consumer")
 
@@ -74,7 +74,6 @@ class AsyncConsumer:
         self._parts = parts
         self._life = Lifecycle()
         self._control: Control | None = None
-        self._work: collections.deque[Job] = collections.deque()
         self._workers: set[asyncio.Task[None]] = set()
         self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waking = False  # a worker was woken or started and has not run yet
@@ -96,10 +95,11 @@ class AsyncConsumer:
             raise InvalidParameter("this consumer was already started; make a new one")
         attrs = [await q.attributes() for q in self.queues]
         errors = [Outage(*RECEIVE_BACKOFF) for _ in self.queues]
-        self._control = open_control(self._parts, attrs, self._life, errors, what="tasks")
-        self._maintainer = asyncio.create_task(self._guarded(self._maintain()), name="rqueue-maintainer")
+        wakes = Wakes(self._slot.set, self._maint.set, self._wake, self._halted, self._closing)
+        ctl = self._control = open_control(self._parts, attrs, self._life, errors, wakes, what="tasks")
+        self._maintainer = asyncio.create_task(self._guarded(self._drive(maintain(ctl))), name="rqueue-maintainer")
         for qi, name in enumerate(self._parts.names):
-            task = asyncio.create_task(self._guarded(self._receive_loop(qi)), name=f"rqueue-receiver-{name}")
+            task = asyncio.create_task(self._guarded(self._drive(receive(ctl, qi))), name=f"rqueue-receiver-{name}")
             self._receivers.append(task)
 
     async def run(self) -> None:
@@ -189,6 +189,11 @@ class AsyncConsumer:
         self._halt_event.set()
         self._slot.set()
 
+    def _closing(self) -> None:
+        """The maintainer exits (the shutdown cancels the workers)."""
+        self._exit_event.set()
+        self._maint.set()
+
     async def stop(self) -> None:
         """Stop gracefully (see ``rqueue.Consumer.stop``); again while stopping: at once.
 
@@ -221,150 +226,75 @@ class AsyncConsumer:
         self._halted()
 
     async def _shutdown(self) -> None:
-        """Halt receivers, release unstarted jobs, let running ones finish, send the rest.
-        Runs once, in its own task (``_shutdown_task``)."""
+        """Stop (``programs.shutdown``); runs once, in its own task (``_shutdown_task``)."""
         ctl = self._control
         assert ctl is not None
         try:
-            self._halted()
-            for qi in list(self._waiting):
-                self._unblock(qi)
-            await asyncio.wait(self._receivers, timeout=JOIN_TIMEOUT)
-            release = ctl.ledger.take_unstarted()
-            self._work.clear()
-            await self._send_once(ctl, release)
-            deadline = time.monotonic() + self.settings.shutdown_timeout
-            while (left := ctl.drain_wait(deadline, time.monotonic())) is not None:
-                self._slot.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot.wait(), left)
-            for task in self._workers:
-                task.cancel()  # idle, or abort/deadline: their messages come back after the timeout
-            if self._workers:
-                await asyncio.wait(self._workers, timeout=JOIN_TIMEOUT)
-            self._life.to(Cause.DRAINED)
-            self._exit_event.set()
-            self._maint.set()
-            if self._maintainer is not None:
-                await asyncio.wait([self._maintainer], timeout=JOIN_TIMEOUT)
-            await self._send_once(ctl, ctl.ledger.take())
-            self._life.to(Cause.CLOSED)
-            log.info("stopped")
+            await self._drive(shutdown(ctl))
         finally:
             self._done.set()
 
-    # ------------------------------------------------------------ round trips
+    # ------------------------------------------------------------ programs
 
-    @staticmethod
-    async def _pause(seconds: float, until: asyncio.Event) -> None:
-        """Back off ``seconds``, or less if ``until`` is set (stopping must not wait out a backoff)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(until.wait(), seconds)
-
-    async def _exchange(self, ctl: Control, flush: Flush, tail: list[Call[Any]], pause: asyncio.Event) -> Any:
-        """Send ``flush`` and run ``tail`` in one round trip: the tail's results, None if the server is
-        unreachable. The one place acks (with their replies) leave the consumer."""
-        calls = ctl.calls(flush, tail)
-        if not calls:
-            return []
-        try:
-            results = await self._client.run_many(calls)
-        except BaseException as e:
-            delay = ctl.failed(flush, e, time.monotonic())
-            if delay is None:
-                raise
-            await self._pause(delay, pause)
-            return None
-        got, poke = ctl.done(flush, results, len(tail))
-        for qi in poke:
-            self._unblock(qi)  # a retry may be visible sooner than that long poll ends
-        return got
-
-    def _unblock(self, qi: int) -> None:
-        """End queue ``qi``'s long poll."""
-        w = self._waiting.get(qi)
-        if w is not None:
-            w.cancel()
-
-    async def _send_once(self, ctl: Control, flush: Flush) -> None:
-        if not flush:
-            return
-        try:
-            results = await self._client.run_many(flush.calls(ctl.keys))
-        except Exception as e:  # noqa: BLE001 - stopping goes on
-            ctl.unsent(e)
-            return
-        ctl.problems(flush, results)
-
-    # ------------------------------------------------------------ receivers
-
-    async def _gate(self, ctl: Control, qi: int, token: bool) -> Gate:
-        """Wait until receiver ``qi`` may go, must hand its wake-up on, or must halt."""
-        until: float | None = None
+    async def _drive(self, program: Program) -> None:
+        """Run ``program``, awaiting what it asks for; a result goes back in, an exception is thrown in."""
+        result: Any = None
+        error: BaseException | None = None
         while True:
-            now = time.monotonic()
-            gate, gather_until = ctl.admit(qi, token, now, until)
-            if gate is not Gate.WAIT and gate is not Gate.GATHER:
-                return gate
-            self._slot.clear()
-            if gate is Gate.WAIT:
-                await self._slot.wait()
-                continue
-            until = gather_until
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot.wait(), (until or now) - now)
-
-    async def _receive_loop(self, qi: int) -> None:
-        ctl = self._control
-        assert ctl is not None
-        token = False  # woke on a wake-up token (a send's) that no receive has used yet
-        while True:
-            gate = await self._gate(ctl, qi, token)
-            if gate is Gate.HALT:
-                return
-            if gate is Gate.HAND_ON:  # no slot for it: another consumer's receiver gets it now
-                token = False
-                await self._client.hand_on(ctl.keys[qi].wake)
-                continue
-            token = False
-            n, flush, others = ctl.go(qi)
-            if others:
-                self._slot.set()  # the next queue in turn may go
             try:
-                got = await self._exchange(ctl, flush, [ctl.receive_call(qi, n)], self._halt_event)
-            finally:
-                if ctl.receive_ended():
-                    self._maint.set()
-            arrival = ctl.arrived(qi, n, got[0] if got else None, time.monotonic())
-            if arrival.wake_slots:
-                self._slot.set()
-            if arrival.jobs:
-                self._work.extend(arrival.jobs)
-                self._wake()
-            if arrival.wake_maint:
-                self._maint.set()
-            if arrival.notify is not None:  # requests this receive dead-lettered: tell their senders
-                try:
-                    await self._client.run(arrival.notify)
-                except Exception as e:  # noqa: BLE001 - best effort: must not cost the messages just received
-                    ctl.notify_failed(e)
-            if arrival.pause:
-                await self._pause(arrival.pause, self._halt_event)
-            elif arrival.wait is not None and ctl.may_wait(qi):
-                token = await self._long_poll(ctl, qi, arrival.wait)
+                op, arg = program.send(result) if error is None else program.throw(error)
+            except StopIteration:
+                return
+            result = error = None
+            try:
+                result = await self._do(op, arg)
+            except BaseException as e:  # noqa: BLE001 - the program decides (it re-raises what it cannot handle)
+                error = e
 
-    async def _long_poll(self, ctl: Control, qi: int, timeout: float) -> bool:
+    async def _do(self, op: Op, arg: Any) -> Any:
+        """One thing a program asks for."""
+        if op is Op.WAIT:
+            event = self._slot if arg[0] is Signal.SLOTS else self._maint
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), arg[1])
+        elif op is Op.CLIENT:
+            return await getattr(self._client, arg[0])(arg[1])
+        elif op is Op.LONG_POLL:
+            return await self._long_poll(*arg)
+        elif op is Op.PAUSE:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for((self._halt_event if arg[0] is Until.HALT else self._exit_event).wait(), arg[1])
+        elif op is Op.UNBLOCK:
+            for qi, w in list(self._waiting.items()):
+                if arg is None or qi in arg:
+                    w.cancel()
+        elif op is Op.JOIN:
+            await self._join(arg)
+        return None
+
+    async def _join(self, which: Join) -> None:
+        if which is Join.RECEIVERS:
+            tasks = list(self._receivers)
+        elif which is Join.WORKERS:
+            tasks = list(self._workers)
+            for task in tasks:
+                task.cancel()  # idle, or abort/deadline: their messages come back after the timeout
+        else:
+            tasks = [self._maintainer] if self._maintainer is not None else []
+        if tasks:
+            await asyncio.wait(tasks, timeout=JOIN_TIMEOUT)
+
+    async def _long_poll(self, qi: int, timeout: float) -> bool:
         """Wait for a send's wake-up on queue ``qi``; True if one came (a token to use or hand on)."""
-        wait = self._waiting[qi] = asyncio.ensure_future(self._client.wait(ctl.keys[qi].wake, timeout))
+        key = self._parts.keys[qi].wake
+        wait = self._waiting[qi] = asyncio.ensure_future(self._client.wait(key, timeout))
         try:
             return await wait
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if not wait.cancelled() or (me is not None and me.cancelling()):
                 raise  # the receiver itself is cancelled, not just its wait
-            return False
-        except ConnectionError as e:
-            await self._pause(ctl.lost(e), self._halt_event)
             return False
         finally:
             self._waiting.pop(qi, None)
@@ -394,18 +324,14 @@ class AsyncConsumer:
         ctl = self._control
         assert ctl is not None
         loop = asyncio.get_running_loop()
-        work = self._work
         job: Job | None = None
         try:
             while True:
                 self._waking = False
-                while work and not self._life.halted:
-                    job = work.popleft()
-                    job.started = True
-                    if work:
+                while (job := ctl.take()) is not None:
+                    if ctl.work:
                         self._wake()  # a helper, in case this handler suspends
                     await self._process(ctl, job)
-                job = None
                 idle = loop.create_future()
                 self._idle.append(idle)
                 await idle
@@ -433,33 +359,13 @@ class AsyncConsumer:
         except Exception as e:  # noqa: BLE001 - every failure is the message's outcome
             error = e
         seconds = time.perf_counter() - t0
-        outcome, wake_slots, wake_maint = ctl.finished(job, reply, error, time.monotonic())
-        if wake_slots:
-            self._slot.set()
-        if wake_maint:
-            self._maint.set()
+        outcome = ctl.finished(job, reply, error, time.monotonic())
         if error is not None or ctl.hooks:
             self._report(job, name, outcome, seconds, error)
 
     def _report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
         assert self._control is not None
         self._control.report(job, handler, outcome, seconds, error)
-
-    # ------------------------------------------------------------ maintainer
-
-    async def _maintain(self) -> None:
-        ctl = self._control
-        assert ctl is not None
-        while not self._life.closing:
-            chores = ctl.chores(time.monotonic())
-            if not isinstance(chores, tuple):
-                self._maint.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._maint.wait(), chores)
-                continue
-            flush, due = chores
-            got = await self._exchange(ctl, flush, ctl.heartbeat_calls(due), self._exit_event)
-            ctl.chores_done(due, got, time.monotonic())
 
 
 #: The name it had before ``AsyncConsumer``.

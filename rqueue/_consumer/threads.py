@@ -3,14 +3,14 @@
 Threads: one receiver per queue (receive as many messages as there are free
 slots, merged with pending acks in one round trip; long poll when idle), a
 maintainer (flushes acks after a few ms, extends leases) and workers that grow
-on demand up to ``concurrency`` and exit when idle. Every decision is the
-I/O-free ``Control``'s (``rqueue._consumer.control``), called under one lock;
-this module only does the round trips, the threads and the waiting.
+on demand up to ``concurrency`` and exit when idle. What receivers, maintainer
+and shutdown do is written once, I/O-free, in ``rqueue._consumer.programs``
+over ``Control``; this module runs each program's steps under one lock and
+does what they ask (round trips, waits) outside it, and runs the workers.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import signal
@@ -20,15 +20,14 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Due, Gate, open_control
+from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Wakes, open_control
 from rqueue._consumer.core import setup
-from rqueue._consumer.flush import Flush
 from rqueue._consumer.handlers import Router
 from rqueue._consumer.ledger import Job
-from rqueue._consumer.lifecycle import Cause, Lifecycle, Outage
+from rqueue._consumer.lifecycle import Lifecycle, Outage
 from rqueue._consumer.metrics import Hook, Outcome
-from rqueue._protocol.errors import ConnectionError, InvalidParameter
-from rqueue._protocol.operations import Call
+from rqueue._consumer.programs import Join, Op, Program, Signal, Until, maintain, receive, shutdown
+from rqueue._protocol.errors import InvalidParameter
 from rqueue._sync.client import Client, Queue
 
 log = logging.getLogger("rqueue.consumer")
@@ -97,7 +96,6 @@ class Consumer:
         self._halt_event = threading.Event()  # stopping: receivers' backoffs end at once
         self._exit_event = threading.Event()  # the maintainer exits: its backoff ends at once
         self._done = threading.Event()  # the shutdown is over
-        self._work: collections.deque[Job] = collections.deque()
         self._pool = _Pool()
         self._local = threading.local()  # .worker is True on this consumer's worker threads
         self._unblockers: dict[int, Callable[[], None]] = {}  # receivers' long polls under way
@@ -112,11 +110,16 @@ class Consumer:
             raise InvalidParameter("this consumer was already started; make a new one")
         attrs = [q.attributes() for q in self.queues]  # also: QueueDoesNotExist early
         errors = [Outage(*RECEIVE_BACKOFF) for _ in self.queues]
+        wakes = Wakes(
+            self._slot_cv.notify_all, self._maint_cv.notify, self._helper, self._halted, self._closing, self._stalled
+        )
         with self._lock:
-            self._control = open_control(self._setup, attrs, self._life, errors, stall=STALL, what="threads")
-        self._maintainer = self._thread("rqueue-maintainer", self._maintain)
+            ctl = self._control = open_control(
+                self._setup, attrs, self._life, errors, wakes, stall=STALL, what="threads"
+            )
+        self._maintainer = self._thread("rqueue-maintainer", self._drive, maintain(ctl))
         for qi, name in enumerate(self._setup.names):
-            self._receivers.append(self._thread(f"rqueue-receiver-{name}", self._receive_loop, qi))
+            self._receivers.append(self._thread(f"rqueue-receiver-{name}", self._drive, receive(ctl, qi)))
 
     def _thread(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
         t = threading.Thread(target=self._guarded, args=(target, *args), name=name, daemon=True)
@@ -168,6 +171,13 @@ class Consumer:
         """A stop was requested (lock held): whoever waits must look (run(), receivers, workers)."""
         self._slot_cv.notify_all()
         self._work_cv.notify_all()
+        self._halt_event.set()
+
+    def _closing(self) -> None:
+        """Workers and the maintainer exit (lock held)."""
+        self._maint_cv.notify_all()
+        self._work_cv.notify_all()
+        self._exit_event.set()
 
     def _stop_in_background(self) -> None:
         threading.Thread(target=self._shutdown, name="rqueue-stopper", daemon=True).start()
@@ -218,169 +228,82 @@ class Consumer:
             self._halted()
 
     def _shutdown(self) -> None:
-        """Halt receivers, release unstarted jobs, let running ones finish, send the rest. Runs once;
-        other callers wait for it."""
+        """Stop (``programs.shutdown``); runs once, other callers wait for it."""
         ctl = self._control
         assert ctl is not None
         with self._lock:
             first = self._life.claim_shutdown()
-            if first:
-                self._halted()
-                unblockers = list(self._unblockers.values())
         if not first:
             self._done.wait()
             return
         try:
-            self._halt_event.set()
-            for unblock in unblockers:
-                unblock()
-            for t in self._receivers:
-                t.join(JOIN_TIMEOUT)
-            with self._lock:
-                release = ctl.ledger.take_unstarted()
-                self._work.clear()
-            self._send_once(ctl, release)
-            deadline = time.monotonic() + self.settings.shutdown_timeout
-            with self._lock:
-                while (left := ctl.drain_wait(deadline, time.monotonic())) is not None:
-                    self._slot_cv.wait(left)
-                self._life.to(Cause.DRAINED)
-                self._maint_cv.notify_all()
-                self._work_cv.notify_all()
-            self._exit_event.set()
-            if self._maintainer is not None:
-                self._maintainer.join(JOIN_TIMEOUT)
-            with self._lock:
-                final = ctl.ledger.take()
-            self._send_once(ctl, final)
-            with self._lock:
-                self._life.to(Cause.CLOSED)
-            log.info("stopped")
+            self._drive(shutdown(ctl))
         finally:
             self._done.set()
 
-    # ------------------------------------------------------------ round trips
+    # ------------------------------------------------------------ programs
 
-    def _exchange(self, ctl: Control, flush: Flush, tail: list[Call[Any]], pause: threading.Event) -> list[Any] | None:
-        """Send ``flush`` and run ``tail`` in one round trip; None if the server is unreachable.
-
-        The one place acks (with their replies) leave the consumer.
-        """
-        calls = ctl.calls(flush, tail)
-        if not calls:
-            return []
-        try:
-            results = self._client.run_many(calls)
-        except BaseException as e:
-            with self._lock:
-                delay = ctl.failed(flush, e, time.monotonic())
-            if delay is None:
-                raise
-            pause.wait(delay)
-            return None
-        with self._lock:
-            got, poke = ctl.done(flush, results, len(tail))
-            unblockers = [self._unblockers[qi] for qi in poke if qi in self._unblockers]
-        for unblock in unblockers:
-            unblock()  # a retry may be visible sooner than that long poll ends
-        return got
-
-    def _send_once(self, ctl: Control, flush: Flush) -> None:
-        if not flush:
-            return
-        try:
-            results = self._client.run_many(flush.calls(ctl.keys))
-        except Exception as e:  # noqa: BLE001 - stopping goes on
-            ctl.unsent(e)
-            return
-        ctl.problems(flush, results)
-
-    # ------------------------------------------------------------ receivers
-
-    def _on_block(self, ctl: Control, qi: int, unblock: Callable[[], None]) -> None:
-        with self._lock:
-            if ctl.may_wait(qi):
-                self._unblockers[qi] = unblock
-            else:
-                unblock()
-
-    def _gate(self, ctl: Control, qi: int, token: bool) -> Gate:
-        """Wait (lock held) until receiver ``qi`` may go, must hand its wake-up on, or must halt."""
-        until: float | None = None
-        while True:
-            now = time.monotonic()
-            gate, gather_until = ctl.admit(qi, token, now, until)
-            if gate is Gate.WAIT:
-                self._slot_cv.wait()
-            elif gate is Gate.GATHER:
-                until = gather_until
-                self._slot_cv.wait((until or now) - now)
-            else:
-                return gate
-
-    def _receive_loop(self, qi: int) -> None:
-        ctl = self._control
-        assert ctl is not None
-        wake = ctl.keys[qi].wake
-        on_block = functools.partial(self._on_block, ctl, qi)
-        token = False  # woke on a wake-up token (a send's) that no receive has used yet
-        while True:
-            with self._lock:
-                gate = self._gate(ctl, qi, token)
-                if gate is Gate.GO:
-                    n, flush, others = ctl.go(qi)
-                    if others:
-                        self._slot_cv.notify_all()  # the next queue in turn may go
-            if gate is Gate.HALT:
-                return
-            if gate is Gate.HAND_ON:  # no slot for it: another consumer's receiver gets it now
-                self._client.hand_on(wake)
-                token = False
-                continue
-            token = False
-            try:
-                got = self._exchange(ctl, flush, [ctl.receive_call(qi, n)], self._halt_event)
-            finally:
-                with self._lock:
-                    if ctl.receive_ended():
-                        self._maint_cv.notify()
-            with self._lock:
-                arrival = ctl.arrived(qi, n, got[0] if got else None, time.monotonic())
-                if arrival.wake_slots:
-                    self._slot_cv.notify_all()
-                if arrival.jobs:
-                    self._dispatch(arrival.jobs)
-                if arrival.wake_maint:
-                    self._maint_cv.notify()
-            if arrival.notify is not None:  # requests this receive dead-lettered: tell their senders
+    def _drive(self, program: Program) -> None:
+        """Run ``program``: its steps under the lock, what it asks for outside it (a WAIT is a
+        Condition wait, which lets go of the lock); a result goes back in, an exception is thrown in."""
+        lock = self._lock
+        result: Any = None
+        error: BaseException | None = None
+        with lock:
+            while True:
                 try:
-                    self._client.run(arrival.notify)
-                except Exception as e:  # noqa: BLE001 - best effort: must not cost the messages just received
-                    ctl.notify_failed(e)
-            if arrival.pause:
-                self._halt_event.wait(arrival.pause)
-            elif arrival.wait is not None:
-                token = self._long_poll(ctl, qi, arrival.wait, on_block)
+                    op, arg = program.send(result) if error is None else program.throw(error)
+                except StopIteration:
+                    return
+                result = error = None
+                if op is Op.WAIT:
+                    (self._slot_cv if arg[0] is Signal.SLOTS else self._maint_cv).wait(arg[1])
+                    continue
+                lock.release()
+                try:
+                    result = self._do(op, arg)
+                except BaseException as e:  # noqa: BLE001 - the program decides (it re-raises what it cannot handle)
+                    error = e
+                finally:
+                    lock.acquire()
 
-    def _long_poll(self, ctl: Control, qi: int, timeout: float, on_block: Callable[..., None]) -> bool:
+    def _do(self, op: Op, arg: Any) -> Any:
+        """One thing a program asks for, done on this thread without the lock."""
+        if op is Op.CLIENT:
+            return getattr(self._client, arg[0])(arg[1])
+        if op is Op.LONG_POLL:
+            return self._long_poll(*arg)
+        if op is Op.PAUSE:
+            (self._halt_event if arg[0] is Until.HALT else self._exit_event).wait(arg[1])
+        elif op is Op.UNBLOCK:
+            with self._lock:
+                unblockers = [u for qi, u in self._unblockers.items() if arg is None or qi in arg]
+            for unblock in unblockers:
+                unblock()
+        elif op is Op.JOIN:
+            threads = self._receivers if arg is Join.RECEIVERS else [self._maintainer] if arg is Join.MAINTAINER else []
+            for t in threads:  # workers exit by themselves once closing
+                if t is not None:
+                    t.join(JOIN_TIMEOUT)
+        return None
+
+    def _long_poll(self, qi: int, timeout: float) -> bool:
         """Wait for a send's wake-up on queue ``qi``; True if one came (a token to use or hand on)."""
         try:
-            return self._client.wait(ctl.keys[qi].wake, timeout, on_block=on_block)
-        except ConnectionError as e:
-            with self._lock:
-                delay = ctl.lost(e)
-            self._halt_event.wait(delay)
-            return False
+            on_block = functools.partial(self._on_block, qi)
+            return self._client.wait(self._setup.keys[qi].wake, timeout, on_block=on_block)
         finally:
             with self._lock:
                 self._unblockers.pop(qi, None)
 
-    # ------------------------------------------------------------ workers
+    def _on_block(self, qi: int, unblock: Callable[[], None]) -> None:
+        with self._lock:
+            if self._control is not None and self._control.may_wait(qi):
+                self._unblockers[qi] = unblock
+            else:
+                unblock()
 
-    def _dispatch(self, jobs: list[Job]) -> None:
-        """Queue jobs for the workers (lock held); wake one or start one."""
-        self._work.extend(jobs)
-        self._helper()
+    # ------------------------------------------------------------ workers
 
     def _helper(self) -> None:
         """Wake an idle worker or start one (lock held)."""
@@ -390,28 +313,28 @@ class Consumer:
             self._pool.threads += 1
             self._thread("rqueue-worker", self._worker)
 
-    def _take(self) -> Job:
-        """Pop the next job (lock held); get a helper if the jobs left would wait too long."""
-        job = self._work.popleft()
-        job.started = True
-        pool = self._pool
-        pool.takes += 1
-        if self._work and pool.avg * len(self._work) > HANDOFF:
-            self._helper()
+    def _take(self, ctl: Control) -> Job | None:
+        """The next job (lock held); get a helper if the jobs left would wait too long."""
+        job = ctl.take()
+        if job is not None:
+            pool = self._pool
+            pool.takes += 1
+            if ctl.work and pool.avg * len(ctl.work) > HANDOFF:
+                self._helper()
         return job
 
-    def _next(self) -> Job | None:
+    def _next(self, ctl: Control) -> Job | None:
         """Wait (lock held) for a job; None: this worker exits (idle too long, or closing)."""
         pool = self._pool
-        while not self._work or self._life.halted:
+        while (job := self._take(ctl)) is None:
             if self._life.closing:
                 return None
             pool.idle += 1
             woke = self._work_cv.wait(IDLE_TIMEOUT)
             pool.idle -= 1
-            if not woke and (not self._work or self._life.halted):
+            if not woke and (not ctl.work or self._life.halted):
                 return None
-        return self._take()
+        return job
 
     def _worker(self) -> None:
         ctl = self._control
@@ -432,18 +355,14 @@ class Consumer:
                 with lock:
                     if job is not None:
                         pool.avg += (seconds - pool.avg) * 0.1
-                        outcome, wake_slots, wake_maint = ctl.finished(job, reply, error, time.monotonic())
-                        if wake_slots:
-                            self._slot_cv.notify_all()  # a receiver may go (or start gathering); stop() may finish
-                        if wake_maint:
-                            self._maint_cv.notify()
+                        outcome = ctl.finished(job, reply, error, time.monotonic())
                         finished = job
-                    job = self._take() if self._work and not self._life.halted else None
+                    job = self._take(ctl)
                 if finished is not None and (error is not None or report):
                     self._report(finished, name, outcome, seconds, error)
                 if job is None:
                     with lock:
-                        job = self._next()
+                        job = self._next(ctl)
                         if job is None:
                             pool.threads -= 1
                             return
@@ -474,31 +393,9 @@ class Consumer:
     def _stalled(self) -> bool:
         """Jobs wait for a worker (lock held); none was taken since the last look: get a helper."""
         pool = self._pool
-        if not self._work or self._life.halted:
+        if self._control is None or not self._control.work or self._life.halted:
             return False
         if pool.takes == pool.takes_seen:
             self._helper()  # jobs wait behind a handler that turned slow
         pool.takes_seen = pool.takes
         return True
-
-    def _chores(self, ctl: Control) -> tuple[Flush, Due] | None:
-        """Wait (lock held) for the maintainer's next chores; None: it exits."""
-        while not self._life.closing:
-            chores = ctl.chores(time.monotonic(), self._stalled)
-            if isinstance(chores, tuple):
-                return chores
-            self._maint_cv.wait(chores)
-        return None
-
-    def _maintain(self) -> None:
-        ctl = self._control
-        assert ctl is not None
-        while True:
-            with self._lock:
-                chores = self._chores(ctl)
-            if chores is None:
-                return
-            flush, due = chores
-            got = self._exchange(ctl, flush, ctl.heartbeat_calls(due), self._exit_event)
-            with self._lock:
-                ctl.chores_done(due, got, time.monotonic())
