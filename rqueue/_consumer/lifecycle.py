@@ -148,14 +148,12 @@ class Lifecycle:
         """Nobody will shut down unless it is started now: not run(), not a shutdown under way."""
         return not self.in_run and not self.shutdown_claimed
 
-    def crash_error(self, what: str) -> RuntimeError | None:
-        """The crash as the RuntimeError that run() or stop() raises, once."""
+    def raise_crash(self, what: str) -> None:
+        """Raise the crash as RuntimeError, once (run() or stop() does, once stopped)."""
         if self.crashed is None or self._crash_raised:
-            return None
+            return
         self._crash_raised = True
-        error = RuntimeError(f"consumer stopped: an internal {what} crashed: {self.crashed!r}")
-        error.__cause__ = self.crashed
-        return error
+        raise RuntimeError(f"consumer stopped: an internal {what} crashed: {self.crashed!r}") from self.crashed
 
 
 class Outage:

@@ -56,6 +56,10 @@ class Until(enum.Enum):
     EXIT = "exit"  #: set when the maintainer exits: its backoff ends
 
 
+#: How long the shutdown waits for receivers (caught in a round trip), workers or the maintainer.
+JOIN_TIMEOUT = 10.0
+
+
 class Join(enum.Enum):
     RECEIVERS = "receivers"
     WORKERS = "workers"  #: idle or (aborting, past the deadline) still running: cancelled where possible
@@ -64,6 +68,26 @@ class Join(enum.Enum):
 
 Step = tuple[Op, Any]
 Program = Generator[Step, Any, None]
+
+
+class Cursor:
+    """A program under way, for a runner to step through: set ``result`` or ``error`` after each step."""
+
+    __slots__ = ("error", "program", "result")
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def next(self) -> Step | None:
+        """The program's next step, given the last one's result or exception; None when it is done."""
+        try:
+            step = self.program.send(self.result) if self.error is None else self.program.throw(self.error)
+        except StopIteration:
+            return None
+        self.result = self.error = None
+        return step
 
 
 def exchange(ctl: Control, flush: Flush, tail: list[Call[Any]], until: Until) -> Generator[Step, Any, Any]:

@@ -16,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-import logging
 import signal
 import threading
 import time
@@ -24,25 +23,32 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from rqueue._async.client import AsyncClient, AsyncQueue
-from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Wakes, open_control
+from rqueue._consumer.base import ConsumerBase
+from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Wakes
 from rqueue._consumer.core import setup
 from rqueue._consumer.handlers import Router
 from rqueue._consumer.ledger import Job
-from rqueue._consumer.lifecycle import Lifecycle, Outage
-from rqueue._consumer.metrics import Hook, Outcome
-from rqueue._consumer.programs import Join, Op, Program, Signal, Until, maintain, receive, shutdown
-from rqueue._protocol.errors import InvalidParameter
-
-log = logging.getLogger("rqueue.consumer")
-
-JOIN_TIMEOUT = 10.0
+from rqueue._consumer.lifecycle import Outage
+from rqueue._consumer.metrics import Hook
+from rqueue._consumer.programs import (
+    JOIN_TIMEOUT,
+    Cursor,
+    Join,
+    Op,
+    Program,
+    Signal,
+    Until,
+    maintain,
+    receive,
+    shutdown,
+)
 
 #: The consumer whose handler runs in this task (and in tasks a handler starts): its stop()
 #: must not wait for its own job.
 _handling: contextvars.ContextVar[AsyncConsumer | None] = contextvars.ContextVar("rqueue_handling", default=None)
 
 
-class AsyncConsumer:
+class AsyncConsumer(ConsumerBase):
     """Run an async ``handler`` for every message of one or more queues.
 
     consumer = rqueue.asyncio.AsyncConsumer(q, handler, concurrency=100, batch_size=10)
@@ -68,12 +74,9 @@ class AsyncConsumer:
     ) -> None:
         options = (concurrency, batch_size, retry_base, retry_cap, flush_interval, shutdown_timeout, visibility_timeout)
         parts = setup(queue_or_queues, handler, AsyncQueue, True, hooks, options)
+        super().__init__(parts)
         self.queues: list[AsyncQueue] = parts.queues
-        self.settings = parts.settings
         self._client: AsyncClient = parts.client
-        self._parts = parts
-        self._life = Lifecycle()
-        self._control: Control | None = None
         self._workers: set[asyncio.Task[None]] = set()
         self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waking = False  # a worker was woken or started and has not run yet
@@ -91,16 +94,19 @@ class AsyncConsumer:
 
     async def start(self) -> None:
         """Start the receiver and maintainer tasks; returns at once."""
-        if self._control is not None:
-            raise InvalidParameter("this consumer was already started; make a new one")
+        self._check_new()
         attrs = [await q.attributes() for q in self.queues]
-        errors = [Outage(*RECEIVE_BACKOFF) for _ in self.queues]
-        wakes = Wakes(self._slot.set, self._maint.set, self._wake, self._halted, self._closing)
-        ctl = self._control = open_control(self._parts, attrs, self._life, errors, wakes, what="tasks")
-        self._maintainer = asyncio.create_task(self._guarded(self._drive(maintain(ctl))), name="rqueue-maintainer")
-        for qi, name in enumerate(self._parts.names):
-            task = asyncio.create_task(self._guarded(self._drive(receive(ctl, qi))), name=f"rqueue-receiver-{name}")
-            self._receivers.append(task)
+        ctl = self._open(attrs, [Outage(*RECEIVE_BACKOFF) for _ in attrs], self._wakes(), "tasks")
+        self._maintainer = self._task("rqueue-maintainer", self._drive(maintain(ctl)))
+        self._receivers = [
+            self._task(f"rqueue-receiver-{n}", self._drive(receive(ctl, qi))) for qi, n in enumerate(self._setup.names)
+        ]
+
+    def _wakes(self) -> Wakes:
+        return Wakes(self._slot.set, self._maint.set, self._wake, self._halted, self._closing)
+
+    def _task(self, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.create_task(self._guarded(work), name=name)
 
     async def run(self) -> None:
         """Consume until ``stop()``, SIGINT/SIGTERM or cancellation, then stop gracefully.
@@ -133,7 +139,7 @@ class AsyncConsumer:
                 loop.remove_signal_handler(sig)
         if cancelled is not None:
             raise cancelled
-        self._raise_if_crashed()
+        self._life.raise_crash("task")
 
     def _shutdown_task(self) -> asyncio.Future[None]:
         """The shutdown, started once in a task of its own: cancelling a caller cannot cut it short."""
@@ -157,21 +163,14 @@ class AsyncConsumer:
                     return cancelled
                 self._request_stop(outside=True)
 
-    def _raise_if_crashed(self) -> None:
-        """The crash of an internal task as RuntimeError, raised once (by run() or stop())."""
-        error = self._life.crash_error("task")
-        if error is not None:
-            raise error
-
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a receiver, the maintainer or a worker; a crash stops the consumer instead of leaving it idle."""
         try:
             await work
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise  # asyncio lets these end the loop: not ours to turn into a stop
-        except BaseException as e:
-            log.critical("consumer task crashed; stopping", exc_info=e)
-            self._life.crash(e)
+        except BaseException as e:  # noqa: BLE001 - logged by _crashed; the consumer stops
+            self._crashed(e, "task")
             self._halted()
             self._stop_in_background()
 
@@ -212,7 +211,7 @@ class AsyncConsumer:
         cancelled = await self._stopped()
         if cancelled is not None:
             raise cancelled
-        self._raise_if_crashed()
+        self._life.raise_crash("task")
 
     async def __aenter__(self) -> AsyncConsumer:
         await self.start()
@@ -238,40 +237,35 @@ class AsyncConsumer:
 
     async def _drive(self, program: Program) -> None:
         """Run ``program``, awaiting what it asks for; a result goes back in, an exception is thrown in."""
-        result: Any = None
-        error: BaseException | None = None
-        while True:
+        cursor = Cursor(program)
+        while (step := cursor.next()) is not None:
             try:
-                op, arg = program.send(result) if error is None else program.throw(error)
-            except StopIteration:
-                return
-            result = error = None
-            try:
-                result = await self._do(op, arg)
+                cursor.result = await self._do(*step)
             except BaseException as e:  # noqa: BLE001 - the program decides (it re-raises what it cannot handle)
-                error = e
+                cursor.error = e
 
     async def _do(self, op: Op, arg: Any) -> Any:
         """One thing a program asks for."""
-        if op is Op.WAIT:
-            event = self._slot if arg[0] is Signal.SLOTS else self._maint
-            event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), arg[1])
-        elif op is Op.CLIENT:
-            return await getattr(self._client, arg[0])(arg[1])
-        elif op is Op.LONG_POLL:
-            return await self._long_poll(*arg)
-        elif op is Op.PAUSE:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for((self._halt_event if arg[0] is Until.HALT else self._exit_event).wait(), arg[1])
-        elif op is Op.UNBLOCK:
-            for qi, w in list(self._waiting.items()):
-                if arg is None or qi in arg:
-                    w.cancel()
-        elif op is Op.JOIN:
-            await self._join(arg)
-        return None
+        match op:
+            case Op.WAIT:
+                event = self._slot if arg[0] is Signal.SLOTS else self._maint
+                event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), arg[1])
+            case Op.CLIENT:
+                return await getattr(self._client, arg[0])(arg[1])
+            case Op.LONG_POLL:
+                return await self._long_poll(*arg)
+            case Op.PAUSE:
+                until = self._halt_event if arg[0] is Until.HALT else self._exit_event
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(until.wait(), arg[1])
+            case Op.UNBLOCK:
+                for qi, w in list(self._waiting.items()):
+                    if arg is None or qi in arg:
+                        w.cancel()
+            case Op.JOIN:
+                await self._join(arg)
 
     async def _join(self, which: Join) -> None:
         if which is Join.RECEIVERS:
@@ -287,7 +281,7 @@ class AsyncConsumer:
 
     async def _long_poll(self, qi: int, timeout: float) -> bool:
         """Wait for a send's wake-up on queue ``qi``; True if one came (a token to use or hand on)."""
-        key = self._parts.keys[qi].wake
+        key = self._setup.keys[qi].wake
         wait = self._waiting[qi] = asyncio.ensure_future(self._client.wait(key, timeout))
         try:
             return await wait
@@ -315,7 +309,7 @@ class AsyncConsumer:
             self._idle.popleft().set_result(None)
         elif len(self._workers) < self.settings.concurrency:
             self._waking = True
-            task = asyncio.create_task(self._guarded(self._worker()), name="rqueue-worker")
+            task = self._task("rqueue-worker", self._worker())
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
 
@@ -348,7 +342,7 @@ class AsyncConsumer:
         error: BaseException | None = None
         t0 = time.perf_counter()
         try:
-            handler = self._parts.resolve(job.message)
+            handler = self._setup.resolve(job.message)
             name = handler.name
             reply = await handler.fn(handler.argument(job.message))
         except asyncio.CancelledError as e:
@@ -362,10 +356,6 @@ class AsyncConsumer:
         outcome = ctl.finished(job, reply, error, time.monotonic())
         if error is not None or ctl.hooks:
             self._report(job, name, outcome, seconds, error)
-
-    def _report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
-        assert self._control is not None
-        self._control.report(job, handler, outcome, seconds, error)
 
 
 #: The name it had before ``AsyncConsumer``.

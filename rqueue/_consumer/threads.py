@@ -12,7 +12,6 @@ does what they ask (round trips, waits) outside it, and runs the workers.
 from __future__ import annotations
 
 import functools
-import logging
 import signal
 import threading
 import time
@@ -20,22 +19,29 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Wakes, open_control
+from rqueue._consumer.base import ConsumerBase
+from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Wakes
 from rqueue._consumer.core import setup
 from rqueue._consumer.handlers import Router
 from rqueue._consumer.ledger import Job
-from rqueue._consumer.lifecycle import Lifecycle, Outage
-from rqueue._consumer.metrics import Hook, Outcome
-from rqueue._consumer.programs import Join, Op, Program, Signal, Until, maintain, receive, shutdown
-from rqueue._protocol.errors import InvalidParameter
+from rqueue._consumer.lifecycle import Outage
+from rqueue._consumer.metrics import Hook
+from rqueue._consumer.programs import (
+    JOIN_TIMEOUT,
+    Cursor,
+    Join,
+    Op,
+    Program,
+    Signal,
+    Until,
+    maintain,
+    receive,
+    shutdown,
+)
 from rqueue._sync.client import Client, Queue
-
-log = logging.getLogger("rqueue.consumer")
 
 #: A worker thread with nothing to do for this long exits (the pool shrinks).
 IDLE_TIMEOUT = 10.0
-#: How long stop() waits for a receiver caught in a round trip.
-JOIN_TIMEOUT = 10.0
 #: A worker wakes a helper for the jobs left behind it only when they would wait longer than
 #: this at the measured handler speed: fast handlers run back to back on one thread.
 HANDOFF = 0.0005
@@ -55,7 +61,7 @@ class _Pool:
         self.takes_seen = -1
 
 
-class Consumer:
+class Consumer(ConsumerBase):
     """Run ``handler`` for every message of one or more queues, on threads.
 
     consumer = rqueue.Consumer(q, handler, concurrency=16, batch_size=10)
@@ -83,12 +89,10 @@ class Consumer:
         hooks: Sequence[Hook] = (),
     ) -> None:
         options = (concurrency, batch_size, retry_base, retry_cap, flush_interval, shutdown_timeout, visibility_timeout)
-        self._setup = setup(queue_or_queues, handler, Queue, False, hooks, options)
-        self.queues: list[Queue] = self._setup.queues
-        self.settings = self._setup.settings
-        self._client: Client = self._setup.client
-        self._life = Lifecycle()
-        self._control: Control | None = None
+        parts = setup(queue_or_queues, handler, Queue, False, hooks, options)
+        super().__init__(parts)
+        self.queues: list[Queue] = parts.queues
+        self._client: Client = parts.client
         self._lock = threading.RLock()  # re-entrant: a signal handler may take it on the main thread
         self._slot_cv = threading.Condition(self._lock)  # slots freed, a receiver's turn, stop requested
         self._work_cv = threading.Condition(self._lock)  # idle workers
@@ -106,17 +110,13 @@ class Consumer:
 
     def start(self) -> None:
         """Start receiving in background threads; returns at once."""
-        if self._control is not None:
-            raise InvalidParameter("this consumer was already started; make a new one")
+        self._check_new()
         attrs = [q.attributes() for q in self.queues]  # also: QueueDoesNotExist early
-        errors = [Outage(*RECEIVE_BACKOFF) for _ in self.queues]
-        wakes = Wakes(
-            self._slot_cv.notify_all, self._maint_cv.notify, self._helper, self._halted, self._closing, self._stalled
-        )
+        backoffs = [Outage(*RECEIVE_BACKOFF) for _ in attrs]
+        cv = self._slot_cv
+        wakes = Wakes(cv.notify_all, self._maint_cv.notify, self._helper, self._halted, self._closing, self._stalled)
         with self._lock:
-            ctl = self._control = open_control(
-                self._setup, attrs, self._life, errors, wakes, stall=STALL, what="threads"
-            )
+            ctl = self._open(attrs, backoffs, wakes, "threads", STALL)
         self._maintainer = self._thread("rqueue-maintainer", self._drive, maintain(ctl))
         for qi, name in enumerate(self._setup.names):
             self._receivers.append(self._thread(f"rqueue-receiver-{name}", self._drive, receive(ctl, qi)))
@@ -145,23 +145,16 @@ class Consumer:
         finally:
             for sig, previous in restore:
                 signal.signal(sig, previous)
-        self._raise_if_crashed()
-
-    def _raise_if_crashed(self) -> None:
-        """The crash of an internal thread as RuntimeError, raised once (by run() or stop())."""
         with self._lock:
-            error = self._life.crash_error("thread")
-        if error is not None:
-            raise error
+            self._life.raise_crash("thread")
 
     def _guarded(self, target: Callable[..., None], *args: Any) -> None:
         """Run a receiver, the maintainer or a worker; a crash stops the consumer instead of leaving it idle."""
         try:
             target(*args)
-        except BaseException as e:
-            log.critical("consumer thread %s crashed; stopping", threading.current_thread().name, exc_info=e)
+        except BaseException as e:  # noqa: BLE001 - logged by _crashed; the consumer stops
             with self._lock:
-                self._life.crash(e)
+                self._crashed(e, f"thread {threading.current_thread().name}")
                 self._halted()
                 background = self._life.shutdown_in_background
             if background:  # started with start(): nobody waits in run() to stop it
@@ -204,7 +197,8 @@ class Consumer:
                 self._stop_in_background()
             return
         self._shutdown()  # or waits for the one under way
-        self._raise_if_crashed()
+        with self._lock:
+            self._life.raise_crash("thread")
 
     def __enter__(self) -> Consumer:
         self.start()
@@ -247,45 +241,41 @@ class Consumer:
         """Run ``program``: its steps under the lock, what it asks for outside it (a WAIT is a
         Condition wait, which lets go of the lock); a result goes back in, an exception is thrown in."""
         lock = self._lock
-        result: Any = None
-        error: BaseException | None = None
+        cursor = Cursor(program)
         with lock:
-            while True:
-                try:
-                    op, arg = program.send(result) if error is None else program.throw(error)
-                except StopIteration:
-                    return
-                result = error = None
+            while (step := cursor.next()) is not None:
+                op, arg = step
                 if op is Op.WAIT:
                     (self._slot_cv if arg[0] is Signal.SLOTS else self._maint_cv).wait(arg[1])
                     continue
                 lock.release()
                 try:
-                    result = self._do(op, arg)
+                    cursor.result = self._do(op, arg)
                 except BaseException as e:  # noqa: BLE001 - the program decides (it re-raises what it cannot handle)
-                    error = e
+                    cursor.error = e
                 finally:
                     lock.acquire()
 
     def _do(self, op: Op, arg: Any) -> Any:
         """One thing a program asks for, done on this thread without the lock."""
-        if op is Op.CLIENT:
-            return getattr(self._client, arg[0])(arg[1])
-        if op is Op.LONG_POLL:
-            return self._long_poll(*arg)
-        if op is Op.PAUSE:
-            (self._halt_event if arg[0] is Until.HALT else self._exit_event).wait(arg[1])
-        elif op is Op.UNBLOCK:
-            with self._lock:
-                unblockers = [u for qi, u in self._unblockers.items() if arg is None or qi in arg]
-            for unblock in unblockers:
-                unblock()
-        elif op is Op.JOIN:
-            threads = self._receivers if arg is Join.RECEIVERS else [self._maintainer] if arg is Join.MAINTAINER else []
-            for t in threads:  # workers exit by themselves once closing
-                if t is not None:
-                    t.join(JOIN_TIMEOUT)
-        return None
+        match op:
+            case Op.CLIENT:
+                return getattr(self._client, arg[0])(arg[1])
+            case Op.LONG_POLL:
+                return self._long_poll(*arg)
+            case Op.PAUSE:
+                (self._halt_event if arg[0] is Until.HALT else self._exit_event).wait(arg[1])
+            case Op.UNBLOCK:
+                with self._lock:
+                    unblockers = [u for qi, u in self._unblockers.items() if arg is None or qi in arg]
+                for unblock in unblockers:
+                    unblock()
+            case Op.JOIN:  # workers exit by themselves once closing
+                for t in (
+                    self._receivers if arg is Join.RECEIVERS else [self._maintainer] if arg is Join.MAINTAINER else []
+                ):
+                    if t is not None:
+                        t.join(JOIN_TIMEOUT)
 
     def _long_poll(self, qi: int, timeout: float) -> bool:
         """Wait for a send's wake-up on queue ``qi``; True if one came (a token to use or hand on)."""
@@ -377,16 +367,12 @@ class Consumer:
                 seconds = time.perf_counter() - t0
         except BaseException as e:  # the consumer's own bug, not a handler's: stop the consumer
             with lock:
-                self._life.crash(e)
+                self._crashed(e, f"thread {threading.current_thread().name}")
                 self._halted()
                 pool.threads -= 1
                 if job is not None:
                     ctl.ledger.forget(job)  # held by a dead thread: the shutdown must not wait for it
             raise
-
-    def _report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
-        assert self._control is not None
-        self._control.report(job, handler, outcome, seconds, error)
 
     # ------------------------------------------------------------ maintainer
 
