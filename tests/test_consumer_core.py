@@ -16,7 +16,7 @@ from rqueue._consumer.control import Control, Gate, Wakes
 from rqueue._consumer.core import Settings
 from rqueue._consumer.flush import Flush
 from rqueue._consumer.ledger import Ledger
-from rqueue._consumer.lifecycle import TRANSITIONS, Cause, Lifecycle, Outage, State
+from rqueue._consumer.lifecycle import TRANSITIONS, Cause, Lifecycle, Outage, State, Then
 from rqueue._consumer.programs import Cursor, Join, Op, Signal, Until, maintain, receive, shutdown
 from rqueue._protocol.errors import ConnectionError
 from rqueue._protocol.keys import QueueKeys
@@ -128,6 +128,27 @@ def test_lifecycle_raises_the_first_crash_once_and_claims_the_shutdown_once() ->
     assert life.claim_shutdown() and not life.claim_shutdown() and not life.shutdown_in_background
     life.in_run = True
     assert not life.shutdown_in_background
+
+
+def test_what_stop_does_next_depends_on_where_it_is_called_and_who_shuts_down() -> None:
+    assert _life().stop(inside=False, started=False) is Then.RETURN  # not started: only recorded
+    assert _life(Cause.START).stop(inside=False, started=True) is Then.SHUTDOWN
+    assert _life(Cause.START).stop(inside=True, started=True) is Then.BACKGROUND  # cannot wait for itself
+    life = _life(Cause.START)
+    life.in_run = True
+    assert life.stop(inside=True, started=True) is Then.RETURN  # run() shuts down
+    assert life.state is State.HALTING
+    life = _life(Cause.START)
+    life.claim_shutdown()
+    assert life.stop(inside=True, started=True) is Then.RETURN  # a shutdown is under way
+    assert life.stop(inside=False, started=True) is Then.SHUTDOWN  # waits for it
+
+
+def test_a_crash_shuts_down_in_the_background_unless_run_or_a_shutdown_will() -> None:
+    assert _life(Cause.START).crash(ValueError()) is Then.BACKGROUND
+    life = _life(Cause.START)
+    life.in_run = True
+    assert life.crash(ValueError()) is Then.RETURN and life.state is State.HALTING
 
 
 def test_outage_backoff_doubles_to_its_cap_and_reports_its_start_once() -> None:

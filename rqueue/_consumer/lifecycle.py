@@ -84,6 +84,14 @@ _ASKED = frozenset({State.STOPPING, State.ABORTING})
 _CLOSING = frozenset({State.CLOSING, State.STOPPED})
 
 
+class Then(enum.Enum):
+    """What the caller of ``stop()`` (or a crashed thread or task) does next."""
+
+    RETURN = "return"  #: nothing: not started, or someone else shuts down
+    BACKGROUND = "background"  #: start the shutdown in the background, return at once
+    SHUTDOWN = "shutdown"  #: run the shutdown (or wait for the one under way), then raise a crash
+
+
 class Lifecycle:
     """A consumer's state, who shuts it down, and the crash it must report. Not thread-safe: callers lock."""
 
@@ -131,11 +139,26 @@ class Lifecycle:
             log.info("signal %d: stopping gracefully (send it again to stop now)", signum)
         self.to(Cause.OUTSIDE)
 
-    def crash(self, e: BaseException) -> None:
-        """The consumer's own thread or task died of ``e``: stop, and remember the first such error."""
+    def crash(self, e: BaseException) -> Then:
+        """The consumer's own thread or task died of ``e``: stop, and remember the first such error.
+        BACKGROUND if nobody else will shut down (started with start(), no shutdown under way)."""
         if self.crashed is None:
             self.crashed = e
         self.to(Cause.CRASH)
+        return Then.BACKGROUND if self.shutdown_in_background else Then.RETURN
+
+    def stop(self, *, inside: bool, started: bool) -> Then:
+        """``stop()`` was called, from a handler if ``inside``: record the request; what the caller does.
+
+        From inside a handler it cannot wait for its own message: it returns at once and the
+        shutdown runs in the background (unless run() or a shutdown under way does it).
+        """
+        self.request_stop(outside=not inside)
+        if not started:
+            return Then.RETURN
+        if inside:
+            return Then.BACKGROUND if self.shutdown_in_background else Then.RETURN
+        return Then.SHUTDOWN
 
     def claim_shutdown(self) -> bool:
         """True for the one caller that runs the shutdown."""

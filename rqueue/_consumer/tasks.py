@@ -28,7 +28,7 @@ from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Wakes
 from rqueue._consumer.core import setup
 from rqueue._consumer.handlers import Router
 from rqueue._consumer.ledger import Job
-from rqueue._consumer.lifecycle import Outage
+from rqueue._consumer.lifecycle import Outage, Then
 from rqueue._consumer.metrics import Hook
 from rqueue._consumer.programs import (
     JOIN_TIMEOUT,
@@ -73,8 +73,11 @@ class AsyncConsumer(ConsumerBase):
         hooks: Sequence[Hook] = (),
     ) -> None:
         options = (concurrency, batch_size, retry_base, retry_cap, flush_interval, shutdown_timeout, visibility_timeout)
-        parts = setup(queue_or_queues, handler, AsyncQueue, True, hooks, options)
-        super().__init__(parts)
+        self._slot = asyncio.Event()  # slots freed, a receiver's turn, stop requested
+        self._maint = asyncio.Event()  # the maintainer must look
+        wakes = Wakes(self._slot.set, self._maint.set, self._wake, self._halted, self._closing)
+        super().__init__(setup(queue_or_queues, handler, AsyncQueue, True, hooks, options), wakes)
+        parts = self._setup
         self.queues: list[AsyncQueue] = parts.queues
         self._client: AsyncClient = parts.client
         self._workers: set[asyncio.Task[None]] = set()
@@ -83,8 +86,6 @@ class AsyncConsumer(ConsumerBase):
         self._receivers: list[asyncio.Task[None]] = []
         self._waiting: dict[int, asyncio.Future[bool]] = {}  # receivers' long polls under way
         self._maintainer: asyncio.Task[None] | None = None
-        self._slot = asyncio.Event()  # slots freed, a receiver's turn, stop requested
-        self._maint = asyncio.Event()  # the maintainer must look
         self._halt_event = asyncio.Event()  # stop requested: run() returns, receivers' backoffs end
         self._exit_event = asyncio.Event()  # the maintainer exits: its backoff ends at once
         self._stopping: asyncio.Future[None] | None = None  # the shutdown, in a task of its own
@@ -96,14 +97,11 @@ class AsyncConsumer(ConsumerBase):
         """Start the receiver and maintainer tasks; returns at once."""
         self._check_new()
         attrs = [await q.attributes() for q in self.queues]
-        ctl = self._open(attrs, [Outage(*RECEIVE_BACKOFF) for _ in attrs], self._wakes(), "tasks")
+        ctl = self._open(attrs, [Outage(*RECEIVE_BACKOFF) for _ in attrs], "tasks")
         self._maintainer = self._task("rqueue-maintainer", self._drive(maintain(ctl)))
         self._receivers = [
             self._task(f"rqueue-receiver-{n}", self._drive(receive(ctl, qi))) for qi, n in enumerate(self._setup.names)
         ]
-
-    def _wakes(self) -> Wakes:
-        return Wakes(self._slot.set, self._maint.set, self._wake, self._halted, self._closing)
 
     def _task(self, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.create_task(self._guarded(work), name=name)
@@ -170,14 +168,8 @@ class AsyncConsumer(ConsumerBase):
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise  # asyncio lets these end the loop: not ours to turn into a stop
         except BaseException as e:  # noqa: BLE001 - logged by _crashed; the consumer stops
-            self._crashed(e, "task")
-            self._halted()
-            self._stop_in_background()
-
-    def _stop_in_background(self) -> None:
-        """Shut down in a task of its own unless run() (or a shutdown already under way) will."""
-        if not self._life.in_run:
-            self._shutdown_task()
+            if self._crashed(e, "task") is Then.BACKGROUND:  # nobody waits in run() to stop it
+                self._shutdown_task()
 
     def _request_stop(self, *, outside: bool) -> None:
         self._life.request_stop(outside=outside)
@@ -201,17 +193,14 @@ class AsyncConsumer(ConsumerBase):
         acknowledged when it returns. If an internal task crashed, raises
         RuntimeError (as ``run()`` does) once stopped.
         """
-        inside = _handling.get() is self
-        self._request_stop(outside=not inside)
-        if self._control is None:
-            return
-        if inside:
-            self._stop_in_background()
-            return
-        cancelled = await self._stopped()
-        if cancelled is not None:
-            raise cancelled
-        self._life.raise_crash("task")
+        then = self._stop_request(inside=_handling.get() is self)
+        if then is Then.BACKGROUND:
+            self._shutdown_task()
+        elif then is Then.SHUTDOWN:
+            cancelled = await self._stopped()
+            if cancelled is not None:
+                raise cancelled
+            self._life.raise_crash("task")
 
     async def __aenter__(self) -> AsyncConsumer:
         await self.start()
@@ -219,10 +208,6 @@ class AsyncConsumer(ConsumerBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def _on_signal(self, signum: int) -> None:
-        self._life.signal(signum)
-        self._halted()
 
     async def _shutdown(self) -> None:
         """Stop (``programs.shutdown``); runs once, in its own task (``_shutdown_task``)."""

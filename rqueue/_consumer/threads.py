@@ -24,7 +24,7 @@ from rqueue._consumer.control import RECEIVE_BACKOFF, Control, Wakes
 from rqueue._consumer.core import setup
 from rqueue._consumer.handlers import Router
 from rqueue._consumer.ledger import Job
-from rqueue._consumer.lifecycle import Outage
+from rqueue._consumer.lifecycle import Outage, Then
 from rqueue._consumer.metrics import Hook
 from rqueue._consumer.programs import (
     JOIN_TIMEOUT,
@@ -89,14 +89,16 @@ class Consumer(ConsumerBase):
         hooks: Sequence[Hook] = (),
     ) -> None:
         options = (concurrency, batch_size, retry_base, retry_cap, flush_interval, shutdown_timeout, visibility_timeout)
-        parts = setup(queue_or_queues, handler, Queue, False, hooks, options)
-        super().__init__(parts)
-        self.queues: list[Queue] = parts.queues
-        self._client: Client = parts.client
         self._lock = threading.RLock()  # re-entrant: a signal handler may take it on the main thread
         self._slot_cv = threading.Condition(self._lock)  # slots freed, a receiver's turn, stop requested
         self._work_cv = threading.Condition(self._lock)  # idle workers
         self._maint_cv = threading.Condition(self._lock)  # the maintainer
+        cv = self._slot_cv
+        wakes = Wakes(cv.notify_all, self._maint_cv.notify, self._helper, self._halted, self._closing, self._stalled)
+        super().__init__(setup(queue_or_queues, handler, Queue, False, hooks, options), wakes)
+        parts = self._setup
+        self.queues: list[Queue] = parts.queues
+        self._client: Client = parts.client
         self._halt_event = threading.Event()  # stopping: receivers' backoffs end at once
         self._exit_event = threading.Event()  # the maintainer exits: its backoff ends at once
         self._done = threading.Event()  # the shutdown is over
@@ -113,10 +115,8 @@ class Consumer(ConsumerBase):
         self._check_new()
         attrs = [q.attributes() for q in self.queues]  # also: QueueDoesNotExist early
         backoffs = [Outage(*RECEIVE_BACKOFF) for _ in attrs]
-        cv = self._slot_cv
-        wakes = Wakes(cv.notify_all, self._maint_cv.notify, self._helper, self._halted, self._closing, self._stalled)
         with self._lock:
-            ctl = self._open(attrs, backoffs, wakes, "threads", STALL)
+            ctl = self._open(attrs, backoffs, "threads", STALL)
         self._maintainer = self._thread("rqueue-maintainer", self._drive, maintain(ctl))
         for qi, name in enumerate(self._setup.names):
             self._receivers.append(self._thread(f"rqueue-receiver-{name}", self._drive, receive(ctl, qi)))
@@ -154,11 +154,9 @@ class Consumer(ConsumerBase):
             target(*args)
         except BaseException as e:  # noqa: BLE001 - logged by _crashed; the consumer stops
             with self._lock:
-                self._crashed(e, f"thread {threading.current_thread().name}")
-                self._halted()
-                background = self._life.shutdown_in_background
-            if background:  # started with start(): nobody waits in run() to stop it
-                self._stop_in_background()
+                then = self._crashed(e, f"thread {threading.current_thread().name}")
+            if then is Then.BACKGROUND:  # started with start(): nobody waits in run() to stop it
+                threading.Thread(target=self._shutdown, name="rqueue-stopper", daemon=True).start()
 
     def _halted(self) -> None:
         """A stop was requested (lock held): whoever waits must look (run(), receivers, workers)."""
@@ -172,9 +170,6 @@ class Consumer(ConsumerBase):
         self._work_cv.notify_all()
         self._exit_event.set()
 
-    def _stop_in_background(self) -> None:
-        threading.Thread(target=self._shutdown, name="rqueue-stopper", daemon=True).start()
-
     def stop(self) -> None:
         """Stop gracefully: no more receiving; unstarted messages visible again at once
         (one call per queue); in-flight ones finish within ``shutdown_timeout`` and are
@@ -185,20 +180,14 @@ class Consumer(ConsumerBase):
         message is acknowledged when it returns. If an internal thread crashed,
         raises RuntimeError (as ``run()`` does) once stopped.
         """
-        inside = getattr(self._local, "worker", False)
         with self._lock:
-            self._life.request_stop(outside=not inside)
-            self._halted()
-            background = inside and self._life.shutdown_in_background
-        if self._control is None:
-            return
-        if inside:
-            if background:
-                self._stop_in_background()
-            return
-        self._shutdown()  # or waits for the one under way
-        with self._lock:
-            self._life.raise_crash("thread")
+            then = self._stop_request(inside=getattr(self._local, "worker", False))
+        if then is Then.BACKGROUND:
+            threading.Thread(target=self._shutdown, name="rqueue-stopper", daemon=True).start()
+        elif then is Then.SHUTDOWN:
+            self._shutdown()  # or waits for the one under way
+            with self._lock:
+                self._life.raise_crash("thread")
 
     def __enter__(self) -> Consumer:
         self.start()
@@ -213,13 +202,12 @@ class Consumer(ConsumerBase):
         restore: list[tuple[int, Any]] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             restore.append((sig, signal.getsignal(sig)))
-            signal.signal(sig, self._on_signal)
+            signal.signal(sig, self._signalled)
         return restore
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def _signalled(self, signum: int, frame: FrameType | None) -> None:
         with self._lock:
-            self._life.signal(signum)
-            self._halted()
+            self._on_signal(signum)
 
     def _shutdown(self) -> None:
         """Stop (``programs.shutdown``); runs once, other callers wait for it."""
@@ -367,8 +355,7 @@ class Consumer(ConsumerBase):
                 seconds = time.perf_counter() - t0
         except BaseException as e:  # the consumer's own bug, not a handler's: stop the consumer
             with lock:
-                self._crashed(e, f"thread {threading.current_thread().name}")
-                self._halted()
+                self._life.crash(e)  # _guarded logs it and stops
                 pool.threads -= 1
                 if job is not None:
                     ctl.ledger.forget(job)  # held by a dead thread: the shutdown must not wait for it
