@@ -391,8 +391,8 @@ def test_the_receive_program_carries_acks_with_the_receive_then_waits_for_slots(
     ctl.ledger.unreserve(1)
     ctl.finished(job, "reply", None, 0.0)
     cursor = Cursor(receive(ctl, 0))
-    op, (method, calls) = cursor.next()  # type: ignore[misc]
-    assert (op, method, len(calls)) == (Op.CLIENT, "run_many", 2)  # the ack, then the receive
+    op, (flush, tail) = cursor.next()  # type: ignore[misc]
+    assert (op, len(ctl.calls(flush, tail))) == (Op.EXCHANGE, 2)  # the ack, then the receive
     cursor.result = [[True], ([_msg(1), _msg(2)], -1, None)]
     assert cursor.next() == (Op.WAIT, (Signal.SLOTS, None))  # both slots busy
     assert [j.message.id for j in ctl.work] == ["1", "2"] and not ctl.ledger.pending
@@ -403,11 +403,11 @@ def test_the_receive_program_carries_acks_with_the_receive_then_waits_for_slots(
 def test_the_receive_program_backs_off_when_the_server_is_gone_and_long_polls_an_empty_queue() -> None:
     ctl, _ = _control()
     cursor = Cursor(receive(ctl, 0))
-    assert cursor.next()[0] is Op.CLIENT  # type: ignore[index]
+    assert cursor.next()[0] is Op.EXCHANGE  # type: ignore[index]
     cursor.error = ConnectionError("gone")
     op, (until, delay) = cursor.next()  # type: ignore[misc]
     assert (op, until) == (Op.PAUSE, Until.HALT) and delay > 0
-    assert cursor.next()[0] is Op.CLIENT  # type: ignore[index]
+    assert cursor.next()[0] is Op.EXCHANGE  # type: ignore[index]
     assert ctl.ledger.free == 0  # the slots it gave back are reserved again
     cursor.result = [([], -1, None)]
     assert cursor.next() == (Op.LONG_POLL, (0, WAIT_CHUNK))
@@ -427,8 +427,8 @@ def test_the_shutdown_program_releases_waits_joins_and_sends_the_rest_in_order()
     cursor = Cursor(shutdown(ctl))
     assert cursor.next() == (Op.UNBLOCK, None) and woken.take() == ["halted"]
     assert cursor.next() == (Op.JOIN, Join.RECEIVERS)
-    op, (method, calls) = cursor.next()  # type: ignore[misc]
-    assert (op, method, len(calls), list(ctl.work)) == (Op.CLIENT, "run_many", 1, [])  # the release
+    op, (flush, tail) = cursor.next()  # type: ignore[misc]
+    assert (op, len(ctl.calls(flush, tail)), list(ctl.work)) == (Op.EXCHANGE, 1, [])  # the release
     cursor.result = [[True]]
     op, (signal, left) = cursor.next()  # type: ignore[misc]
     assert (op, signal) == (Op.WAIT, Signal.SLOTS) and 0 < left <= 1
@@ -436,8 +436,8 @@ def test_the_shutdown_program_releases_waits_joins_and_sends_the_rest_in_order()
     assert cursor.next() == (Op.JOIN, Join.WORKERS) and ctl.life.state is State.CLOSING
     assert woken.take()[-1] == "closing"
     assert cursor.next() == (Op.JOIN, Join.MAINTAINER)
-    op, (method, calls) = cursor.next()  # type: ignore[misc]
-    assert (op, len(calls)) == (Op.CLIENT, 1)  # the last ack
+    op, (flush, tail) = cursor.next()  # type: ignore[misc]
+    assert (op, len(ctl.calls(flush, tail))) == (Op.EXCHANGE, 1)  # the last ack
     cursor.result = [[True]]
     assert cursor.next() is None and ctl.life.state is State.STOPPED
 

@@ -189,7 +189,8 @@ class Control:
         return _core.receive(self.keys[qi], n, self.ledger.leases[qi])
 
     def calls(self, flush: Flush, tail: list[Call[Any]]) -> list[Call[Any]]:
-        """One round trip: ``flush`` carried out, then ``tail``. Reads no shared state: no lock needed."""
+        """One round trip: ``flush`` carried out, then ``tail``. Reads no shared state (the flush is the
+        caller's): the thread runner builds it outside its lock."""
         return flush.calls(self.keys) + tail if flush else tail
 
     def receive_ended(self) -> None:

@@ -96,6 +96,8 @@ class Lifecycle:
     """A consumer's state, who shuts it down, and the crash it must report. Not thread-safe: callers lock."""
 
     def __init__(self) -> None:
+        self._state = State.NEW
+        self.halted = self.aborting = self.closing = False
         self.state = State.NEW
         #: run() waits and will shut down (else a crash or a stop from a handler shuts down in the background).
         self.in_run = False
@@ -107,25 +109,26 @@ class Lifecycle:
     def to(self, cause: Cause) -> State:
         """Move on by ``cause`` (the table); a transition it does not list is a bug: RuntimeError."""
         try:
-            self.state = TRANSITIONS[self.state, cause]
+            state = TRANSITIONS[self.state, cause]
         except KeyError:
             raise RuntimeError(f"consumer lifecycle: no transition from {self.state.name} on {cause.value}") from None
-        return self.state
+        self.state = state
+        return state
 
     @property
-    def halted(self) -> bool:
-        """No more receiving, no more starting jobs: a stop was requested."""
-        return self.state not in _LIVE
+    def state(self) -> State:
+        return self._state
 
-    @property
-    def aborting(self) -> bool:
-        """Running jobs are not waited for."""
-        return self.state is State.ABORTING
-
-    @property
-    def closing(self) -> bool:
-        """Workers and the maintainer exit."""
-        return self.state in _CLOSING
+    @state.setter
+    def state(self, state: State) -> None:
+        self._state = state
+        # Read on every job: plain attributes, derived from the state here and nowhere else.
+        #: No more receiving, no more starting jobs: a stop was requested.
+        self.halted = state not in _LIVE
+        #: Running jobs are not waited for.
+        self.aborting = state is State.ABORTING
+        #: Workers and the maintainer exit.
+        self.closing = state in _CLOSING
 
     def request_stop(self, *, outside: bool) -> None:
         """A stop request from outside a handler (stop(), a signal, a cancellation) or from inside one."""

@@ -34,8 +34,11 @@ class Op(enum.Enum):
     WAIT = "wait"
     #: (until, seconds): back off, cut short when ``until`` (HALT or EXIT) is set. Returns None.
     PAUSE = "pause"
-    #: (method, argument): ``client.<method>(argument)``: ``run_many`` a list of calls, ``run`` one,
-    #: ``hand_on`` a wake-up key. Returns its result; its exception is thrown in.
+    #: (flush, tail): one round trip, ``client.run_many(Control.calls(flush, tail))`` (built by the
+    #: runner: outside the thread runner's lock). Returns the results; an exception is thrown in.
+    EXCHANGE = "exchange"
+    #: (method, argument): ``client.<method>(argument)``: ``run`` one call, ``hand_on`` a wake-up
+    #: key. Returns its result; its exception is thrown in.
     CLIENT = "client"
     #: (queue index, seconds): long-poll that queue's wake-up key, ended early by UNBLOCK or
     #: stopping. Returns True if a token came; a ConnectionError is thrown in.
@@ -93,11 +96,8 @@ class Cursor:
 def exchange(ctl: Control, flush: Flush, tail: list[Call[Any]], until: Until) -> Generator[Step, Any, Any]:
     """Send ``flush`` and run ``tail`` in one round trip: the tail's results, None if the server is
     unreachable (after backing off). The one place acks (with their replies) leave the consumer."""
-    calls = ctl.calls(flush, tail)
-    if not calls:
-        return []
     try:
-        results = yield Op.CLIENT, ("run_many", calls)
+        results = yield Op.EXCHANGE, (flush, tail)
     except BaseException as e:
         delay = ctl.failed(flush, e, time.monotonic())
         if delay is None:
@@ -115,7 +115,7 @@ def send_once(ctl: Control, flush: Flush) -> Generator[Step, Any, None]:
     if not flush:
         return
     try:
-        results = yield Op.CLIENT, ("run_many", flush.calls(ctl.keys))
+        results = yield Op.EXCHANGE, (flush, [])
     except Exception as e:  # noqa: BLE001 - stopping goes on
         ctl.unsent(e)
         return

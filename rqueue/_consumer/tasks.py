@@ -237,6 +237,9 @@ class AsyncConsumer(ConsumerBase):
                 event.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), arg[1])
+            case Op.EXCHANGE:
+                calls = self._control.calls(*arg) if self._control is not None else []
+                return await self._client.run_many(calls) if calls else []
             case Op.CLIENT:
                 return await getattr(self._client, arg[0])(arg[1])
             case Op.LONG_POLL:

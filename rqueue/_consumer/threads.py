@@ -247,6 +247,9 @@ class Consumer(ConsumerBase):
     def _do(self, op: Op, arg: Any) -> Any:
         """One thing a program asks for, done on this thread without the lock."""
         match op:
+            case Op.EXCHANGE:
+                calls = self._control.calls(*arg) if self._control is not None else []
+                return self._client.run_many(calls) if calls else []
             case Op.CLIENT:
                 return getattr(self._client, arg[0])(arg[1])
             case Op.LONG_POLL:
