@@ -2,9 +2,11 @@
 
 The consumer's I/O-free parts: ``core`` (options, validation, reasons),
 ``flush`` (work for the queue and its calls), ``ledger`` (held messages,
-slots, leases, outcomes), ``lifecycle`` (the one state machine) and
-``control`` (every decision of a running consumer). The runners
-(``threads``, ``tasks``) only do I/O and wait.
+slots, leases, outcomes), ``lifecycle`` (the one state machine and its
+transition table), ``control`` (every decision of a running consumer),
+``programs`` (what receivers, maintainer and shutdown do, in order) and
+``base`` (what both consumer classes share). The runners (``threads``,
+``tasks``) only run threads or tasks, do the I/O and wait.
 """
 
 from __future__ import annotations
