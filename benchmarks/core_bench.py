@@ -24,35 +24,24 @@ Throughput figures are the best of --repeat runs, for rqueue and minimal_lua ali
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import floor
 import orjson
 import redis
 from bench_common import payload
+from core_report import machine, table
 
 import rqueue
 from rqueue._transport.embedded import ServerProcess
 
-MINIMAL = Path(os.environ.get("RQUEUE_MINIMAL_LUA", "/work/shared/bench-limit/minimal_lua.py"))
 PREFIX = "bench"
 BATCHES = (1, 10, 100)
-
-# Targets on a 2-core machine (see RESULTS.md).
-T_E2E_RATIO_B100 = 0.85
-T_SEND_B100 = 150_000
-T_WAKE_P99_MS = 2.0
-T_MEM_OVER_BODY = 120
-T_DEEP_RATIO = 0.90
 
 
 def mono() -> float:
@@ -93,26 +82,6 @@ def throughput(client: rqueue.Client, batch: int, total: int) -> dict[str, float
     }
 
 
-def minimal_run(url: str, total: int) -> list[dict[str, float]]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(MINIMAL),
-            "--url",
-            url,
-            "--json",
-            "--total",
-            str(total),
-            "--batches",
-            ",".join(map(str, BATCHES)),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
 def best(runs: list[list[dict[str, float]]]) -> dict[int, dict[str, float]]:
     out: dict[int, dict[str, float]] = {}
     for run in runs:
@@ -128,14 +97,6 @@ def best(runs: list[list[dict[str, float]]]) -> dict[int, dict[str, float]]:
 def _server_cpu(r: redis.Redis) -> float:
     info = r.info("cpu")
     return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
-
-
-def _load_minimal() -> Any:
-    spec = importlib.util.spec_from_file_location("minimal_lua", MINIMAL)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def cpu_split(client: rqueue.Client, ref_url: str | None, batch: int, total: int, rounds: int) -> dict[str, Any]:
@@ -180,7 +141,7 @@ def cpu_split(client: rqueue.Client, ref_url: str | None, batch: int, total: int
     out["rqueue"] = least([phases(client.redis, rq_send, rq_receive_delete) for _ in range(rounds)])
     client.delete_queue("cpu")
     if ref_url:
-        ml = _load_minimal()
+        ml = floor.load()
         r = redis.Redis.from_url(ref_url)
         r.flushdb()
         ml_send, ml_receive, ml_delete = (r.register_script(x) for x in (ml.SEND, ml.RECEIVE, ml.DELETE))
@@ -296,9 +257,9 @@ def memory(client: rqueue.Client, n: int) -> dict[str, float]:
 
 def memory_floor(url: str, n: int) -> dict[str, float] | None:
     """The same n bodies stored by minimal_lua's SEND script (HSET + ZADD only)."""
-    if not MINIMAL.is_file():
+    if not floor.MINIMAL.is_file():
         return None
-    mod = _load_minimal()
+    mod = floor.load()
     r = redis.Redis.from_url(url)
     r.flushdb()
     send = r.register_script(mod.SEND)
@@ -369,151 +330,6 @@ def deep(client: rqueue.Client, shallow: int, deep_n: int, cycles: int, rounds: 
     }
 
 
-# ------------------------------------------------------------------ report
-
-
-def machine(r: redis.Redis) -> dict[str, str]:
-    model = ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
-        mem = f"{kb / 1024 / 1024:.1f} GiB"
-    except (OSError, StopIteration):
-        pass
-    commit = ""
-    try:
-        here = Path(rqueue.__file__).resolve().parent.parent  # the checkout whose rqueue runs
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        pass
-    info = r.info("server")
-    server = (
-        f"{'valkey' if 'valkey_version' in info else 'redis'} {info.get('valkey_version', info.get('redis_version'))}"
-    )
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "ram": mem,
-        "python": platform.python_version(),
-        "server": server,
-        "redis_py": redis.__version__,
-        "rqueue": f"{rqueue.__version__} at {Path(rqueue.__file__).resolve().parent}",
-        "mem_allocator": str(r.info("memory").get("mem_allocator", "")),
-        "commit": commit,
-        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-
-
-def table(res: dict[str, Any]) -> str:
-    rows: list[tuple[str, str, str, str, str]] = []
-    tp, ref = res["throughput"], res.get("minimal_lua") or {}
-
-    def ratio(a: float, b: float | None) -> str:
-        return f"{a / b:.2f}" if b else "-"
-
-    labels = (("send_per_s", "send"), ("receive_delete_per_s", "receive+delete"), ("end_to_end_per_s", "end-to-end"))
-    for key, label in labels:
-        for b in BATCHES:
-            mine = tp[str(b)][key]
-            theirs = ref.get(str(b), {}).get(key)
-            target = ""
-            if b == 100 and key == "send_per_s":
-                target = f">= {T_SEND_B100 / 1000:.0f}k/s: {'met' if mine >= T_SEND_B100 else 'MISSED'}"
-            if b == 100 and key == "end_to_end_per_s" and theirs:
-                target = f">= {T_E2E_RATIO_B100:.2f}x: {'met' if mine / theirs >= T_E2E_RATIO_B100 else 'MISSED'}"
-            rows.append(
-                (
-                    f"{label} msgs/s, batch {b}",
-                    f"{mine:,.0f}",
-                    f"{theirs:,.0f}" if theirs else "-",
-                    ratio(mine, theirs),
-                    target,
-                )
-            )
-    w = res["wakeup"]
-    ok = w["wake_p99_ms"] < T_WAKE_P99_MS
-    rows.append(
-        (
-            f"long-poll wake-up p50 / p99 (n={w['samples']})",
-            f"{w['wake_p50_ms']:.2f} / {w['wake_p99_ms']:.2f} ms",
-            "-",
-            "-",
-            f"p99 < {T_WAKE_P99_MS:g} ms: {'met' if ok else 'MISSED'}",
-        )
-    )
-    rows.append(
-        (
-            "delayed 0.05 s: lateness p50 / p99",
-            f"{w['delay_late_p50_ms']:.2f} / {w['delay_late_p99_ms']:.2f} ms",
-            "-",
-            "-",
-            "",
-        )
-    )
-    m, f = res["memory"], res.get("memory_floor")
-    ok = m["bytes_over_body"] <= T_MEM_OVER_BODY
-    rows.append(
-        (
-            f"memory bytes/msg ({m['messages']:,} msgs, body {m['body_bytes']:.0f} B)",
-            f"{m['bytes_per_msg']:.0f}",
-            f"{f['bytes_per_msg']:.0f}" if f else "-",
-            ratio(m["bytes_per_msg"], f["bytes_per_msg"] if f else None),
-            "",
-        )
-    )
-    rows.append(
-        (
-            "memory bytes/msg over body",
-            f"{m['bytes_over_body']:.0f}",
-            f"{f['bytes_over_body']:.0f}" if f else "-",
-            "-",
-            f"<= {T_MEM_OVER_BODY}: {'met' if ok else 'MISSED'}",
-        )
-    )
-    d = res["deep"]
-    ok = d["deep_ratio"] >= T_DEEP_RATIO
-    rows.append(
-        (f"receive(10)+delete cycles/s, {d['shallow']:,} queued", f"{d['shallow_cycles_per_s']:,.0f}", "-", "-", "")
-    )
-    rows.append(
-        (
-            f"receive(10)+delete cycles/s, {d['deep']:,} queued",
-            f"{d['deep_cycles_per_s']:,.0f}",
-            "-",
-            f"{d['deep_ratio']:.3f} of {d['shallow']:,}",
-            f">= {T_DEEP_RATIO:.2f}: {'met' if ok else 'MISSED'}",
-        )
-    )
-    cs = res.get("cpu_split")
-    if cs:
-        mine_c, ref_c = cs["rqueue"], cs.get("minimal_lua")
-        for phase, label in (("send", "send"), ("receive_delete", "receive+delete")):
-            for side in ("client", "server"):
-                k = f"{phase}_{side}_us"
-                rows.append(
-                    (
-                        f"CPU us/msg, {label}, {side}, batch {cs['batch']}",
-                        f"{mine_c[k]:.2f}",
-                        f"{ref_c[k]:.2f}" if ref_c else "-",
-                        ratio(mine_c[k], ref_c[k] if ref_c else None),
-                        "",
-                    )
-                )
-    head = ("measure", "rqueue", "minimal_lua", "ratio", "target")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", help="a THROWAWAY server for rqueue (default: start one)")
@@ -534,7 +350,7 @@ def main() -> None:
     mem_n = a.mem_messages or (5_000 if q else 100_000)
     deep_n = a.deep or (20_000 if q else 1_000_000)
     cycles = 100 if q else 1_000
-    use_minimal = not a.no_minimal and MINIMAL.is_file()
+    use_minimal = floor.minimal_available(a.no_minimal)
 
     servers: list[ServerProcess] = []
     try:
@@ -558,7 +374,7 @@ def main() -> None:
         mine, theirs = [], []
         for _ in range(repeat):
             if ref_url:
-                theirs.append(minimal_run(ref_url, total))
+                theirs.append(floor.run(ref_url, total, BATCHES))
             mine.append([throughput(client, b, total if b > 1 else total // 10) for b in BATCHES])
         res["throughput"] = {str(k): v for k, v in best(mine).items()}
         res["minimal_lua"] = {str(k): v for k, v in best(theirs).items()} if theirs else None

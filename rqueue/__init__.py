@@ -29,9 +29,9 @@ from rqueue._protocol.errors import (
 )
 from rqueue._protocol.models import DeadLetter, Event, Message, QueueAttributes, QueueStats, SubscriptionInfo
 from rqueue._sync.client import Client, Queue, connect
+from rqueue._sync.listener import Tracker
 from rqueue._sync.topic import Subscription, Topic
 from rqueue._transport.backends import Backend, RQueueWarning, mask_url, register_backend
-from rqueue._transport.listen import Tracker
 
 __version__ = "0.1.0"
 

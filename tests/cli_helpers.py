@@ -12,6 +12,8 @@ from typing import Any
 
 import psutil
 
+from rqueue._protocol.keys import prefix_pattern
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,7 +61,7 @@ def assert_user_error(r: Result, *needles: str) -> None:
 def snapshot(raw: Any, prefix: str) -> dict[str, Any]:
     """Every key under ``prefix`` with its full content, to prove nothing changed."""
     snap: dict[str, Any] = {}
-    for key in sorted(raw.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in sorted(raw.scan_iter(match=prefix_pattern(prefix), count=1000)):
         kind = raw.type(key).decode()
         if kind == "hash":
             snap[key.decode()] = raw.hgetall(key)

@@ -12,6 +12,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 import rqueue
 import rqueue.asyncio as rqa
+from rqueue._protocol.keys import QueueKeys, prefix_pattern
 
 from .bridge import AsyncBridge, LoopThread
 from .servers import Cluster, Sentinel, standalone
@@ -94,7 +95,7 @@ def names_on_every_node(url: str, count: int = 3) -> list[str]:
     r = raw_client(url)
     names: dict[str, str] = {}
     for i in range(1000):
-        names.setdefault(r.get_node_from_key(f"{{n{i}}}").name, f"n{i}")
+        names.setdefault(r.get_node_from_key(QueueKeys.for_queue("t", f"n{i}").meta).name, f"n{i}")
     r.close()
     assert len(names) >= count, names
     return list(names.values())[:count]
@@ -109,7 +110,7 @@ def prefix() -> str:
 def raw(backend_url: str, prefix: str) -> Iterator[Any]:
     r = raw_client(backend_url)
     yield r
-    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
         r.unlink(key)
     r.close()
 
@@ -154,11 +155,11 @@ def lib(server_url: str, prefix: str) -> Iterator[rqueue.Client]:
     yield c
     c.close()
     r = redis.Redis.from_url(server_url)
-    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
         r.unlink(key)
     r.close()
 
 
-def stored_keys(raw: Any, prefix: str) -> list[str]:
-    """Every key under the test's prefix."""
-    return sorted(k.decode() for k in raw.scan_iter(match=f"{prefix}:*", count=1000))
+def stored_keys(raw: Any, prefix: str, match: str | None = None) -> list[str]:
+    """Every key under the test's prefix, or every one ``match`` (a pattern from rqueue._protocol.keys) matches."""
+    return sorted(k.decode() for k in raw.scan_iter(match=match or prefix_pattern(prefix), count=1000))

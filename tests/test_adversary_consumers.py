@@ -16,6 +16,7 @@ import redis
 from rqueue._consumer import tasks as async_consumer
 from rqueue._consumer import threads as sync_consumer
 from rqueue._consumer.lifecycle import Outage
+from rqueue._protocol.keys import prefix_pattern
 
 from .conftest import names_on_every_node, raw_client
 from .servers import Cluster
@@ -106,6 +107,6 @@ def test_a_node_down_does_not_stop_a_consumer_of_a_queue_on_a_healthy_node(
                 rc.config_set("cluster-require-full-coverage", "yes")
         r.close()
         raw = raw_client(cluster.url)
-        for key in list(raw.scan_iter(match=f"{prefix}:*", count=1000)):
+        for key in list(raw.scan_iter(match=prefix_pattern(prefix), count=1000)):
             raw.unlink(key)
         raw.close()

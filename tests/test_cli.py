@@ -20,6 +20,7 @@ import pytest
 import redis
 
 import rqueue
+from rqueue._protocol.keys import prefix_pattern
 from rqueue._transport.embedded import free_port
 
 from .cli_helpers import assert_user_error, cli_env, run_cli, snapshot
@@ -29,7 +30,7 @@ from .cli_helpers import assert_user_error, cli_env, run_cli, snapshot
 def rawc(server_url: str, prefix: str) -> Iterator[Any]:
     r = redis.Redis.from_url(server_url)
     yield r
-    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
         r.unlink(key)
     r.close()
 

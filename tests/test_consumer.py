@@ -17,6 +17,7 @@ import rqueue
 import rqueue.asyncio as rqa
 from rqueue._consumer.core import Backoff, Settings
 from rqueue._consumer.ledger import Ledger
+from rqueue._protocol.keys import prefix_pattern
 
 from .bridge import LoopThread
 from .conftest import names_on_every_node, raw_client
@@ -107,7 +108,7 @@ def h(request: pytest.FixtureRequest, backend_url: str, prefix: str) -> Iterator
     yield harness
     harness.close()
     r = raw_client(backend_url)
-    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
         r.unlink(key)
     r.close()
 
@@ -350,7 +351,7 @@ def test_on_a_cluster_one_consumer_serves_queues_on_every_node_and_answers_reque
         assert all(empty(q) for q in qs)
     finally:
         h.close()
-        for key in list(raw.scan_iter(match=f"{prefix}:*", count=1000)):
+        for key in list(raw.scan_iter(match=prefix_pattern(prefix), count=1000)):
             raw.unlink(key)
         raw.close()
 

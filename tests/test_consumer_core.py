@@ -17,7 +17,7 @@ from rqueue._consumer.core import Settings
 from rqueue._consumer.flush import Flush
 from rqueue._consumer.ledger import Ledger
 from rqueue._consumer.lifecycle import TRANSITIONS, Cause, Lifecycle, Outage, State, Then
-from rqueue._consumer.programs import Cursor, Join, Op, Signal, Until, maintain, receive, shutdown
+from rqueue._consumer.programs import Ask, Cursor, Join, Signal, Until, maintain, receive, shutdown
 from rqueue._protocol.errors import ConnectionError
 from rqueue._protocol.keys import QueueKeys
 from rqueue._protocol.operations import WAIT_CHUNK
@@ -391,10 +391,10 @@ def test_the_receive_program_carries_acks_with_the_receive_then_waits_for_slots(
     ctl.ledger.unreserve(1)
     ctl.finished(job, "reply", None, 0.0)
     cursor = Cursor(receive(ctl, 0))
-    op, (flush, tail) = cursor.next()  # type: ignore[misc]
-    assert (op, len(ctl.calls(flush, tail))) == (Op.EXCHANGE, 2)  # the ack, then the receive
+    ask, (flush, tail) = cursor.next()  # type: ignore[misc]
+    assert (ask, len(ctl.calls(flush, tail))) == (Ask.EXCHANGE, 2)  # the ack, then the receive
     cursor.result = [[True], ([_msg(1), _msg(2)], -1, None)]
-    assert cursor.next() == (Op.WAIT, (Signal.SLOTS, None))  # both slots busy
+    assert cursor.next() == (Ask.WAIT, (Signal.SLOTS, None))  # both slots busy
     assert [j.message.id for j in ctl.work] == ["1", "2"] and not ctl.ledger.pending
     ctl.life.request_stop(outside=True)
     assert cursor.next() is None
@@ -403,17 +403,17 @@ def test_the_receive_program_carries_acks_with_the_receive_then_waits_for_slots(
 def test_the_receive_program_backs_off_when_the_server_is_gone_and_long_polls_an_empty_queue() -> None:
     ctl, _ = _control()
     cursor = Cursor(receive(ctl, 0))
-    assert cursor.next()[0] is Op.EXCHANGE  # type: ignore[index]
+    assert cursor.next()[0] is Ask.EXCHANGE  # type: ignore[index]
     cursor.error = ConnectionError("gone")
-    op, (until, delay) = cursor.next()  # type: ignore[misc]
-    assert (op, until) == (Op.PAUSE, Until.HALT) and delay > 0
-    assert cursor.next()[0] is Op.EXCHANGE  # type: ignore[index]
+    ask, (until, delay) = cursor.next()  # type: ignore[misc]
+    assert (ask, until) == (Ask.PAUSE, Until.HALT) and delay > 0
+    assert cursor.next()[0] is Ask.EXCHANGE  # type: ignore[index]
     assert ctl.ledger.free == 0  # the slots it gave back are reserved again
     cursor.result = [([], -1, None)]
-    assert cursor.next() == (Op.LONG_POLL, (0, WAIT_CHUNK))
+    assert cursor.next() == (Ask.LONG_POLL, (0, WAIT_CHUNK))
     cursor.result = True  # a token: but no slot would be free for it
     ctl.ledger.free = 0
-    assert cursor.next() == (Op.CLIENT, ("hand_on", ctl.keys[0].wake))
+    assert cursor.next() == (Ask.CLIENT, ("hand_on", ctl.keys[0].wake))
 
 
 def test_the_shutdown_program_releases_waits_joins_and_sends_the_rest_in_order() -> None:
@@ -425,19 +425,19 @@ def test_the_shutdown_program_releases_waits_joins_and_sends_the_rest_in_order()
     running.started = True
     ctl.life.request_stop(outside=True)
     cursor = Cursor(shutdown(ctl))
-    assert cursor.next() == (Op.UNBLOCK, None) and woken.take() == ["halted"]
-    assert cursor.next() == (Op.JOIN, Join.RECEIVERS)
-    op, (flush, tail) = cursor.next()  # type: ignore[misc]
-    assert (op, len(ctl.calls(flush, tail)), list(ctl.work)) == (Op.EXCHANGE, 1, [])  # the release
+    assert cursor.next() == (Ask.UNBLOCK, None) and woken.take() == ["halted"]
+    assert cursor.next() == (Ask.JOIN, Join.RECEIVERS)
+    ask, (flush, tail) = cursor.next()  # type: ignore[misc]
+    assert (ask, len(ctl.calls(flush, tail)), list(ctl.work)) == (Ask.EXCHANGE, 1, [])  # the release
     cursor.result = [[True]]
-    op, (signal, left) = cursor.next()  # type: ignore[misc]
-    assert (op, signal) == (Op.WAIT, Signal.SLOTS) and 0 < left <= 1
+    ask, (signal, left) = cursor.next()  # type: ignore[misc]
+    assert (ask, signal) == (Ask.WAIT, Signal.SLOTS) and 0 < left <= 1
     ctl.finished(running, None, None, 0.0)
-    assert cursor.next() == (Op.JOIN, Join.WORKERS) and ctl.life.state is State.CLOSING
+    assert cursor.next() == (Ask.JOIN, Join.WORKERS) and ctl.life.state is State.CLOSING
     assert woken.take()[-1] == "closing"
-    assert cursor.next() == (Op.JOIN, Join.MAINTAINER)
-    op, (flush, tail) = cursor.next()  # type: ignore[misc]
-    assert (op, len(ctl.calls(flush, tail))) == (Op.EXCHANGE, 1)  # the last ack
+    assert cursor.next() == (Ask.JOIN, Join.MAINTAINER)
+    ask, (flush, tail) = cursor.next()  # type: ignore[misc]
+    assert (ask, len(ctl.calls(flush, tail))) == (Ask.EXCHANGE, 1)  # the last ack
     cursor.result = [[True]]
     assert cursor.next() is None and ctl.life.state is State.STOPPED
 
@@ -445,6 +445,6 @@ def test_the_shutdown_program_releases_waits_joins_and_sends_the_rest_in_order()
 def test_the_maintainer_program_exits_when_closing() -> None:
     ctl, _ = _control()
     cursor = Cursor(maintain(ctl))
-    assert cursor.next() == (Op.WAIT, (Signal.MAINT, None))
+    assert cursor.next() == (Ask.WAIT, (Signal.MAINT, None))
     ctl.life.state = State.CLOSING
     assert cursor.next() is None

@@ -22,7 +22,7 @@ from rqueue._consumer import core
 from rqueue._consumer.core import Settings
 from rqueue._consumer.flush import Flush, flush_problems
 from rqueue._consumer.ledger import Ledger
-from rqueue._protocol.keys import QueueKeys
+from rqueue._protocol.keys import QueueKeys, prefix_pattern
 
 from .bridge import LoopThread
 from .conftest import raw_client
@@ -132,7 +132,7 @@ def rig(request: pytest.FixtureRequest, backend_url: str, prefix: str) -> Iterat
     yield r
     r.close()
     raw = raw_client(backend_url)
-    for key in list(raw.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in list(raw.scan_iter(match=prefix_pattern(prefix), count=1000)):
         raw.unlink(key)
     raw.close()
 

@@ -47,6 +47,7 @@ from hypothesis import strategies as st
 
 import rqueue
 import rqueue.asyncio as rqa
+from rqueue._protocol.keys import prefix_pattern
 from rqueue._protocol.peek import peek
 
 from .bridge import LoopThread
@@ -494,6 +495,61 @@ def _final_event(tracker: rqueue.Tracker) -> rqueue.Event | None:
     return ends[0] if ends else None
 
 
+def _check_outcome(
+    env: Env,
+    q: rqueue.Queue,
+    ex: Example,
+    model: list[Any],
+    record: Record,
+    requests: dict[int, concurrent.futures.Future[tuple[Any, ...]]],
+    trackers: dict[int, rqueue.Tracker],
+    state: Callable[[], str],
+) -> None:
+    """Every message ended where the model says, and every sender heard what the model says."""
+    assert [len(r) for r in record.runs] == [m.runs for m in model], "runs differ from the model" + state()
+    dead = {p.body["i"]: p.dead_letter for p in env.client.run(peek(q.dead_letter_queue._keys, 100))}
+    assert sorted(dead) == [i for i, m in enumerate(model) if not m.acked], "dead letters differ" + state()
+    for i, why in dead.items():
+        assert why is not None
+        assert (why.reason, why.detail) == ("rejected", model[i].detail), f"dead letter {i}: {why}" + state()
+    s = q.stats()
+    assert (s.deleted_total, s.dead) == (sum(m.acked for m in model), len(dead)), "counters differ" + state()
+    if not ex.has_stop():  # a stop makes unstarted messages visible again: receives without a run
+        assert s.received_total == sum(m.runs for m in model), "a receive without a run" + state()
+    # -- what the senders heard
+    for i, f in requests.items():
+        m = model[i]
+        want = ("reply", m.reply) if m.acked else ("dead", "rejected", m.detail)
+        assert f.result(0) == want, f"request {i} got {f.result(0)}" + state()
+    for i, t in trackers.items():
+        m = model[i]
+        event = _final_event(t)
+        assert event is not None
+        got = (event.kind, event.reply) if m.acked else (event.kind, event.reason, event.detail)
+        want = ("processed", m.reply) if m.acked else ("dead_lettered", "rejected", m.detail)
+        assert got == want, f"tracked {i} heard {t.events}" + state()
+        if not ex.has_stop():
+            assert [e.kind for e in t.events].count("received") == m.runs, f"tracked {i} heard {t.events}"
+
+
+def _send_all(
+    q: rqueue.Queue,
+    ex: Example,
+    pool: concurrent.futures.ThreadPoolExecutor,
+    deadline: float,
+    requests: dict[int, concurrent.futures.Future[tuple[Any, ...]]],
+    trackers: dict[int, rqueue.Tracker],
+) -> None:
+    """Send each of the example's messages the way it says: plain, tracked or as a request."""
+    for i, (mode, _) in enumerate(ex.messages):
+        if mode == "plain":
+            q.send({"i": i})
+        elif mode == "tracked":
+            trackers[i] = q.send_tracked({"i": i})
+        else:
+            requests[i] = pool.submit(_request, q, i, deadline + 1 - time.monotonic())
+
+
 def run_example(env: Env, ex: Example) -> None:
     """Send the example's messages, consume until all settle, compare with the model."""
     name = f"m{next(_names)}"
@@ -530,13 +586,7 @@ def run_example(env: Env, ex: Example) -> None:
 
     deadline = time.monotonic() + SETTLE + SLOW * ex.slow_runs()
     try:
-        for i, (mode, _) in enumerate(ex.messages):
-            if mode == "plain":
-                q.send({"i": i})
-            elif mode == "tracked":
-                trackers[i] = q.send_tracked({"i": i})
-            else:
-                requests[i] = pool.submit(_request, q, i, deadline + 1 - time.monotonic())
+        _send_all(q, ex, pool, deadline, requests, trackers)
         stops = ex.stops()
 
         def start() -> None:
@@ -570,32 +620,8 @@ def run_example(env: Env, ex: Example) -> None:
             run.stop()
             ended(run)
 
-        # -- every message where the model says, after the model's number of runs
-        check_runs()
-        assert [len(r) for r in record.runs] == [m.runs for m in model], "runs differ from the model" + state()
-        dead = {p.body["i"]: p.dead_letter for p in env.client.run(peek(q.dead_letter_queue._keys, 100))}
-        assert sorted(dead) == [i for i, m in enumerate(model) if not m.acked], "dead letters differ" + state()
-        for i, why in dead.items():
-            assert why is not None
-            assert (why.reason, why.detail) == ("rejected", model[i].detail), f"dead letter {i}: {why}" + state()
-        s = q.stats()
-        assert (s.deleted_total, s.dead) == (sum(m.acked for m in model), len(dead)), "counters differ" + state()
-        if not ex.has_stop():  # a stop makes unstarted messages visible again: receives without a run
-            assert s.received_total == sum(m.runs for m in model), "a receive without a run" + state()
-        # -- what the senders heard
-        for i, f in requests.items():
-            m = model[i]
-            want = ("reply", m.reply) if m.acked else ("dead", "rejected", m.detail)
-            assert f.result(0) == want, f"request {i} got {f.result(0)}" + state()
-        for i, t in trackers.items():
-            m = model[i]
-            event = _final_event(t)
-            assert event is not None
-            got = (event.kind, event.reply) if m.acked else (event.kind, event.reason, event.detail)
-            want = ("processed", m.reply) if m.acked else ("dead_lettered", "rejected", m.detail)
-            assert got == want, f"tracked {i} heard {t.events}" + state()
-            if not ex.has_stop():
-                assert [e.kind for e in t.events].count("received") == m.runs, f"tracked {i} heard {t.events}"
+        check_runs()  # every message where the model says, after the model's number of runs
+        _check_outcome(env, q, ex, model, record, requests, trackers, state)
         assert all(took < STOP_WITHIN for took in record.stop_calls), f"stop() in a handler took {record.stop_calls} s"
     finally:
         for run in live:
@@ -628,7 +654,7 @@ def envs(request: pytest.FixtureRequest) -> Iterator[Callable[[str, str], Env]]:
             env.loop.run(env.aclient.aclose())
         env.client.close()
         r: redis.Redis = raw_client(env.url)
-        for key in list(r.scan_iter(match=f"{env.prefix}:*", count=1000)):
+        for key in list(r.scan_iter(match=prefix_pattern(env.prefix), count=1000)):
             r.unlink(key)
         r.close()
 

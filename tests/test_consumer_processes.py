@@ -1,6 +1,6 @@
 """Worker processes under real signals and a real server restart, on every backend.
 
-Workers run ``python -m rqueue.cli.worker tests.consumer_app:<handler>`` and log
+Workers run ``python -m rqueue worker tests.consumer_app:<handler>`` and log
 each handler event to a file; the tests await those events and queue stats.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 import rqueue
-from rqueue._transport.embedded import ServerProcess
+from rqueue._protocol.keys import prefix_pattern
 
 from .conftest import BACKENDS, raw_client
 from .consumer_app import fails
-from .servers import Cluster, Sentinel
+from .servers import Cluster, FixtureServer, Sentinel
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -44,15 +44,16 @@ class Workers:
         self.log.touch()
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, handler: str = "record", *args: str, cli: bool = False, **env: Any) -> subprocess.Popen[bytes]:
-        """A worker process: ``python -m rqueue.cli.worker``, or with ``cli`` the ``rqueue worker`` command."""
+    def start(self, handler: str = "record", *args: str, **env: Any) -> subprocess.Popen[bytes]:
+        """A worker process: the ``rqueue worker`` command (``python -m rqueue worker``)."""
         e = {**os.environ, "RQ_TEST_LOG": str(self.log), **{k: str(v) for k, v in env.items()}}
         err = open(self.tmp / f"worker{len(self.procs)}.err", "wb")  # noqa: SIM115 - owned by the child
         p = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                *(["rqueue", "worker"] if cli else ["rqueue.cli.worker"]),
+                "rqueue",
+                "worker",
                 f"tests.consumer_app:{handler}",
                 "--url",
                 self.url,
@@ -98,7 +99,7 @@ def workers(backend_url: str, prefix: str, tmp_path: Path) -> Iterator[Workers]:
     yield w
     w.close()
     r = raw_client(backend_url)
-    for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
         r.unlink(key)
     r.close()
 
@@ -168,10 +169,10 @@ class Restartable:
             self.sentinel = Sentinel(persistent=True).start()
             self.url = self.sentinel.url
         else:
-            self.server = ServerProcess(persistent=True, data_dir=tmp / "data").start()
+            self.server = FixtureServer(persistent=True, data_dir=tmp / "data").start()
             self.url = self.server.url
 
-    def serving(self, key: str) -> ServerProcess:
+    def serving(self, key: str) -> FixtureServer:
         """The process holding ``key`` (on a cluster: the master owning its slot)."""
         if self.kind == "cluster":
             return self.cluster.node_for(key)
@@ -185,7 +186,7 @@ class Restartable:
     def close(self) -> None:
         if self.kind == "cluster":  # shared by the session: left running, keys removed
             r = raw_client(self.url)
-            for key in list(r.scan_iter(match=f"{self.prefix}:*", count=1000)):
+            for key in list(r.scan_iter(match=prefix_pattern(self.prefix), count=1000)):
                 r.unlink(key)
             r.close()
         elif self.kind == "sentinel":
@@ -286,7 +287,7 @@ def test_the_rqueue_worker_command_serves_a_cluster_or_sentinel_url(
     with rqueue.connect(backend_url, prefix=prefix) as c:
         q = c.create_queue("jobs", visibility_timeout=30)
         q.send_batch([{"i": i} for i in range(30)])
-        w = workers.start("record", "--concurrency", "4", cli=True)
+        w = workers.start("record", "--concurrency", "4")
         until(lambda: q.stats().deleted_total == 30 or w.poll() is not None, what="every message")
         w.send_signal(signal.SIGTERM)
         assert w.wait(30) == 0, workers.stderr(0)
@@ -296,7 +297,7 @@ def test_the_rqueue_worker_command_serves_a_cluster_or_sentinel_url(
 def test_bad_import_path_and_unknown_queue_exit_2_with_one_line(server_url: str, prefix: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "rqueue.cli.worker", *args, "--url", server_url, "--prefix", prefix],
+            [sys.executable, "-m", "rqueue", "worker", *args, "--url", server_url, "--prefix", prefix],
             cwd=ROOT,
             capture_output=True,
             text=True,

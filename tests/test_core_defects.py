@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 import rqueue
+from rqueue._protocol.keys import QueueKeys
 
 NON_FINITE = [math.nan, math.inf, -math.inf]
 
 
 def _stored(raw: Any, prefix: str, name: str) -> int:
     """How many messages the queue ``name`` (or ``name:dlq``) holds, read from its index."""
-    base = f"{prefix}:{{{name.removesuffix(':dlq')}}}" + (":dlq" if name.endswith(":dlq") else "")
-    return int(raw.zcard(base + ":vis"))
+    return int(raw.zcard(QueueKeys.for_queue(prefix, name).vis))
 
 
 # ---------------------------------------------------------------- 8: one receive, each message once
@@ -147,10 +147,10 @@ def test_dead_letter_without_a_recorded_reason_is_still_received(client: Any, ra
     q.send("real")
     q.receive(visibility_timeout=0)
     q.receive()  # buries 'real' (max_receives)
-    base = f"{prefix}:{{orders}}:dlq"
+    dlq = QueueKeys.for_queue(prefix, "orders:dlq")
     now = int(raw.time()[0]) * 1000
-    raw.hset(base + ":msgs", "999999", f"{now:013d}sstray")
-    raw.zadd(base + ":vis", {"999999": now})
+    raw.hset(dlq.msgs, "999999", f"{now:013d}sstray")
+    raw.zadd(dlq.vis, {"999999": now})
     got = {m.body: m for m in q.dead_letter_queue.receive(10)}
     assert sorted(got) == ["real", "stray"]
     real, stray = got["real"].dead_letter, got["stray"].dead_letter
@@ -166,7 +166,7 @@ def test_dead_letter_without_a_recorded_reason_is_still_received(client: Any, ra
 def _shrink_retention(raw: Any, prefix: str, name: str, ms: int) -> None:
     # Retention is at least 60 s by contract; shrink the stored value so the test does not
     # sleep a minute. The scripts read it on every call.
-    raw.hset(f"{prefix}:{{{name}}}:meta", "retention", ms)
+    raw.hset(QueueKeys.for_queue(prefix, name).meta, "retention", ms)
 
 
 def test_delay_equal_to_retention_is_received_then_expires_a_retention_later(
@@ -195,7 +195,7 @@ def test_delay_equal_to_retention_is_received_then_expires_a_retention_later(
 def test_queue_whose_delay_equals_its_retention_delivers(client: Any, raw: Any, prefix: str) -> None:
     q = client.create_queue("orders")
     _shrink_retention(raw, prefix, "orders", 300)
-    raw.hset(f"{prefix}:{{orders}}:meta", "delay", 300)
+    raw.hset(QueueKeys.for_queue(prefix, "orders").meta, "delay", 300)
     q.send_batch(["a", "b"])
     assert sorted(m.body for m in q.receive(10, wait_time=3)) == ["a", "b"]
     assert q.stats().dead == 0

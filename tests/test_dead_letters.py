@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import rqueue
+from rqueue._protocol.keys import QueueKeys
 
 
 def test_max_receive_count_dead_letters_atomically(client: Any) -> None:
@@ -77,7 +78,7 @@ def test_redrive_many(client: Any) -> None:
 def _age_queue(raw: Any, prefix: str, name: str, retention_ms: int) -> None:
     # Retention is at least 60 s by contract; shrink the stored value so the
     # test does not sleep a minute. The scripts read it on every call.
-    raw.hset(f"{prefix}:{{{name}}}:meta", "retention", retention_ms)
+    raw.hset(QueueKeys.for_queue(prefix, name).meta, "retention", retention_ms)
 
 
 def test_expired_messages_move_to_dead_letters_and_are_counted(client: Any, raw: Any, prefix: str) -> None:
@@ -99,7 +100,7 @@ def test_dead_letters_expire_from_their_death(client: Any, raw: Any, prefix: str
     q.send("x")
     (m,) = q.receive()
     q.reject(m.receipt, "r")
-    raw.hset(f"{prefix}:{{orders}}:dlq:meta", "retention", 50)
+    raw.hset(QueueKeys.for_queue(prefix, "orders:dlq").meta, "retention", 50)
     time.sleep(0.1)
     dlq = q.dead_letter_queue
     assert dlq.receive() == []

@@ -14,9 +14,9 @@ import psutil
 import pytest
 
 import rqueue
-from rqueue._transport.embedded import ServerProcess
 
 from .cli_helpers import ROOT
+from .servers import FixtureServer
 
 
 def _thread_gone(native_id: int) -> bool:
@@ -116,8 +116,8 @@ def test_sigkill_of_the_parent_keeps_a_named_folder(tmp_path: Path) -> None:
 
 
 def test_a_killed_server_restarts_on_its_folder() -> None:
-    """kill() (a crash) and restart() keep the temporary folder; close() removes it."""
-    server = ServerProcess().start()
+    """kill() (a crash) and start() again keep the temporary folder; close() removes it."""
+    server = FixtureServer().start()
     folder = server.data_dir
     try:
         pid = server.pid

@@ -13,7 +13,8 @@ import redis
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._protocol.events import UNCLAIMED_MAX, Router
+from rqueue._protocol.events import UNCLAIMED_MAX, EventRouter
+from rqueue._protocol.keys import QueueKeys
 
 from .conftest import BACKENDS
 from .test_requests import start_worker, stop_worker
@@ -91,7 +92,7 @@ def test_dead_letter_events(client: Any) -> None:
 
 
 def test_untracked_messages_publish_nothing(q: Any, raw: Any, backend_url: str, prefix: str) -> None:
-    channel = f"{prefix}:{{orders}}:events"
+    channel = QueueKeys.for_queue(prefix, "orders").events
     if backend_url.startswith("redis+cluster://"):
         pytest.skip("the raw pub/sub check below needs a single node")
     ps = raw.pubsub()
@@ -340,7 +341,7 @@ async def test_refused_subscription_is_permission_denied_at_once_asyncio(no_chan
 
 
 def test_router_buffers_events_that_beat_registration() -> None:
-    r = Router()
+    r = EventRouter()
     got: list[rqueue.Event] = []
     assert r.dispatch("c", b"received|7|1") == []
     assert r.dispatch("c", b"processed|7|jnull") == []
@@ -350,7 +351,7 @@ def test_router_buffers_events_that_beat_registration() -> None:
 
 
 def test_router_missed_on_lost_connection_and_across_generations() -> None:
-    r = Router()
+    r = EventRouter()
     got: list[rqueue.Event] = []
     gen = r.generation
     r.register("c", "1", got.append, gen)
@@ -361,7 +362,7 @@ def test_router_missed_on_lost_connection_and_across_generations() -> None:
 
 
 def test_router_unclaimed_buffer_is_bounded() -> None:
-    r = Router()
+    r = EventRouter()
     for i in range(UNCLAIMED_MAX + 50):
         r.dispatch("c", f"received|{i}|1".encode())
     assert r.register("c", "0", lambda e: None, r.generation) == []

@@ -12,6 +12,7 @@ import redis
 
 import rqueue
 import rqueue.asyncio as rqa
+from rqueue._protocol.keys import prefix_pattern
 
 
 def test_script_cache_flushed_mid_test(client: Any, raw: Any) -> None:
@@ -162,6 +163,6 @@ def test_closing_right_after_a_cancelled_wait_leaves_no_connection_open(server_u
     try:
         assert asyncio.run(go()) == 0
     finally:
-        for key in list(raw.scan_iter(match=f"{prefix}:*")):
+        for key in list(raw.scan_iter(match=prefix_pattern(prefix))):
             raw.unlink(key)
         raw.close()

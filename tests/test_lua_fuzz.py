@@ -44,7 +44,7 @@ from rqueue._protocol import operations as _core
 from rqueue._protocol import peek as _peek
 from rqueue._protocol import topic_operations as _topics
 from rqueue._protocol.errors import InvalidParameter, RQueueError, from_lua
-from rqueue._protocol.keys import QueueKeys, TopicKeys
+from rqueue._protocol.keys import QueueKeys, TopicKeys, prefix_pattern
 from rqueue._protocol.operations import Call
 
 from .conftest import raw_client
@@ -284,9 +284,56 @@ def _check_meta(key: str, h: dict[bytes, bytes]) -> None:
             assert f in (b"vt", b"retention", b"delay", b"max_size", b"created_at"), f"{key} field {f!r}"
 
 
+def _check_msgs(key: str, value: Any) -> None:
+    for f, v in value.items():
+        assert _ID.fullmatch(f.decode("latin-1")), f"{key} field {f!r}"
+        head = _STORED.match(v)
+        assert head and message_ok(v[head.end() :]), f"{key}[{f!r}] = {v[:60]!r} is not a stored message"
+
+
+def _check_scores(key: str, value: Any, part: str) -> None:
+    now = time.time() * 1000
+    for member, score in value:
+        if part == "vis":
+            assert _ID.fullmatch(member.decode("latin-1")), f"{key} member {member!r}"
+        else:
+            assert _NAME.fullmatch(member), f"{key} member {member!r}"
+        assert math.isfinite(score) and score == int(score) and score >= 0, f"{key}[{member!r}] = {score}"
+        if part == "vis":
+            assert score <= now + MS_14D + MS_12H + 60_000, f"{key}[{member!r}] = {score}, too far ahead"
+
+
+def _check_fields(key: str, value: Any, pattern: re.Pattern[bytes]) -> None:
+    for f, v in value.items():
+        assert pattern.fullmatch(v), f"{key}[{f!r}] = {v!r}"
+
+
+def _check_reply(key: str, value: Any, has_ttl: bool) -> None:
+    assert has_ttl, f"{key} has no TTL"
+    assert all(x[:1] in (b"p", b"d") for x in value), f"{key} = {value!r}"
+
+
+#: Each kind of key: its Redis type, and the check of its value (key, value, has_ttl).
+_PARTS: dict[str, tuple[str, Any]] = {
+    "meta": ("hash", lambda k, v, t: _check_meta(k, v)),
+    "msgs": ("hash", lambda k, v, t: _check_msgs(k, v)),
+    "state": ("hash", lambda k, v, t: _check_fields(k, v, _STATE)),
+    "why": ("hash", lambda k, v, t: _check_fields(k, v, _WHY)),
+    "vis": ("zset", lambda k, v, t: _check_scores(k, v, "vis")),
+    "subs": ("zset", lambda k, v, t: _check_scores(k, v, "subs")),
+    "wake": ("list", lambda k, v, t: _expect(v in ([], [b"1"]), f"{k} = {v!r}")),
+    "reply": ("list", _check_reply),
+    "seq": ("string", lambda k, v, t: _expect(re.fullmatch(rb"0|[1-9][0-9]{0,19}", v), f"{k} = {v!r}")),
+    "ver": ("string", lambda k, v, t: _expect(re.fullmatch(rb"0|[1-9][0-9]{0,19}", v), f"{k} = {v!r}")),
+}
+
+
+def _expect(ok: object, why: str) -> None:
+    assert ok, why
+
+
 def check_stored(snap: Snapshot, prefix: str) -> None:
     """Every key still has the shape the scripts and the client rely on."""
-    now = time.time() * 1000
     groups: dict[str, dict[str, Any]] = {}
     for key, (kind, value, has_ttl) in snap.items():
         rest = key[len(prefix) + 1 :]
@@ -294,48 +341,9 @@ def check_stored(snap: Snapshot, prefix: str) -> None:
         assert m, f"unexpected key {key!r}"
         part = m.group(2) if not m.group(3) else "reply"
         groups.setdefault(m.group(1), {})[part] = value
-        expected_type = {
-            "meta": "hash",
-            "msgs": "hash",
-            "state": "hash",
-            "why": "hash",
-            "vis": "zset",
-            "subs": "zset",
-            "wake": "list",
-            "reply": "list",
-            "seq": "string",
-            "ver": "string",
-        }[part]
+        expected_type, check = _PARTS[part]
         assert kind == expected_type, f"{key} is a {kind}"
-        if part == "meta":
-            _check_meta(key, value)
-        elif part == "msgs":
-            for f, v in value.items():
-                assert _ID.fullmatch(f.decode("latin-1")), f"{key} field {f!r}"
-                head = _STORED.match(v)
-                assert head and message_ok(v[head.end() :]), f"{key}[{f!r}] = {v[:60]!r} is not a stored message"
-        elif part in ("vis", "subs"):
-            for member, score in value:
-                if part == "vis":
-                    assert _ID.fullmatch(member.decode("latin-1")), f"{key} member {member!r}"
-                else:
-                    assert _NAME.fullmatch(member), f"{key} member {member!r}"
-                assert math.isfinite(score) and score == int(score) and score >= 0, f"{key}[{member!r}] = {score}"
-                if part == "vis":
-                    assert score <= now + MS_14D + MS_12H + 60_000, f"{key}[{member!r}] = {score}, too far ahead"
-        elif part == "state":
-            for f, v in value.items():
-                assert _STATE.fullmatch(v), f"{key}[{f!r}] = {v!r}"
-        elif part == "why":
-            for f, v in value.items():
-                assert _WHY.fullmatch(v), f"{key}[{f!r}] = {v!r}"
-        elif part == "wake":
-            assert value in ([], [b"1"]), f"{key} = {value!r}"
-        elif part == "reply":
-            assert has_ttl, f"{key} has no TTL"
-            assert all(x[:1] in (b"p", b"d") for x in value), f"{key} = {value!r}"
-        else:
-            assert re.fullmatch(rb"0|[1-9][0-9]{0,19}", value), f"{key} = {value!r}"
+        check(key, value, has_ttl)
     for base, parts in groups.items():
         msgs = set(parts.get("msgs", {}))
         vis = {m for m, _ in parts.get("vis", [])}
@@ -465,7 +473,7 @@ class World:
             Case("unsubscribe", _topics.unsubscribe(tk, ["s1", "s2"], only_expired=True)),
         ]
         self.cases = {c.name: c for c in cases}
-        keys = {k.decode() for k in self.raw.scan_iter(match=f"{self.prefix}:*", count=1000)}
+        keys = {k.decode() for k in self.raw.scan_iter(match=prefix_pattern(self.prefix), count=1000)}
         for c in cases:
             keys.update(c.call.keys)
         self.known = sorted(keys)
@@ -549,7 +557,7 @@ class World:
         for node, ps in self.listeners.values():
             ps.close()
             node.close()
-        for k in self.raw.scan_iter(match=f"{self.prefix}:*", count=1000):
+        for k in self.raw.scan_iter(match=prefix_pattern(self.prefix), count=1000):
             self.raw.unlink(k)
         self.raw.close()
 

@@ -17,7 +17,7 @@ from redis.retry import Retry
 import rqueue
 import rqueue.asyncio as rqa
 from rqueue._protocol import operations as _core
-from rqueue._protocol.keys import QueueKeys
+from rqueue._protocol.keys import QueueKeys, prefix_pattern
 from rqueue._protocol.operations import Call
 from rqueue._protocol.scripts import Script
 
@@ -195,6 +195,6 @@ def test_a_cluster_node_down_fails_whole_batches_that_then_touch_no_healthy_node
         for c in [*clients, brief]:
             c.close()
         r = raw_client(cluster.url)
-        for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+        for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
             r.unlink(key)
         r.close()

@@ -202,7 +202,7 @@ def test_cancelled_async_waiter_hands_its_wake_up_on(
     import asyncio
 
     import rqueue.asyncio as rqa
-    from rqueue._transport.wait import AsyncWaiter
+    from rqueue._async.waiter import AsyncWaiter
 
     real = AsyncWaiter.result
 

@@ -16,6 +16,7 @@ import pytest
 
 import rqueue
 import rqueue.asyncio as rqa
+from rqueue._protocol.keys import reply_pattern
 
 from .conftest import raw_client
 
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def reply_keys(raw: Any, prefix: str) -> list[bytes]:
-    return list(raw.scan_iter(match=f"{prefix}:*:reply:*", count=1000))
+    return list(raw.scan_iter(match=reply_pattern(prefix), count=1000))
 
 
 def start_worker(url: str, prefix: str, queue: str) -> subprocess.Popen[str]:

@@ -12,6 +12,7 @@ import redis
 
 import rqueue
 import rqueue.asyncio as rqa
+from rqueue._protocol.keys import prefix_pattern
 from rqueue._transport.embedded import ServerProcess, free_port
 
 from .cli_helpers import assert_user_error, run_cli
@@ -180,7 +181,7 @@ def test_a_foreign_key_under_the_prefix_is_server_error(server_url: str, prefix:
             with pytest.raises(rqueue.ServerError, match="queue 'orders'.*WRONGTYPE.*use another prefix"):
                 q.send("x")
         finally:
-            for key in r.scan_iter(match=f"{prefix}:*"):
+            for key in r.scan_iter(match=prefix_pattern(prefix)):
                 r.delete(key)
             r.close()
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import rqueue
+from rqueue._protocol.keys import TopicKeys, prefix_pattern
 
 from .conftest import stored_keys
 
@@ -64,7 +65,7 @@ def test_publish_without_subscriptions_stores_nothing(client: Any, raw: Any, pre
     topic = client.topic("empty")
     assert len(topic.publish_batch(["a", "b"])) == 2
     assert topic.subscriptions() == []
-    assert [k for k in stored_keys(raw, prefix) if ":sub:" in k] == []
+    assert stored_keys(raw, prefix, TopicKeys.for_topic(prefix, "empty").subscriptions_pattern) == []
 
 
 def test_expired_subscription_disappears(client: Any, raw: Any, prefix: str) -> None:
@@ -76,7 +77,7 @@ def test_expired_subscription_disappears(client: Any, raw: Any, prefix: str) -> 
     time.sleep(0.3)  # the TTL passes on the server's clock
     assert [s.name for s in topic.subscriptions()] == ["stays"]
     topic.publish("after")  # reaps it with its backlog
-    assert [k for k in stored_keys(raw, prefix) if ":sub:brief" in k] == []
+    assert stored_keys(raw, prefix, TopicKeys.for_topic(prefix, "events").subscription("brief").pattern) == []
     assert [m.body for m in stays.receive(10)] == ["before", "after"]
     again = topic.subscribe("brief", ttl=60)  # afresh: nothing of its old backlog
     assert again.receive(10) == []
@@ -127,7 +128,7 @@ def test_unsubscribe_removes_everything(client: Any, raw: Any, prefix: str) -> N
     topic.publish("x")
     assert topic.unsubscribe("gone") is True
     assert topic.unsubscribe("gone") is False
-    assert [k for k in stored_keys(raw, prefix) if ":sub:" in k] == []
+    assert stored_keys(raw, prefix, TopicKeys.for_topic(prefix, "events").subscriptions_pattern) == []
     topic.publish("y")
     assert topic.subscriptions() == []
 
@@ -160,11 +161,11 @@ def test_topic_keys_share_one_slot(cluster_url: str, prefix: str) -> None:
         sub = topic.subscription("a")
         [m] = sub.receive(1)
         sub.reject(m.receipt, "r")
-        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+        keys = list(r.scan_iter(match=prefix_pattern(prefix), count=1000))
         assert len(keys) > 10
         assert len({r.keyslot(k) for k in keys}) == 1
     finally:
-        for k in list(r.scan_iter(match=f"{prefix}:*", count=1000)):
+        for k in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
             r.unlink(k)
         r.close()
         client.close()

@@ -7,7 +7,7 @@ import pytest
 import rqueue
 from rqueue._protocol import codec as _codec
 from rqueue._protocol import operations as _core
-from rqueue._protocol.keys import QueueKeys
+from rqueue._protocol.keys import QueueKeys, TopicKeys, is_wake_key, prefix_pattern, reply_pattern
 
 
 @pytest.mark.parametrize("body", ["s", b"b", {"j": [1]}, 3.5, None, ""])
@@ -31,6 +31,27 @@ def test_keys_share_one_hash_tag_with_the_dlq() -> None:
     assert d.seq == k.seq
     assert QueueKeys.for_queue("rq", "orders:dlq") == d
     assert d.source() == k
+
+
+def test_a_dead_letter_queue_buries_into_unused_keys_of_its_own_slot() -> None:
+    k = QueueKeys.for_queue("rq", "orders")
+    assert k.dead_letter_target() == k.dlq()
+    d = k.dlq().dead_letter_target()
+    assert (d.name, d.vis, d.is_dlq) == ("orders:dlq:dlq", "rq:{orders}:dlq:dlq:vis", True)
+
+
+def test_scan_patterns_cover_the_keys_they_name() -> None:
+    t = TopicKeys.for_topic("rq", "events")
+    assert (prefix_pattern("rq"), reply_pattern("rq")) == ("rq:*", "rq:*:reply:*")
+    assert QueueKeys.for_queue("rq", "orders").pattern == "rq:{orders}:*"
+    assert t.subscriptions_pattern == "rq:{topic:events}:sub:*"
+    assert t.subscription("s").pattern == "rq:{topic:events}:sub:s:*"
+
+
+def test_a_wake_key_is_told_from_a_reply_key() -> None:
+    k = QueueKeys.for_queue("rq", "orders")
+    assert is_wake_key(k.wake) and is_wake_key(k.dlq().wake)
+    assert not is_wake_key(k.reply("12")) and not is_wake_key(k.meta)
 
 
 @pytest.mark.parametrize("receipt", ["", "1", "1.", ".1", "a.b", "1.2.3", "1.2 ", None, 12])

@@ -22,6 +22,7 @@ import redis
 
 import rqueue
 import rqueue.asyncio as rqa
+from rqueue._protocol.keys import prefix_pattern, reply_pattern
 
 from .conftest import raw_client, stored_keys
 
@@ -627,7 +628,7 @@ async def test_request_cancelled_while_a_consumer_holds_it_gets_no_reply_key(
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await q.delete(m.receipt, reply="late")
-        assert [k for k in stored_keys(raw, prefix) if ":reply:" in k] == []
+        assert stored_keys(raw, prefix, reply_pattern(prefix)) == []
     finally:
         await c.aclose()
 
@@ -703,7 +704,7 @@ async def test_any_call_cancelled_on_the_server_leaves_the_client_usable(server_
         assert await c.list_queues() == ["orders"]
     finally:
         await c.aclose()
-        for key in raw.scan_iter(match=f"{prefix}:*"):
+        for key in raw.scan_iter(match=prefix_pattern(prefix)):
             raw.unlink(key)
         raw.close()
 
@@ -764,13 +765,13 @@ def test_a_forked_child_waits_on_lanes_of_its_own(lib: rqueue.Client) -> None:
 
 
 def waiter(key: str, deadline: float = 1e9, pop: bool = False) -> Any:
-    from rqueue._transport.wait import Waiter
+    from rqueue._transport.lanes import Wait
 
-    return Waiter(key, deadline, pop, threading.Event())
+    return Wait(key, deadline, pop, threading.Event())
 
 
 def test_lanes_hand_a_lane_on_to_another_waiter_and_past_one_that_left() -> None:
-    from rqueue._transport.wait import Lanes
+    from rqueue._transport.lanes import Lanes
 
     core = Lanes("redis://x", 8, 4)
     a, b, c = waiter("k1"), waiter("k2"), waiter("k2")
@@ -788,7 +789,7 @@ def test_lanes_hand_a_lane_on_to_another_waiter_and_past_one_that_left() -> None
 
 
 def test_lanes_driver_finishes_a_blpop_nobody_else_waits_for() -> None:
-    from rqueue._transport.wait import _BACKGROUND, Lanes
+    from rqueue._transport.lanes import _BACKGROUND, Lanes
 
     core = Lanes("redis://x", 8, 4)
     a = waiter("k")
@@ -809,7 +810,7 @@ def test_lanes_driver_finishes_a_blpop_nobody_else_waits_for() -> None:
 
 
 def test_lanes_deliver_in_order_and_expire_exactly() -> None:
-    from rqueue._transport.wait import AGAIN, Lanes
+    from rqueue._transport.lanes import AGAIN, Lanes
 
     core = Lanes("redis://x", 8, 4)
     first, second, late = waiter("k", 5), waiter("k", 10), waiter("r", 2, pop=True)
@@ -828,7 +829,7 @@ def test_lanes_deliver_in_order_and_expire_exactly() -> None:
 
 
 def test_lanes_limit_on_cluster_and_without_client_unblock() -> None:
-    from rqueue._transport.wait import Lanes
+    from rqueue._transport.lanes import Lanes
 
     core = Lanes("redis://x", 2, 1)
     core.place(waiter("a"), "n1", 1, True)[0].blocked = frozenset({"a"})

@@ -1,43 +1,41 @@
-"""The asyncio client: the sync client's methods, awaited."""
+"""The asyncio client: ``rqueue.asyncio.connect(url)`` -> ``AsyncClient`` -> ``AsyncQueue``.
+
+The one source of both clients: ``scripts/unasync`` generates the sync client from it."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import inspect
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from typing import Any, NoReturn, TypeVar
 
 from redis import exceptions as rx
-from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from rqueue._protocol import codec as _codec
+from rqueue._async.listener import AsyncListener
+from rqueue._async.queue import AsyncQueue
+from rqueue._async.topic import AsyncTopic
+from rqueue._async.waiter import AsyncWaiter
 from rqueue._protocol import errors as _errors
 from rqueue._protocol import operations as _core
-from rqueue._protocol.codec import Attributes
-from rqueue._protocol.errors import InvalidParameter, QueueDoesNotExist
+from rqueue._protocol.errors import QueueDoesNotExist
 from rqueue._protocol.keys import QueueKeys, TopicKeys, check_name, check_prefix, registry
-from rqueue._protocol.models import Event, Message, QueueAttributes, QueueStats
 from rqueue._protocol.operations import Call, Op, Pop
+from rqueue._transport import async_io as io
 from rqueue._transport.backends import Backend, check_options, check_policy, factory_for, mask_url, resolve_url
-from rqueue._transport.base import (
+from rqueue._transport.errors import (
     CONNECTION_ERRORS,
-    AsyncCallSlots,
-    QueueHandle,
-    Routing,
-    call_limit,
     config_refused,
     policy_from,
     raise_connect_error,
     raise_mapped,
-    settle,
-    unreachable,
 )
-from rqueue._transport.listen import AsyncListener, AsyncTracker
-from rqueue._transport.wait import AGAIN, DEFAULT_MAX_LANES, AsyncWaiter, Waiter, check_max_lanes
+from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, Wait, check_max_lanes
+from rqueue._transport.routing import Routing, settle, unreachable
+from rqueue._transport.slots import AsyncCallSlots, call_limit
 
-if TYPE_CHECKING:
-    from rqueue._async.topic import AsyncTopic
+__all__ = ["AsyncClient", "AsyncQueue", "connect"]
 
 T = TypeVar("T")
 
@@ -49,13 +47,19 @@ async def connect(
     max_wait_connections: int = DEFAULT_MAX_LANES,
     **options: Any,
 ) -> AsyncClient:
-    """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost); see ``rqueue.connect``."""
+    """Connect to the server at ``url`` (else ``RQUEUE_URL``, else localhost).
+
+    ``options`` go to redis-py (``socket_timeout``, ``ssl_ca_certs``, ...).
+    ``max_wait_connections`` caps the connections the client's waiting calls
+    (long polls, requests) share; see the README's "Long polling".
+    Warns once when the server's maxmemory-policy is not ``noeviction``.
+    """
     url = resolve_url(url)
     check_prefix(prefix)  # before an embedded server starts
     check_max_lanes(max_wait_connections)
     check_options(options)
     try:
-        backend = factory_for(url)(url, is_async=True, **options)
+        backend = factory_for(url)(url, is_async=io.IS_ASYNC, **options)
     except Exception as e:  # noqa: BLE001 - a malformed URL, bad options, an unreachable cluster
         raise_connect_error(e, url, options=bool(options))
     backend.url = mask_url(backend.url)  # a plugin's factory may have left a password in it
@@ -69,10 +73,12 @@ async def connect(
 
 
 class AsyncClient:
-    """An asyncio connection to one server or cluster; makes ``AsyncQueue`` handles.
+    """A connection to one server or cluster; makes ``AsyncQueue`` handles.
 
-    Cancelling a call never leaves a message hidden from everyone or a request
-    unanswered for nobody: see ``drive``.
+    Waiting calls (long polls, requests) share a few connections of their own
+    (``rqueue._async.waiter``), so they never take the pool from other calls.
+    The sync client is thread-safe; cancelling a call of the asyncio client never
+    leaves a message hidden from everyone or a request unanswered: see ``drive``.
     """
 
     def __init__(
@@ -90,7 +96,7 @@ class AsyncClient:
         self._routing = Routing() if isinstance(self.redis, RedisCluster) else None
 
     def __repr__(self) -> str:
-        return f"<rqueue.asyncio.AsyncClient {self.url}>"
+        return f"<rqueue.asyncio.AsyncClient {self.url}>"  # unasync: return f"<rqueue.Client {self.url}>"
 
     async def _check_server(self) -> None:
         """The first round trip (login, database): its failures are raised as they are, for
@@ -106,17 +112,18 @@ class AsyncClient:
         check_policy(policy_from(reply), self.url)
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncGenerator[None, None]:
+    async def _slot(self) -> AsyncIterator[None]:
         """A slot of ``_calls`` for a call other than ``run``'s."""
-        if not self._calls.take_now():
-            await self._calls.take()
+        if not self._calls.take_now():  # unasync: self._calls.take()
+            await self._calls.take()  # unasync: remove
         try:
             yield
         finally:
             self._calls.give()
 
     def _fail(self, e: BaseException, queue: str) -> NoReturn:
-        """Raise ``e`` as the rqueue error it means ('client is closed' once it is)."""
+        """Raise ``e`` as the rqueue error it means; anything met once the
+        client is closed (redis-py's internals included) as 'client is closed'."""
         if self._waiter.core.closed:
             raise self._waiter.core.closed_error() from e
         raise_mapped(e, self.url, queue)
@@ -124,8 +131,8 @@ class AsyncClient:
     async def run(self, call: Call[T]) -> T:
         """Run one script call and parse its reply."""
         slots = self._calls
-        if not slots.take_now():
-            await slots.take()
+        if not slots.take_now():  # unasync: slots.take()
+            await slots.take()  # unasync: remove
         try:
             try:
                 reply = await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -171,7 +178,8 @@ class AsyncClient:
                 out[i] = e
 
     async def _run_many_cluster(self, calls: Sequence[Call[Any]], routing: Routing) -> list[Any]:
-        """run_many on a cluster: one pipeline per node, on that node's own connections, concurrently."""
+        """run_many on a cluster: one pipeline per node, on that node's own connections
+        (concurrently on asyncio, one after the other in the sync client)."""
         rc: RedisCluster = self.redis
         try:
             if routing.stale:
@@ -184,14 +192,9 @@ class AsyncClient:
         replies: list[Any] = [None] * len(calls)
 
         async def on(node: ClusterNode, idx: list[int]) -> None:
-            cmds = []
-            for i in idx:
-                call = calls[i]
-                cmds.append(PipelineCommand(i, "EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args))
             try:
                 async with self._slot():
-                    await node.execute_pipeline(cmds)
-                got = [c.result for c in cmds]
+                    got = await io.node_pipeline(rc, node, [calls[i] for i in idx])
                 down = unreachable(got)
                 if down is not None:  # the connection broke mid-read, or CLUSTERDOWN, LOADING...
                     raise down
@@ -204,14 +207,8 @@ class AsyncClient:
                 replies[i] = reply
 
         # Suspects first, on their own (see Routing); then the other nodes together.
-        for part in (groups[:first], groups[first:]):
-            if len(part) == 1:
-                await on(*part[0])
-            elif part:
-                done = await asyncio.gather(*(on(*g) for g in part), return_exceptions=True)
-                failures = [f for f in done if isinstance(f, BaseException)]
-                if failures:  # an unreachable node fails the whole batch
-                    raise next((f for f in failures if isinstance(f, _errors.ConnectionError)), failures[0])
+        await io.each(groups[:first], on)
+        await io.each(groups[first:], on)
         out, again, moved = settle(calls, replies, self.url)
         if again:
             if moved:  # a slot changed owner: learn the new map, then follow it singly
@@ -222,10 +219,16 @@ class AsyncClient:
             await self._run_again(calls, out, again)
         return out
 
-    async def wait(self, key: str, timeout: float) -> bool:
-        """Wait until a token is pushed on ``key`` or ``timeout`` seconds pass."""
+    async def wait(
+        self, key: str, timeout: float, *, on_block: Callable[[Callable[[], None]], None] | None = None
+    ) -> bool:
+        """Wait until a token is pushed on ``key`` or ``timeout`` seconds pass.
+
+        ``on_block`` receives a function that ends the wait early (from another
+        thread; on asyncio, from the event loop's).
+        """
         try:
-            return await self._waiter.wait(key, timeout)
+            return await self._waiter.wait(key, timeout, on_block=on_block)
         except Exception as e:  # noqa: BLE001
             self._fail(e, "")
 
@@ -236,11 +239,12 @@ class AsyncClient:
     async def pop(self, key: str, timeout: float, give_up: Call[Any] | None = None) -> bytes | None:
         """Pop the value pushed on ``key``, or None after ``timeout`` seconds.
 
-        Cancelled, or its wait's connection lost, before a value came, it runs
-        ``give_up`` (a request withdraws its message) before the error goes
-        on; not once the client is closed.
+        Interrupted (cancelled; KeyboardInterrupt in the sync client), or its
+        wait's connection lost, before a value came, it runs ``give_up`` (a
+        request withdraws its message, so nobody processes it for a sender who
+        left) before the error goes on; not once the client is closed.
         """
-        w: Waiter | None = None
+        w: Wait | None = None
         try:
             w = await self._waiter.join(key, timeout, True)
             value = await self._waiter.result(w, timeout)
@@ -249,29 +253,20 @@ class AsyncClient:
             if isinstance(got, bytes):
                 return got
             if give_up is not None and not self._waiter.core.closed:
-                await self._settle(self._run_all([give_up]))
+                await io.finish(self._waiter.background, self._run_all, [give_up])
             self._fail(e, "")
         except BaseException:
             got = None if w is None else self._waiter.leave(w)
             if give_up is not None and not isinstance(got, bytes):
-                await self._settle(self._run_all([give_up]))
+                await io.finish(self._waiter.background, self._run_all, [give_up])
             raise
         return None if value is AGAIN else value
 
     async def _run_kept(self, call: Call[T]) -> T:
         """Run a call with ``settle``: a cancelled caller lets it finish, then settles it."""
-        task = asyncio.ensure_future(self.run(call))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await self._settle(self._after(task, call))
-            raise
+        return await io.kept(self.run(call), functools.partial(self._undo, call), self._waiter.background)
 
-    async def _after(self, task: asyncio.Future[Any], call: Call[Any]) -> None:
-        try:
-            result = await task
-        except Exception:  # noqa: BLE001 - it failed: nothing to undo
-            return
+    async def _undo(self, call: Call[T], result: T) -> None:
         if call.settle is not None:
             await self._run_all(call.settle(result))
 
@@ -279,13 +274,6 @@ class AsyncClient:
         for call in calls:
             with contextlib.suppress(Exception):  # best effort: the caller has given up
                 await self.run(call)
-
-    async def _settle(self, work: Any) -> None:
-        """Run ``work`` to its end even if the caller is cancelled again (it then
-        goes on in the background, and ``aclose`` waits for it)."""
-        job = self._waiter.background(work)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(job)
 
     def listener(self) -> AsyncListener:
         """The client's one event listener (started on the first tracked send)."""
@@ -323,26 +311,33 @@ class AsyncClient:
         max_message_size: int = 256 * 1024,
         max_receive_count: int | None = None,
     ) -> AsyncQueue:
-        """Create a queue (and its dead-letter queue); a no-op if it exists alike."""
+        """Create a queue (and its dead-letter queue); a no-op if it exists alike.
+
+        Raises QueueAlreadyExists when it exists with other attributes.
+        """
         keys = QueueKeys.for_queue(self.prefix, name)
         await self.run(
             _core.create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
         )
-        try:
-            async with self._slot():
-                await self.redis.sadd(registry(self.prefix), keys.name)
-        except Exception as e:  # noqa: BLE001
-            raise_mapped(e, self.url, name)
+        await self._registry_add(keys.name)
         return AsyncQueue(self, keys)
 
+    async def _registry_add(self, name: str) -> None:
+        try:
+            async with self._slot():
+                await self.redis.sadd(registry(self.prefix), name)
+        except Exception as e:  # noqa: BLE001
+            raise_mapped(e, self.url, name)
+
     def queue(self, name: str) -> AsyncQueue:
-        """A handle to an existing queue; no round trip."""
+        """A handle to an existing queue (``name:dlq`` for its dead-letter queue).
+
+        No round trip: using a queue that does not exist raises QueueDoesNotExist.
+        """
         return AsyncQueue(self, QueueKeys.for_queue(self.prefix, name))
 
     def topic(self, name: str) -> AsyncTopic:
         """A handle to the topic ``name`` (created by its first subscription); no round trip."""
-        from rqueue._async.topic import AsyncTopic
-
         return AsyncTopic(self, TopicKeys.for_topic(self.prefix, name))
 
     async def list_queues(self) -> list[str]:
@@ -370,7 +365,8 @@ class AsyncClient:
         """Close connections (and stop an embedded server).
 
         What cancelled calls left to settle is finished first; calls still
-        waiting (long polls, requests) end with ``rqueue.ConnectionError``.
+        waiting (long polls, requests, in other threads) end with
+        ``rqueue.ConnectionError`` ('the client ... is closed').
         """
         try:
             await self._waiter.aclose()
@@ -380,8 +376,8 @@ class AsyncClient:
         finally:
             for stop in self._backend.on_close:
                 result = stop()
-                if inspect.isawaitable(result):
-                    await result
+                if inspect.isawaitable(result):  # unasync: remove
+                    await result  # unasync: remove
             self._backend.on_close.clear()
 
     async def __aenter__(self) -> AsyncClient:
@@ -389,133 +385,3 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-class AsyncQueue(QueueHandle):
-    """A handle to one queue; the methods of ``rqueue.Queue``, awaited."""
-
-    __slots__ = ("client",)
-
-    def __init__(self, client: AsyncClient, keys: QueueKeys) -> None:
-        super().__init__(keys)
-        self.client = client
-
-    async def send(
-        self,
-        body: Any,
-        *,
-        delay: float | None = None,
-        attributes: Attributes | None = None,
-        on_event: Callable[[Event], Any] | None = None,
-    ) -> str:
-        """Store one message; returns its id.
-
-        With ``on_event``, the message is tracked: ``on_event(Event)`` runs in
-        the client's listener task for each of its events (see ``send_tracked``).
-        """
-        if on_event is not None:
-            return (await self.send_tracked(body, delay=delay, attributes=attributes, on_event=on_event)).message_id
-        return (await self.send_batch([body], delay=delay, attributes=attributes))[0]
-
-    async def send_tracked(
-        self,
-        body: Any,
-        *,
-        delay: float | None = None,
-        attributes: Attributes | None = None,
-        on_event: Callable[[Event], Any] | None = None,
-    ) -> AsyncTracker:
-        """Store one message whose events (received, processed with the reply,
-        dead_lettered, expired) are published; returns its tracker.
-
-        The client's listener subscribes to this queue's events before the
-        send, so no event is lost; untracked sends publish nothing.
-        """
-        keys = self._keys
-        if keys.is_dlq:
-            raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; track messages of its source queue")
-        encoded = _core.encode_batch([body], attributes)
-        listener = self.client.listener()
-        generation = await listener.ensure(keys.events)
-        (message_id,) = await self.client.run(_core.send(keys, encoded, delay, _codec.EVENTS))
-        tracker = AsyncTracker(message_id, on_event)
-        for sink, event in listener.router.register(keys.events, message_id, tracker._deliver, generation):
-            sink(event)
-        return tracker
-
-    async def send_batch(
-        self, bodies: Iterable[Any], *, delay: float | None = None, attributes: Attributes | None = None
-    ) -> list[str]:
-        """Store 1-1000 messages atomically; returns their ids."""
-        return await self.client.run(_core.send(self._keys, _core.encode_batch(bodies, attributes), delay))
-
-    async def receive(
-        self, max_messages: int = 1, *, visibility_timeout: float | None = None, wait_time: float = 0
-    ) -> list[Message]:
-        """Receive up to ``max_messages`` and hide them; wait up to ``wait_time`` s for one."""
-        return await self.client.drive(_core.receive_flow(self._keys, max_messages, visibility_timeout, wait_time))
-
-    async def delete(self, receipt: str, *, reply: Any = None) -> bool:
-        """Delete by the latest receipt; False if stale."""
-        return (await self.delete_batch([receipt], replies=[reply]))[0]
-
-    async def delete_batch(self, receipts: Iterable[str], *, replies: Sequence[Any] | None = None) -> list[bool]:
-        """Delete many; one bool per receipt. ``replies``: one per receipt, see ``delete``."""
-        return await self.client.run(_core.delete(self._keys, receipts, replies))
-
-    async def request(
-        self,
-        body: Any,
-        *,
-        timeout: float,
-        attributes: Attributes | None = None,
-        delay: float | None = None,
-    ) -> Any:
-        """Send ``body`` and block until a consumer deletes it; return its reply.
-
-        Raises RequestTimeout (a TimeoutError) after ``timeout`` seconds, having
-        withdrawn the message if no consumer had received it yet, and
-        MessageDeadLettered if it was dead-lettered meanwhile.
-        """
-        return await self.client.drive(_core.request_flow(self._keys, body, attributes, delay, timeout))
-
-    async def change_visibility(self, receipt: str, seconds: float) -> bool:
-        """Hide for ``seconds`` from now; False if the receipt is stale."""
-        return (await self.change_visibility_batch([receipt], seconds))[0]
-
-    async def change_visibility_batch(self, receipts: Iterable[str], seconds: float) -> list[bool]:
-        """change_visibility for many receipts in one call."""
-        return await self.client.run(_core.change_visibility(self._keys, receipts, seconds))
-
-    async def reject(self, receipt: str, reason: str = "") -> bool:
-        """Move a received message to the dead-letter queue now, keeping ``reason``."""
-        return (await self.reject_batch([receipt], reason))[0]
-
-    async def reject_batch(self, receipts: Iterable[str], reason: str = "") -> list[bool]:
-        """reject for many receipts in one call; one bool per receipt."""
-        return await self.client.run(_core.reject(self._keys, receipts, reason))
-
-    async def stats(self) -> QueueStats:
-        """Counts and counters."""
-        return await self.client.run(_core.stats(self._keys))
-
-    async def attributes(self) -> QueueAttributes:
-        """The queue's stored attributes."""
-        return await self.client.run(_core.attributes(self._keys))
-
-    async def purge(self) -> int:
-        """Delete every message (not the dead letters); returns how many."""
-        return await self.client.run(_core.purge(self._keys))
-
-    @property
-    def dead_letter_queue(self) -> AsyncQueue:
-        """This queue's dead-letter queue."""
-        return AsyncQueue(self.client, self._keys.dlq())
-
-    async def redrive(self) -> int:
-        """Move every dead letter not in flight back here; returns how many."""
-        moved = total = await self.client.run(_core.redrive(self._keys))
-        while moved == _core.REDRIVE_CHUNK:
-            moved = await self.client.run(_core.redrive(self._keys))
-            total += moved
-        return total

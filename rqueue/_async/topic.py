@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rqueue._async.client import AsyncQueue
+from rqueue._async.queue import AsyncCalls, AsyncQueue
 from rqueue._protocol import topic_operations as _topics
 from rqueue._protocol.errors import InvalidParameter
 from rqueue._protocol.keys import QueueKeys, TopicKeys
 from rqueue._protocol.models import SubscriptionInfo
 from rqueue._protocol.operations import DEFAULT_RETENTION
-
-if TYPE_CHECKING:
-    from rqueue._async.client import AsyncClient
 
 
 class AsyncSubscription(AsyncQueue):
@@ -51,7 +48,7 @@ class AsyncTopic:
 
     __slots__ = ("_cache", "_keys", "client")
 
-    def __init__(self, client: AsyncClient, keys: TopicKeys) -> None:
+    def __init__(self, client: AsyncCalls, keys: TopicKeys) -> None:
         self.client = client
         self._keys = keys
         self._cache = _topics.MemberCache()
@@ -61,7 +58,7 @@ class AsyncTopic:
         return self._keys.name
 
     def __repr__(self) -> str:
-        return f"<AsyncTopic {self.name!r}>"
+        return f"<AsyncTopic {self.name!r}>"  # unasync: return f"<Topic {self.name!r}>"
 
     async def subscribe(
         self,

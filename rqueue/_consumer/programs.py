@@ -1,7 +1,7 @@
 """What a consumer's receivers, maintainer and shutdown do, in order, without I/O.
 
 Each is a generator over ``Control``: it makes every decision itself and
-yields what it needs done, ``(Op, argument)``; the runner does it and sends the
+yields what it needs done, ``(Ask, argument)``; the runner does it and sends the
 result back (or throws the exception in). The thread runner runs every step
 between two yields under its lock and does the I/O and the waiting outside
 it (a ``WAIT`` is a Condition wait, which lets go of the lock); the asyncio
@@ -27,7 +27,7 @@ from rqueue._protocol.operations import Call
 log = logging.getLogger("rqueue.consumer")
 
 
-class Op(enum.Enum):
+class Ask(enum.Enum):
     """What a program asks its runner to do."""
 
     #: (signal, seconds or None): wait until ``Signal`` is given or the time is up. Returns None.
@@ -69,7 +69,7 @@ class Join(enum.Enum):
     MAINTAINER = "maintainer"
 
 
-Step = tuple[Op, Any]
+Step = tuple[Ask, Any]
 Program = Generator[Step, Any, None]
 
 
@@ -97,16 +97,16 @@ def exchange(ctl: Control, flush: Flush, tail: list[Call[Any]], until: Until) ->
     """Send ``flush`` and run ``tail`` in one round trip: the tail's results, None if the server is
     unreachable (after backing off). The one place acks (with their replies) leave the consumer."""
     try:
-        results = yield Op.EXCHANGE, (flush, tail)
+        results = yield Ask.EXCHANGE, (flush, tail)
     except BaseException as e:
         delay = ctl.failed(flush, e, time.monotonic())
         if delay is None:
             raise  # a bug: the shutdown sends the work given back
-        yield Op.PAUSE, (until, delay)
+        yield Ask.PAUSE, (until, delay)
         return None
     got, poke = ctl.done(flush, results, len(tail))
     if poke:
-        yield Op.UNBLOCK, poke  # a retry may be visible sooner than those long polls end
+        yield Ask.UNBLOCK, poke  # a retry may be visible sooner than those long polls end
     return got
 
 
@@ -115,7 +115,7 @@ def send_once(ctl: Control, flush: Flush) -> Generator[Step, Any, None]:
     if not flush:
         return
     try:
-        results = yield Op.EXCHANGE, (flush, [])
+        results = yield Ask.EXCHANGE, (flush, [])
     except Exception as e:  # noqa: BLE001 - stopping goes on
         ctl.unsent(e)
         return
@@ -129,10 +129,10 @@ def gate(ctl: Control, qi: int, token: bool) -> Generator[Step, Any, Gate]:
         now = time.monotonic()
         step, gather_until = ctl.admit(qi, token, now, until)
         if step is Gate.WAIT:
-            yield Op.WAIT, (Signal.SLOTS, None)
+            yield Ask.WAIT, (Signal.SLOTS, None)
         elif step is Gate.GATHER and gather_until is not None:
             until = gather_until
-            yield Op.WAIT, (Signal.SLOTS, until - now)
+            yield Ask.WAIT, (Signal.SLOTS, until - now)
         else:
             return step
 
@@ -147,7 +147,7 @@ def receive(ctl: Control, qi: int) -> Program:
             return
         token = False
         if step is Gate.HAND_ON:  # no slot for it: another consumer's receiver gets it now
-            yield Op.CLIENT, ("hand_on", ctl.keys[qi].wake)
+            yield Ask.CLIENT, ("hand_on", ctl.keys[qi].wake)
             continue
         n, flush = ctl.go(qi)
         try:
@@ -157,16 +157,16 @@ def receive(ctl: Control, qi: int) -> Program:
         arrival = ctl.arrived(qi, n, got[0] if got else None, time.monotonic())
         if arrival.notify is not None:  # requests this receive dead-lettered: tell their senders
             try:
-                yield Op.CLIENT, ("run", arrival.notify)
+                yield Ask.CLIENT, ("run", arrival.notify)
             except Exception as e:  # noqa: BLE001 - best effort: must not cost the messages just received
                 ctl.notify_failed(e)
         if arrival.pause:
-            yield Op.PAUSE, (Until.HALT, arrival.pause)
+            yield Ask.PAUSE, (Until.HALT, arrival.pause)
         elif arrival.wait is not None and ctl.may_wait(qi):
             try:
-                token = yield Op.LONG_POLL, (qi, arrival.wait)
+                token = yield Ask.LONG_POLL, (qi, arrival.wait)
             except ConnectionError as e:
-                yield Op.PAUSE, (Until.HALT, ctl.lost(e))
+                yield Ask.PAUSE, (Until.HALT, ctl.lost(e))
 
 
 def maintain(ctl: Control) -> Program:
@@ -179,7 +179,7 @@ def maintain(ctl: Control) -> Program:
             chores = ctl.chores(time.monotonic())
             if isinstance(chores, tuple):
                 break
-            yield Op.WAIT, (Signal.MAINT, chores)
+            yield Ask.WAIT, (Signal.MAINT, chores)
         flush, due = chores
         got = yield from exchange(ctl, flush, ctl.heartbeat_calls(due), Until.EXIT)
         ctl.chores_done(due, got, time.monotonic())
@@ -189,16 +189,16 @@ def shutdown(ctl: Control) -> Program:
     """Halt receivers, release unstarted jobs at once, let running ones finish within
     ``shutdown_timeout`` (unless aborting), then let workers and maintainer go and send the rest."""
     ctl.wakes.halted()
-    yield Op.UNBLOCK, None
-    yield Op.JOIN, Join.RECEIVERS
+    yield Ask.UNBLOCK, None
+    yield Ask.JOIN, Join.RECEIVERS
     yield from send_once(ctl, ctl.release())
     deadline = time.monotonic() + ctl.settings.shutdown_timeout
     while (left := ctl.drain_wait(deadline, time.monotonic())) is not None:
-        yield Op.WAIT, (Signal.SLOTS, left)
+        yield Ask.WAIT, (Signal.SLOTS, left)
     ctl.life.to(Cause.DRAINED)
     ctl.wakes.closing()
-    yield Op.JOIN, Join.WORKERS
-    yield Op.JOIN, Join.MAINTAINER
+    yield Ask.JOIN, Join.WORKERS
+    yield Ask.JOIN, Join.MAINTAINER
     yield from send_once(ctl, ctl.ledger.take())
     ctl.life.to(Cause.CLOSED)
     log.info("stopped")

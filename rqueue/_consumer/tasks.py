@@ -32,9 +32,9 @@ from rqueue._consumer.lifecycle import Outage, Then
 from rqueue._consumer.metrics import Hook
 from rqueue._consumer.programs import (
     JOIN_TIMEOUT,
+    Ask,
     Cursor,
     Join,
-    Op,
     Program,
     Signal,
     Until,
@@ -229,30 +229,30 @@ class AsyncConsumer(ConsumerBase):
             except BaseException as e:  # noqa: BLE001 - the program decides (it re-raises what it cannot handle)
                 cursor.error = e
 
-    async def _do(self, op: Op, arg: Any) -> Any:
+    async def _do(self, ask: Ask, arg: Any) -> Any:
         """One thing a program asks for."""
-        match op:
-            case Op.WAIT:
+        match ask:
+            case Ask.WAIT:
                 event = self._slot if arg[0] is Signal.SLOTS else self._maint
                 event.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), arg[1])
-            case Op.EXCHANGE:
+            case Ask.EXCHANGE:
                 calls = self._control.calls(*arg) if self._control is not None else []
                 return await self._client.run_many(calls) if calls else []
-            case Op.CLIENT:
+            case Ask.CLIENT:
                 return await getattr(self._client, arg[0])(arg[1])
-            case Op.LONG_POLL:
+            case Ask.LONG_POLL:
                 return await self._long_poll(*arg)
-            case Op.PAUSE:
+            case Ask.PAUSE:
                 until = self._halt_event if arg[0] is Until.HALT else self._exit_event
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(until.wait(), arg[1])
-            case Op.UNBLOCK:
+            case Ask.UNBLOCK:
                 for qi, w in list(self._waiting.items()):
                     if arg is None or qi in arg:
                         w.cancel()
-            case Op.JOIN:
+            case Ask.JOIN:
                 await self._join(arg)
 
     async def _join(self, which: Join) -> None:

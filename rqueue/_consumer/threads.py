@@ -28,9 +28,9 @@ from rqueue._consumer.lifecycle import Outage, Then
 from rqueue._consumer.metrics import Hook
 from rqueue._consumer.programs import (
     JOIN_TIMEOUT,
+    Ask,
     Cursor,
     Join,
-    Op,
     Program,
     Signal,
     Until,
@@ -232,36 +232,36 @@ class Consumer(ConsumerBase):
         cursor = Cursor(program)
         with lock:
             while (step := cursor.next()) is not None:
-                op, arg = step
-                if op is Op.WAIT:
+                ask, arg = step
+                if ask is Ask.WAIT:
                     (self._slot_cv if arg[0] is Signal.SLOTS else self._maint_cv).wait(arg[1])
                     continue
                 lock.release()
                 try:
-                    cursor.result = self._do(op, arg)
+                    cursor.result = self._do(ask, arg)
                 except BaseException as e:  # noqa: BLE001 - the program decides (it re-raises what it cannot handle)
                     cursor.error = e
                 finally:
                     lock.acquire()
 
-    def _do(self, op: Op, arg: Any) -> Any:
+    def _do(self, ask: Ask, arg: Any) -> Any:
         """One thing a program asks for, done on this thread without the lock."""
-        match op:
-            case Op.EXCHANGE:
+        match ask:
+            case Ask.EXCHANGE:
                 calls = self._control.calls(*arg) if self._control is not None else []
                 return self._client.run_many(calls) if calls else []
-            case Op.CLIENT:
+            case Ask.CLIENT:
                 return getattr(self._client, arg[0])(arg[1])
-            case Op.LONG_POLL:
+            case Ask.LONG_POLL:
                 return self._long_poll(*arg)
-            case Op.PAUSE:
+            case Ask.PAUSE:
                 (self._halt_event if arg[0] is Until.HALT else self._exit_event).wait(arg[1])
-            case Op.UNBLOCK:
+            case Ask.UNBLOCK:
                 with self._lock:
                     unblockers = [u for qi, u in self._unblockers.items() if arg is None or qi in arg]
                 for unblock in unblockers:
                     unblock()
-            case Op.JOIN:  # workers exit by themselves once closing
+            case Ask.JOIN:  # workers exit by themselves once closing
                 for t in (
                     self._receivers if arg is Join.RECEIVERS else [self._maintainer] if arg is Join.MAINTAINER else []
                 ):

@@ -1,23 +1,29 @@
-"""Routing published events to the trackers of one client; no I/O.
+"""Routing published events to the trackers of one client, and the listener's bookkeeping; no I/O.
 
 Scripts publish ``<kind>|<id>|<data>`` on a queue's events channel. A
-listener (``rqueue._transport.listen``) hands each payload to ``Router.dispatch``,
-which returns the (sink, event) pairs to deliver. An event can arrive before
-its sender has registered a tracker (the consumer was quicker than the
-send's reply), so unclaimed events wait in a bounded buffer. When the
-listener loses its connection, ``Router.lost`` turns every tracker's wait
-into a ``missed`` event, and a generation number catches trackers that
-register across a reconnect.
+listener (``rqueue._async.listener``) hands each pushed reply to
+``Subscriptions.handle``, which confirms subscriptions and has
+``EventRouter.dispatch`` return the (sink, event) pairs to deliver. An event
+can arrive before its sender has registered a tracker (the consumer was
+quicker than the send's reply), so unclaimed events wait in a bounded
+buffer. When the listener loses its connection, ``EventRouter.lost`` turns
+every tracker's wait into a ``missed`` event, and a generation number
+catches trackers that register across a reconnect.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from rqueue._protocol import codec as _codec
+from rqueue._protocol.errors import InvalidParameter
 from rqueue._protocol.models import Event
+
+log = logging.getLogger("rqueue.events")
 
 Sink = Callable[[Event], None]
 
@@ -43,8 +49,34 @@ def parse(payload: bytes) -> Event:
     return Event(kind, mid)
 
 
-class Router:
-    """Trackers by (channel, message id); thread-safe."""
+def check_kind(kind: str) -> None:
+    """A kind ``wait`` can wait for, or InvalidParameter."""
+    if kind not in KINDS:
+        raise InvalidParameter(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+
+
+def match(events: list[Event], kind: str) -> Event | None:
+    """The first event of ``kind``, or the final event if one came first."""
+    for e in events:
+        if e.kind == kind or e.kind in FINAL:
+            return e
+    return None
+
+
+def deliver(due: list[tuple[Sink, Event]]) -> None:
+    """Hand each event to its sink; one failing sink does not stop the others."""
+    for sink, event in due:
+        try:
+            sink(event)
+        except Exception:  # a sink that is not a tracker (a plugin's): it must not kill the listener
+            log.exception("rqueue: event sink failed for %s of message %s", event.kind, event.message_id)
+
+
+class EventRouter:
+    """Trackers by (channel, message id); thread-safe.
+
+    (Not ``rqueue.Router``, the consumer's router of messages to handlers.)
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -100,3 +132,77 @@ class Router:
         """How many messages are tracked and not finished."""
         with self._lock:
             return len(self._sinks)
+
+
+class Settable(Protocol):
+    """What ``Subscriptions`` needs of a ``threading.Event`` or ``asyncio.Event``-like flag."""
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+
+F = TypeVar("F", bound=Settable)
+
+
+class Subscriptions(Generic[F]):
+    """The listener's channels, each with a flag set once the server confirmed it.
+
+    The listener guards it with its own lock (on the sync side) where
+    another thread may look at it too.
+    """
+
+    def __init__(self) -> None:
+        self.wanted: dict[str, F] = {}
+        #: Channels whose SUBSCRIBE the server refused, and why (an ACL without the channel).
+        self.refusals: dict[str, BaseException] = {}
+        #: Why the last connection attempt failed, for a subscribe that times out.
+        self.last_error: BaseException | None = None
+
+    def want(self, channel: str, flag: F) -> F:
+        """Wait for ``channel`` with ``flag`` from now on (forgetting an earlier refusal)."""
+        self.wanted[channel] = flag
+        self.refusals.pop(channel, None)
+        return flag
+
+    def confirmed(self, channel: str) -> None:
+        flag = self.wanted.get(channel)
+        if flag is not None:
+            flag.set()
+
+    def refused(self, err: BaseException) -> None:
+        """An error reply on the listener's connection: a SUBSCRIBE was refused, so every
+        subscription not confirmed yet fails with it (the connection itself is fine)."""
+        for channel, flag in list(self.wanted.items()):
+            if not flag.is_set():
+                self.refusals[channel] = err
+                del self.wanted[channel]
+                flag.set()
+
+    def refusal(self, channel: str, flag: F) -> BaseException | None:
+        """After ``flag`` was set: why the subscription was refused, or None."""
+        if self.wanted.get(channel) is not flag:
+            return self.refusals.get(channel)
+        return None
+
+    def reset(self) -> None:
+        """The connection is gone: no channel is confirmed any more."""
+        for flag in self.wanted.values():
+            flag.clear()
+
+    def handle(self, msg: Any, router: EventRouter) -> list[tuple[Sink, Event]]:
+        """Act on one pushed reply; returns the deliveries due."""
+        if not isinstance(msg, list) or not msg:
+            return []
+        kind = msg[0]
+        if kind == b"message":
+            try:
+                return router.dispatch(msg[1].decode(), msg[2])
+            except (ValueError, UnicodeDecodeError):
+                log.warning("rqueue: ignoring a malformed event on %r", msg[1])
+                return []
+        if kind == b"subscribe":
+            self.confirmed(msg[1].decode())
+        return []

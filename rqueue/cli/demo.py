@@ -22,8 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,16 +29,15 @@ from urllib.parse import urlsplit
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from rqueue._protocol.errors import QueueDoesNotExist
-from rqueue._protocol.models import QueueStats
 from rqueue._sync.client import Client, Queue, connect
 from rqueue._transport.backends import mask_url
-from rqueue._transport.embedded import ServerProcess, _die_with_parent, embedded
+from rqueue._transport.embedded import ServerProcess, die_with_parent, embedded
+from rqueue.cli.demo_view import Row, live_view, render_summary
 from rqueue.cli.loadgen import LoadCounts, LoadGenerator
+
+__all__ = ["Demo", "render_summary"]
 
 QUEUE = "demo-orders"
 TOPIC = "demo-events"
@@ -52,44 +49,6 @@ STOP_SECONDS = 15.0
 SUBSCRIPTION_TTL = 60
 #: How long the demo waits for its worker processes to start consuming.
 READY_SECONDS = 30.0
-
-
-@dataclass
-class Row:
-    """One queue's line in the live table."""
-
-    label: str
-    stats: QueueStats
-    history: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=12))
-
-    def sample(self, s: QueueStats) -> None:
-        self.stats = s
-        self.history.append((time.monotonic(), s.sent_total, s.deleted_total))
-
-    def rates(self) -> tuple[float, float]:
-        if len(self.history) < 2:
-            return 0.0, 0.0
-        (t0, s0, d0), (t1, s1, d1) = self.history[0], self.history[-1]
-        dt = max(t1 - t0, 1e-6)
-        return (s1 - s0) / dt, (d1 - d0) / dt
-
-    @property
-    def queued(self) -> int:
-        return self.stats.visible + self.stats.in_flight + self.stats.delayed
-
-    def accounting(self) -> dict[str, Any]:
-        s = self.stats
-        accounted = s.deleted_total + s.dead_lettered_total + s.expired_total + self.queued
-        return {
-            "sent": s.sent_total,
-            "received": s.received_total,
-            "processed": s.deleted_total,
-            "dead_lettered": s.dead_lettered_total,
-            "expired": s.expired_total,
-            "still_queued": self.queued,
-            "in_flight": s.in_flight,
-            "accounted": accounted == s.sent_total,
-        }
 
 
 class Demo:
@@ -169,7 +128,7 @@ class Demo:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 start_new_session=True,
             )
 
@@ -208,67 +167,25 @@ class Demo:
         return self.load.counts() if self.load is not None else LoadCounts()
 
     def render(self) -> Group:
-        table = Table(title=f"rqueue demo — {self.phase}", title_justify="left")
-        table.add_column("queue", style="bold", no_wrap=True)
-        for col in ("sent", "received", "processed", "in flight", "queued", "dead-lettered", "sent/s", "processed/s"):
-            table.add_column(col, justify="right")
-        for row in self.rows.values():
-            s = row.stats
-            sent_rate, done_rate = row.rates() if self.phase != "stopped" else (0.0, 0.0)
-            table.add_row(
-                row.label,
-                f"{s.sent_total:,}",
-                f"{s.received_total:,}",
-                f"{s.deleted_total:,}",
-                f"{s.in_flight:,}",
-                f"{s.visible + s.delayed:,}",
-                Text(f"{s.dead_lettered_total:,}", style="red" if s.dead_lettered_total else ""),
-                f"{sent_rate:,.0f}",
-                f"{done_rate:,.0f}",
-            )
-        c = self._counts()
-        lines = [self._requests_line(c), self._tracked_line(c)]
-        alive = sum(1 for p in self.children.values() if p.poll() is None)
-        lines.append(f"worker processes: {alive} of {len(self.children)} running")
-        lines += [f"note: {n}" for n in self.notes if "exited" in n]
-        parts: list[Any] = [table, Text("\n".join(line for line in lines if line))]
+        """The live view: the queues' table, the load's lines, the children, the clock."""
         elapsed = time.monotonic() - self.started
-        hint = "Ctrl-C to stop" if self.phase == "running" else self.phase
-        bar = Table.grid(padding=(0, 1))
-        if self.seconds:
-            done = min(elapsed, self.seconds)
-            bar.add_row(
-                ProgressBar(total=self.seconds, completed=done, width=40), f"{done:.0f} s of {self.seconds:g} s", hint
-            )
-        else:
-            bar.add_row(f"{elapsed:.0f} s", hint)
-        parts.append(bar)
-        return Group(*parts)
-
-    def _requests_line(self, c: LoadCounts) -> str:
-        p50 = c.reply_p50()
-        lat = f", reply p50 {p50:.1f} ms" if p50 is not None else ""
-        return (
-            f"sync requests: {c.requests:,} sent, {c.replies:,} replies{lat}, "
-            f"{c.request_timeouts:,} timed out, {c.request_errors:,} failed"
+        alive = sum(1 for p in self.children.values() if p.poll() is None)
+        return live_view(
+            self.phase, self.rows, self._counts(), (alive, len(self.children)), self.notes, elapsed, self.seconds
         )
-
-    def _tracked_line(self, c: LoadCounts) -> str:
-        events = ", ".join(f"{k} {v:,}" for k, v in sorted(c.events.items())) or "none yet"
-        return f"tracked sends: {c.tracked:,}, events: {events}"
 
     # -- the run
 
     def run(self) -> dict[str, Any]:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return self._run()
+            return self._start_and_watch()
         finally:
             self._teardown()
             for s, h in old.items():
                 signal.signal(s, h)
 
-    def _run(self) -> dict[str, Any]:
+    def _start_and_watch(self) -> dict[str, Any]:
         self._start_server()
         client = self._setup_queues()
         self._spawn_all()
@@ -284,7 +201,7 @@ class Demo:
             request_timeout=10,
         )
         load_stop = threading.Event()
-        producer = threading.Thread(target=self.load.run, args=(load_stop, self.seconds), name="rqueue-demo-load")
+        producer = threading.Thread(target=self.load.produce, args=(load_stop, self.seconds), name="rqueue-demo-load")
         live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
         self.started = time.monotonic()
         self.phase = "running"
@@ -382,32 +299,3 @@ class Demo:
             "processes": {name: p.returncode for name, p in self.children.items()},
             "notes": self.notes,
         }
-
-
-def render_summary(summary: dict[str, Any]) -> Group:
-    """The end of the demo, in words: every message accounted for."""
-    out: list[Any] = [Text(f"\nrqueue demo: ran {summary['seconds']:g} s against {summary['server']}", style="bold")]
-    for name, q in summary["queues"].items():
-        mark = Text("✓ every message accounted for", style="green") if q["accounted"] else Text("✗ MISMATCH", "red")
-        line = Text(
-            f"  {name}: sent {q['sent']:,} = processed {q['processed']:,} + dead-lettered {q['dead_lettered']:,}"
-            + (f" + expired {q['expired']:,}" if q["expired"] else "")
-            + f" + still queued {q['still_queued']:,}   "
-        )
-        line.append_text(mark)
-        out.append(line)
-    load = summary["load"]
-    p50 = load["reply_p50_ms"]
-    out.append(
-        Text(
-            f"  sync requests: {load['requests']:,} sent, {load['replies']:,} replied"
-            + (f" (p50 {p50:.1f} ms)" if p50 is not None else "")
-            + f", {load['request_timeouts']:,} timed out, {load['request_errors']:,} failed"
-        )
-    )
-    events = ", ".join(f"{k} {v:,}" for k, v in sorted(load["events"].items())) or "none"
-    out.append(Text(f"  tracked sends: {load['tracked']:,}; events: {events}"))
-    out.append(Text(f"  poison orders sent (they end as dead letters): {load['poison']:,}"))
-    for note in summary["notes"]:
-        out.append(Text(f"  note: {note}", style="yellow" if "exited" in note else "dim"))
-    return Group(*out)

@@ -125,7 +125,7 @@ class LoadGenerator:
     def is_poison(self, i: int) -> bool:
         return (i * 37 + 11) % 100 < self.poison_pct
 
-    def run(self, stop: threading.Event, seconds: float | None = None) -> None:
+    def produce(self, stop: threading.Event, seconds: float | None = None) -> None:
         """Send until ``stop`` is set or ``seconds`` pass; then wait for pending requests."""
         start = time.monotonic()
         i = 0

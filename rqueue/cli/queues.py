@@ -15,7 +15,7 @@ from rqueue._protocol.keys import QueueKeys
 from rqueue._protocol.peek import peek
 from rqueue._sync.client import Client
 from rqueue.cli import output as out
-from rqueue.cli.base import (
+from rqueue.cli.shared import (
     BODY_FORMAT,
     Env,
     cli,

@@ -1,20 +1,17 @@
-"""Run a consumer from the command line: ``rqueue worker pkg.module:handler --queue NAME``.
+"""The worker behind ``rqueue worker pkg.module:handler --queue NAME``: load a handler, run a consumer.
 
-``run_worker`` is what the ``rqueue worker`` command calls; ``main`` is a
-small argparse front end so ``python -m rqueue.cli.worker`` works without the
-CLI extra. A bad import path or an unknown queue raises ``WorkerError`` with
-one clear line; the command line turns it into exit code 2.
+``run_worker`` is what the ``rqueue worker`` command (``rqueue/cli/traffic.py``) calls; this module
+has no command line of its own. A bad import path or an unknown queue raises ``WorkerError`` with one
+clear line; the command line turns it into exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
-import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from rqueue._consumer.handlers import Router, all_async
@@ -91,8 +88,15 @@ def run_worker(
         "hooks": hooks,
     }
     if kind:
-        asyncio.run(_run_async(handler, queues, url, prefix, options))
-        return
+        asyncio.run(_consume_async(handler, queues, url, prefix, options))
+    else:
+        _consume(handler, queues, url, prefix, options)
+
+
+def _consume(
+    handler: Callable[..., Any] | Router, queues: list[str], url: str | None, prefix: str, options: dict[str, Any]
+) -> None:
+    """Run a thread consumer on ``queues`` (each must exist) until it stops."""
     client = connect(url, prefix=prefix, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=10)
     try:
         qs = [client.queue(name) for name in queues]
@@ -106,9 +110,10 @@ def run_worker(
         client.close()
 
 
-async def _run_async(
+async def _consume_async(
     handler: Callable[..., Any] | Router, queues: list[str], url: str | None, prefix: str, options: dict[str, Any]
 ) -> None:
+    """Run an asyncio consumer on ``queues`` (each must exist) until it stops."""
     from rqueue.asyncio import Consumer as AsyncConsumer
     from rqueue.asyncio import connect as aconnect
 
@@ -123,41 +128,3 @@ async def _run_async(
         await AsyncConsumer(qs, handler, **options).run()
     finally:
         await client.aclose()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rqueue.cli.worker pkg.mod:handler --queue NAME [...]``; returns the exit code."""
-    p = argparse.ArgumentParser(prog="python -m rqueue.cli.worker", description="Run an rqueue consumer.")
-    p.add_argument("target", help="the handler, as pkg.module:function (or a Router)")
-    p.add_argument("--queue", "-q", action="append", required=True, help="queue to consume (repeatable)")
-    p.add_argument("--url", default=None, help="server URL (default: RQUEUE_URL, else redis://localhost:6379/0)")
-    p.add_argument("--prefix", default="rqueue", help="key prefix (default: rqueue)")
-    p.add_argument("--concurrency", "-c", type=int, default=16, help="threads or tasks (default: 16)")
-    p.add_argument("--batch-size", type=int, default=10, help="messages per receive and acks per flush (default: 10)")
-    p.add_argument("--retry-base", type=float, default=0.5, help="first retry delay in seconds (default: 0.5)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
-    p.add_argument("--log-level", default="INFO")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run_worker(
-            a.target,
-            a.queue,
-            url=a.url,
-            concurrency=a.concurrency,
-            batch_size=a.batch_size,
-            prefix=a.prefix,
-            metrics_port=a.metrics_port,
-            retry_base=a.retry_base,
-        )
-    except WorkerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RQueueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

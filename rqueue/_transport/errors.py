@@ -1,28 +1,16 @@
-"""What the sync and asyncio clients share besides the core: error mapping,
-reading a pipeline's replies, routing calls to cluster nodes, and the queue
-handle's identity. No I/O here."""
+"""Server errors, mapped: the rqueue error (with what to do about it) that a
+redis-py or socket error means, for calls and for ``connect()``. No I/O."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import queue
 import re
-from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, NoReturn
 
 from redis import exceptions as rx
-from redis.crc import key_slot
 
 from rqueue._protocol import errors as _errors
-from rqueue._protocol.keys import QueueKeys
 from rqueue._transport.backends import mask_url, redact
-
-if TYPE_CHECKING:
-    from rqueue._protocol.operations import Call
-
-N = TypeVar("N", bound=Hashable)
 
 #: redis-py errors that mean "the server is unreachable or failing over".
 #: ClusterError: the cluster client gave up following redirections (a slot
@@ -72,6 +60,29 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
         msg = inner[1]
     low = msg.lower()
     where = f" (queue {queue!r})" if queue else ""
+    seen = _Seen(e, msg, low, url, where, queue, connecting)
+    for rule in _RULES:
+        mapped = rule(seen)
+        if mapped is not None:
+            return mapped
+    return e
+
+
+class _Seen(NamedTuple):
+    """An error, read: its message (``low``: lowercased), and where it happened."""
+
+    e: Exception
+    msg: str
+    low: str
+    url: str
+    where: str
+    queue: str
+    connecting: bool
+
+
+def _access(s: _Seen) -> BaseException | None:
+    """A password or a permission the server wants."""
+    e, msg, low, url, where = s.e, s.msg, s.low, s.url, s.where
     if isinstance(e, rx.AuthenticationError) or any(n in low for n in _NEEDS_PASSWORD):
         if any(n in low for n in _NEEDS_PASSWORD):
             return _errors.AuthenticationError(
@@ -87,6 +98,12 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
             "the commands (+@all, or at least scripting, +@read, +@write, +@pubsub, +client|id, +client|unblock) "
             "and the keys and channels of the prefix (~PREFIX:* &PREFIX:*) with ACL SETUSER"
         )
+    return None
+
+
+def _server_state(s: _Seen) -> BaseException | None:
+    """The server cannot take the call now: full, a replica, no such database, the pool used up."""
+    e, msg, low, url, where = s.e, s.msg, s.low, s.url, s.where
     if isinstance(e, rx.OutOfMemoryError) or low.startswith("oom "):
         return _errors.ServerFull(
             f"the server at {url} is full (used memory over maxmemory) and refuses writes{where}; nothing was "
@@ -113,6 +130,12 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
             f"no Sentinel of {url} gave a master for the service {service!r}: check the service name and "
             "the Sentinel hosts, and that the master is up"
         )
+    return None
+
+
+def _refused(s: _Seen) -> BaseException | None:
+    """The server (or a script's check) refused the command."""
+    e, msg, low, url, where, queue = s.e, s.msg, s.low, s.url, s.where, s.queue
     if isinstance(e, rx.ResponseError) and not isinstance(e, rx.ClusterError | rx.TryAgainError | rx.AskError):
         mapped = _errors.from_lua(msg, queue)
         if mapped is not None:
@@ -138,6 +161,12 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
             f"the server at {url} refused a command{where}: {msg}; if another program writes keys under "
             "this prefix, use another prefix, else report this message"
         )
+    return None
+
+
+def _protocol(s: _Seen) -> BaseException | None:
+    """Not the Redis protocol, a value redis-py refuses, a server still loading."""
+    e, msg, url, where = s.e, s.msg, s.url, s.where
     if isinstance(e, rx.InvalidResponse):
         return _errors.ConnectionError(
             f"the server at {url} does not answer in the Redis protocol ({msg}): is it a Redis server? "
@@ -147,6 +176,12 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
         return _errors.InvalidParameter(f"redis-py refused a value: {msg}")
     if isinstance(e, rx.BusyLoadingError):
         return _errors.ConnectionError(f"the server at {url} is loading its data{where}: try again in a moment")
+    return None
+
+
+def _cluster(s: _Seen) -> BaseException | None:
+    """Redis Cluster: a wrong URL, slots moving, a node unreachable."""
+    e, msg, low, url, where = s.e, s.msg, s.low, s.url, s.where
     cluster_url = "+cluster://" in url.lower()
     if isinstance(e, rx.AskError) and not cluster_url:
         return _errors.InvalidParameter(
@@ -165,13 +200,30 @@ def map_error(e: BaseException, url: str, queue: str, *, connecting: bool = Fals
         if "connect" in low or "reachable" in low or "no startup nodes" in low:
             return _errors.ConnectionError(f"cannot reach the cluster at {url}: {msg}; check the node addresses")
         return _errors.ServerError(f"the cluster at {url} refused a call{where}: {msg}; report this message")
+    return None
+
+
+def _unreachable(s: _Seen) -> BaseException | None:
+    """The server cannot be reached, or failed the call otherwise."""
+    e, msg, low, url, where, connecting = s.e, s.msg, s.low, s.url, s.where, s.connecting
     if isinstance(e, (*CONNECTION_ERRORS, OSError)):
         return _errors.ConnectionError(f"cannot reach {url}: {msg}{_hint(msg, url, connecting)}")
     if type(e) is rx.RedisError and low.startswith("invalid"):  # redis-py refused a URL option it parsed late
         return _errors.InvalidParameter(f"url {url!r} or an option of connect() cannot be used: {msg}")
     if isinstance(e, rx.RedisError):
         return _errors.ServerError(f"the server at {url} failed a call{where}: {msg}; report this message")
-    return e
+    return None
+
+
+#: The rules of ``map_error``, in order: the first that maps the error wins.
+_RULES: tuple[Callable[[_Seen], BaseException | None], ...] = (
+    _access,
+    _server_state,
+    _refused,
+    _protocol,
+    _cluster,
+    _unreachable,
+)
 
 
 def raise_mapped(e: BaseException, url: str, queue: str) -> NoReturn:
@@ -221,125 +273,6 @@ def config_refused(e: BaseException) -> bool:
     return isinstance(e, rx.ResponseError) and "config" in low and ("unknown" in low or "permission" in low)
 
 
-#: Replies after which a call runs again on its own through ``run()``: NOSCRIPT
-#: (``run`` loads the script); MOVED, ASK and TRYAGAIN (a slot is moving: the
-#: cluster client follows or retries). None of them ran the script.
-_AGAIN = (rx.NoScriptError, rx.AskError, rx.TryAgainError)  # MovedError is an AskError
-
-
-def unreachable(replies: Sequence[Any]) -> BaseException | None:
-    """The first reply saying the node cannot serve (CLUSTERDOWN, LOADING...), if any."""
-    for r in replies:
-        if isinstance(r, CONNECTION_ERRORS) and not isinstance(r, rx.TryAgainError):
-            return r
-    return None
-
-
-def settle(calls: Sequence[Call[Any]], replies: Sequence[Any], url: str) -> tuple[list[Any], list[int], bool]:
-    """Parse a pipeline's replies: ``(results, again, moved)``.
-
-    ``results`` holds each parsed reply or the rqueue exception its call met;
-    the calls at the indexes ``again`` must run again singly (their slot in
-    ``results`` is None), and ``moved`` says a slot has a new owner (refresh
-    the slot map first). A reply meaning "server unreachable" raises
-    ``rqueue.ConnectionError`` for the whole batch.
-    """
-    out: list[Any] = []
-    again: list[int] = []
-    moved = False
-    for call, reply in zip(calls, replies, strict=True):
-        try:
-            if isinstance(reply, Exception):
-                if isinstance(reply, _AGAIN):
-                    again.append(len(out))
-                    moved = moved or isinstance(reply, rx.MovedError)
-                    out.append(None)
-                    continue
-                raise_mapped(reply, url, call.queue)
-            out.append(call.parse(reply))
-        except _errors.ConnectionError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            out.append(e)
-    return out, again, moved
-
-
-def slot_of(call: Call[Any]) -> int:
-    """The cluster hash slot of a call (all keys of one call share its hash tag)."""
-    return key_slot(call.keys[0].encode()) if call.keys else 0
-
-
-class Routing:
-    """A cluster client's view of where to send a batch of calls, kept between batches.
-
-    ``plan`` groups the calls by the node owning their slot (one pipeline per
-    node, order kept within each). A node whose pipeline failed is *suspect*:
-    its pipeline goes first next time, on its own, so while it is down a batch
-    fails before anything ran on the healthy nodes (a consumer does not take
-    messages it then drops). After a failure the slot map is *stale*: the
-    client refreshes it before the next batch (a replica may have taken over).
-    """
-
-    __slots__ = ("_suspects", "stale")
-
-    def __init__(self) -> None:
-        self.stale = False
-        self._suspects: set[Hashable] = set()
-
-    def plan(self, calls: Sequence[Call[Any]], node_of: Callable[[int], N]) -> tuple[list[tuple[N, list[int]]], int]:
-        """``(groups, first)``: (node, call indexes) per node; the first ``first`` groups are suspect."""
-        groups: dict[N, list[int]] = {}
-        for i, call in enumerate(calls):
-            node = node_of(slot_of(call))
-            idx = groups.get(node)
-            if idx is None:
-                groups[node] = [i]
-            else:
-                idx.append(i)
-        items = list(groups.items())
-        if not self._suspects:
-            return items, 0
-        suspect = [g for g in items if g[0] in self._suspects]
-        return suspect + [g for g in items if g[0] not in self._suspects], len(suspect)
-
-    def failed(self, node: Hashable) -> None:
-        """``node`` could not be reached (or answered that the cluster is down)."""
-        self._suspects.add(node)
-        self.stale = True
-
-    def answered(self, node: Hashable) -> None:
-        """``node`` ran its pipeline."""
-        if self._suspects:
-            self._suspects.discard(node)
-
-
-class QueueHandle:
-    """Identity of a queue handle: name and keys. No I/O."""
-
-    __slots__ = ("_keys",)
-
-    def __init__(self, keys: QueueKeys) -> None:
-        self._keys = keys
-
-    @property
-    def name(self) -> str:
-        """The queue's name (``<source>:dlq`` for a dead-letter queue)."""
-        return self._keys.name
-
-    @property
-    def is_dead_letter_queue(self) -> bool:
-        return self._keys.is_dlq
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, QueueHandle) and type(other) is type(self) and other._keys == self._keys
-
-    def __hash__(self) -> int:
-        return hash(self._keys)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"
-
-
 def policy_from(reply: Any) -> str | None:
     """maxmemory-policy out of a CONFIG GET reply (dict, or dict per node)."""
     if isinstance(reply, dict):
@@ -349,82 +282,3 @@ def policy_from(reply: Any) -> str | None:
             if (k.decode() if isinstance(k, bytes) else k) == "maxmemory-policy":
                 return v.decode() if isinstance(v, bytes) else str(v)
     return None
-
-
-#: Pool connections a client leaves to what runs beside its calls (the sync event
-#: listener's connection, handing a wake-up token on).
-CALL_RESERVE = 4
-
-
-def call_limit(redis: Any) -> int:
-    """How many calls of one client may use its pool at once.
-
-    redis-py's pool fails with "Too many connections" past its size (100 unless
-    ``max_connections`` says otherwise; per node on a cluster) instead of
-    waiting; the clients let at most this many calls in, so more concurrent
-    calls (threads, tasks, a consumer's handlers) wait for a free connection.
-    """
-    size = getattr(getattr(redis, "connection_pool", None), "max_connections", None)
-    if size is None:
-        kwargs = getattr(getattr(redis, "nodes_manager", None), "connection_kwargs", None) or {}
-        size = kwargs.get("max_connections") or 100
-    return max(1, int(size) - CALL_RESERVE)
-
-
-class CallSlots:
-    """At most ``n`` sync calls at once (see ``call_limit``); the rest wait.
-
-    Tokens in a SimpleQueue (``take``/``give`` around a call): 0.07 us a call
-    where a BoundedSemaphore costs 1.3.
-    """
-
-    __slots__ = ("give", "take")
-
-    def __init__(self, n: int) -> None:
-        tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(n):
-            tokens.put(None)
-        self.take: Callable[[], None] = tokens.get
-        self.give: Callable[[None], None] = tokens.put
-
-
-class AsyncCallSlots:
-    """At most ``n`` asyncio calls at once; the rest wait, first come first served.
-
-    ``take_now()`` is the synchronous fast path (no coroutine, unlike ``async
-    with asyncio.Semaphore``); ``take()`` waits; ``give()`` hands a slot to
-    the longest waiting caller, else frees it.
-    """
-
-    __slots__ = ("_free", "_waiting")
-
-    def __init__(self, n: int) -> None:
-        self._free = n
-        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def take_now(self) -> bool:
-        if self._free and not self._waiting:
-            self._free -= 1
-            return True
-        return False
-
-    async def take(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.give()  # handed a slot just as it was cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiting.remove(fut)
-            raise
-
-    def give(self) -> None:
-        while self._waiting:
-            fut = self._waiting.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._free += 1

@@ -1,4 +1,7 @@
-"""``rqueue`` commands that run things: senders, workers, load, bench, demo."""
+"""``rqueue`` commands that move messages: request, publish, subscribe, worker, produce, bench, demo.
+
+(The queue-administration commands are in ``queues.py``.)
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from rqueue._protocol.errors import RequestTimeout, RQueueError
 from rqueue._sync.client import Client, Queue
 from rqueue._sync.topic import Subscription
 from rqueue.cli import output as out
-from rqueue.cli.base import (
+from rqueue.cli.shared import (
     BODY_FORMAT,
     Env,
     Interrupted,
@@ -71,24 +74,7 @@ def request(
             q = client.queue(name)
             n = 0
             while not stop.event.is_set():
-                t0 = time.perf_counter()
-                try:
-                    reply = _stoppable_request(client, q, value, timeout, stop)
-                except TimeoutError as err:  # not a mistake of the user's: exit code 1
-                    if every is None:
-                        click.echo(f"rqueue: {one_line(err)}", err=True)
-                        ctx.exit(1)
-                    log.warning("no reply: %s", one_line(err), extra={"queue": name, "timeout": timeout})
-                except RQueueError as err:
-                    if every is None:
-                        raise
-                    log.warning("request failed: %s", one_line(err), extra={"queue": name})
-                else:
-                    ms = (time.perf_counter() - t0) * 1000
-                    if every is None:
-                        emit(e, {"reply": reply, "ms": round(ms, 3)}, out.preview(reply, 10_000))
-                    else:
-                        log.info("reply", extra={"queue": name, "reply": out.jsonable(reply), "ms": round(ms, 3)})
+                _one_request(e, client, q, value, timeout, stop, repeating=every is not None)
                 n += 1
                 if every is None or (count is not None and n >= count):
                     return
@@ -105,6 +91,32 @@ def request(
         return
     click.echo(f"rqueue: {stopped or 'interrupted before the request was sent'}", err=True)
     ctx.exit(stop.exit_code)
+
+
+def _one_request(
+    e: Env, client: Client, q: Queue, value: Any, timeout: float, stop: Stoppable, repeating: bool
+) -> None:
+    """One request of ``rqueue request``: print its reply, or exit 1 on a timeout; when
+    ``repeating`` (--every), log the reply or the failure and go on."""
+    t0 = time.perf_counter()
+    try:
+        reply = _stoppable_request(client, q, value, timeout, stop)
+    except TimeoutError as err:  # not a mistake of the user's: exit code 1
+        if not repeating:
+            click.echo(f"rqueue: {one_line(err)}", err=True)
+            click.get_current_context().exit(1)
+        log.warning("no reply: %s", one_line(err), extra={"queue": q.name, "timeout": timeout})
+        return
+    except RQueueError as err:
+        if not repeating:
+            raise
+        log.warning("request failed: %s", one_line(err), extra={"queue": q.name})
+        return
+    ms = (time.perf_counter() - t0) * 1000
+    if repeating:
+        log.info("reply", extra={"queue": q.name, "reply": out.jsonable(reply), "ms": round(ms, 3)})
+    else:
+        emit(e, {"reply": reply, "ms": round(ms, 3)}, out.preview(reply, 10_000))
 
 
 class _Stopped(Exception):
@@ -218,6 +230,7 @@ def keep_alive(sub: Subscription, ttl: float, done: threading.Event) -> None:
 @click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=16, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics here.")
+@click.option("--retry-base", type=float, default=0.5, show_default=True, help="First retry delay in seconds.")
 @common
 def worker(
     target: str,
@@ -225,6 +238,7 @@ def worker(
     concurrency: int,
     batch_size: int,
     metrics_port: int | None,
+    retry_base: float,
     url: str | None,
     prefix: str,
     as_json: bool,
@@ -241,6 +255,7 @@ def worker(
             batch_size=batch_size,
             prefix=prefix,
             metrics_port=metrics_port,
+            retry_base=retry_base,
         )
     except OSError as err:
         if err.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
@@ -283,7 +298,7 @@ def produce(
         gen = LoadGenerator(
             client, name, rate=rate, requests_pct=requests, tracked_pct=tracked, poison_pct=poison, topic=topic
         )
-        thread = threading.Thread(target=gen.run, args=(stop, seconds or None), name="rqueue-produce")
+        thread = threading.Thread(target=gen.produce, args=(stop, seconds or None), name="rqueue-produce")
         thread.start()
         log.info("producing", extra={"queue": name, "rate": rate, "topic": topic})
         while thread.is_alive():
@@ -329,7 +344,7 @@ def bench(messages: int, batch: int, body_bytes: int, url: str | None, prefix: s
         )
         with progress:
             tasks = {p: progress.add_task(p, total=messages) for p in ("send", "drain")}
-            result = _bench.run(
+            result = _bench.measure(
                 client,
                 messages=messages,
                 batch=batch,
@@ -371,10 +386,10 @@ def demo(seconds: float, rate: float, consumers: int, url: str | None, prefix: s
     """
     from rqueue.cli import demo as _demo
 
-    run = _demo.Demo(
+    the_demo = _demo.Demo(
         url=url, prefix=prefix, seconds=seconds or None, rate=rate, consumers=consumers, console=console, quiet=as_json
     )
-    summary = run.run()
+    summary = the_demo.run()
     emit(Env(url, prefix, as_json), summary, _demo.render_summary(summary))
     if not summary["all_accounted"]:
         click.get_current_context().exit(1)
