@@ -329,3 +329,16 @@ def test_no_module_is_over_about_400_lines() -> None:
     complexity, nothing checked the length (the consumer modules were at 570-623)."""
     sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert {name: n for name, n in sizes.items() if n > 420} == {}
+
+
+@pytest.mark.xfail(strict=True, reason="scripts/twins measures 33.9 % hand-kept duplication", raises=AssertionError)
+def test_hand_kept_sync_asyncio_duplication_is_under_ten_percent() -> None:
+    """Issue 10's 'done means': the duplicated hand-written share between the sync and asyncio
+    sides under 10 % of either side. ``scripts/twins`` (its own measure, generated files
+    excluded) says 158 of 466 sync lines (33.9 %): most in ``_consumer/threads.py`` ~
+    ``tasks.py`` (78) and ``_transport/lane_sync.py`` ~ ``lane_async.py`` (56); and nothing
+    runs ``scripts/twins --max 10``."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "twins"), "--max", "10"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout.splitlines()[-1:]
