@@ -367,7 +367,7 @@ def test_a_forked_child_is_not_left_without_call_slots() -> None:
             code = 1
             try:
                 signal.signal(signal.SIGALRM, lambda *_: os._exit(2))  # blocked for good otherwise
-                signal.alarm(5)
+                signal.alarm(3)
                 q.send("child")
                 code = 0
             finally:
