@@ -145,7 +145,6 @@ def counted_listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_CountedL
 @pytest.mark.xfail(
     strict=True, reason="Client.listener() checks then sets without a lock (as on main)", raises=AssertionError
 )
-@pytest.mark.parametrize("backend_url", ["standalone", "cluster", "sentinel"], indirect=True)
 def test_two_threads_sending_their_first_tracked_messages_share_one_listener(
     backend_url: str, prefix: str, raw: Any, counted_listener: type[_CountedListener]
 ) -> None:
