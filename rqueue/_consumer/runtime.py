@@ -10,9 +10,8 @@ the same methods (async ones on the asyncio side), in the style of httpcore's
   asyncio code runs on one thread, so ``AsyncRLock`` does nothing.
 - ``Wakeup``: a wake-up waited for with the lock held (a ``Condition`` on it / an ``asyncio.Event``).
 - ``Pause``: an event flag with an optional timed wait (``threading.Event`` / ``asyncio.Event``).
-- ``Runtime``: spawn and join a thread or task, install signal handlers, wait until halted.
+- ``Runtime``: spawn and join a thread or task, install signal handlers.
 - ``Stopper``: the shutdown, run once (in the caller or a stopper thread / in a task of its own).
-- ``Polls``: receivers' long polls, ended early by the shutdown.
 
 The worker pools (threads that grow and exit when idle / tasks woken one at a
 time) are in ``rqueue._consumer.workers``.
@@ -22,21 +21,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import signal
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from rqueue._async.client import AsyncClient
-from rqueue._sync.client import Client
-
-#: What a cancelled asyncio ``run()``/``stop()`` raises once stopped (never on threads).
-Cancelled = asyncio.CancelledError
+#: What a cancelled asyncio ``run()``/``stop()`` raises once stopped.
+AsyncCancelled = asyncio.CancelledError
 #: The consumer's own signal handler: ``(signum, *frame)``.
 SignalHandler = Callable[..., None]
 AsyncHandle = asyncio.Task[None]
 Handle = threading.Thread
+
+
+class Cancelled(BaseException):
+    """Never raised: a thread is not cancelled (the sync twin of ``asyncio.CancelledError``)."""
+
+
+class _Stopper:
+    """The shutdown (``shutdown``), claimed once (``claim``); ``on_cancel``: a cancelled caller's
+    stop request; ``done``: set when the shutdown is over."""
+
+    def __init__(
+        self, shutdown: Callable[[], Any], claim: Callable[[], bool], on_cancel: Callable[[], None], done: Any
+    ) -> None:
+        self._shutdown = shutdown
+        self._claim = claim
+        self._on_cancel = on_cancel
+        self._done = done
+
 
 # ---------------------------------------------------------------------------- asyncio
 
@@ -97,22 +110,15 @@ class AsyncRuntime:
     #: Handlers are coroutine functions.
     COROUTINES = True
 
-    @staticmethod
-    def where() -> str:
-        return "task"
-
-    @staticmethod
-    def spawn(name: str, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> AsyncHandle:
+    def spawn(self, name: str, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> AsyncHandle:
         return asyncio.create_task(fn(*args), name=name)
 
-    @staticmethod
-    async def join(handles: Sequence[AsyncHandle | None], timeout: float) -> None:
+    async def join(self, handles: Sequence[AsyncHandle | None], timeout: float) -> None:
         tasks = [t for t in handles if t is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
-    @staticmethod
-    def install_signals(handler: SignalHandler) -> Callable[[], None]:
+    def install_signals(self, handler: SignalHandler) -> Callable[[], None]:
         """SIGINT/SIGTERM call ``handler(signum)`` (main thread only); returns what undoes it."""
         loop = asyncio.get_running_loop()
         installed: list[int] = []
@@ -146,31 +152,11 @@ class AsyncRuntime:
         elif not isinstance(e, Exception):
             raise e
 
-    @staticmethod
-    async def until(halt: AsyncPause, on_cancel: Callable[[], None]) -> Cancelled | None:
-        """Wait until ``halt`` is set; a cancellation meanwhile calls ``on_cancel`` and is returned."""
-        try:
-            await halt.wait()
-        except asyncio.CancelledError as e:
-            on_cancel()
-            return e
-        return None
 
-
-class AsyncStopper:
+class AsyncStopper(_Stopper):
     """The shutdown, started once in a task of its own: cancelling a caller cannot cut it short."""
 
-    def __init__(
-        self,
-        shutdown: Callable[[], Coroutine[Any, Any, None]],
-        claim: Callable[[], bool],
-        on_cancel: Callable[[], None],
-        done: AsyncPause,
-    ) -> None:
-        self._shutdown = shutdown
-        self._claim = claim
-        self._on_cancel = on_cancel
-        self._task: asyncio.Future[None] | None = None
+    _task: asyncio.Future[None] | None = None
 
     def start(self) -> asyncio.Future[None]:
         if self._task is None:
@@ -178,11 +164,11 @@ class AsyncStopper:
             self._task = asyncio.ensure_future(self._shutdown())
         return self._task
 
-    async def wait(self) -> Cancelled | None:
+    async def wait(self) -> AsyncCancelled | None:
         """Wait until the consumer has stopped; a cancellation meanwhile counts as a stop request
         (the second one stops at once) and is returned, for the caller to raise once stopped."""
         task = self.start()
-        cancelled: Cancelled | None = None
+        cancelled: AsyncCancelled | None = None
         while True:
             try:
                 await asyncio.shield(task)
@@ -192,33 +178,6 @@ class AsyncStopper:
                 if task.done():
                     return cancelled
                 self._on_cancel()
-
-
-class AsyncPolls:
-    """Receivers' long polls under way; ``unblock`` cancels them."""
-
-    def __init__(self, client: AsyncClient, lock: AsyncRLock, may_wait: Callable[[int], bool]) -> None:
-        self._client = client
-        self._waiting: dict[int, asyncio.Future[bool]] = {}
-
-    async def wait(self, qi: int, key: str, timeout: float) -> bool:
-        """Wait for a send's wake-up on ``key`` (queue ``qi``); True if one came."""
-        wait = self._waiting[qi] = asyncio.ensure_future(self._client.wait(key, timeout))
-        try:
-            return await wait
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if not wait.cancelled() or (me is not None and me.cancelling()):
-                raise  # the receiver itself is cancelled, not just its wait
-            return False
-        finally:
-            self._waiting.pop(qi, None)
-
-    def unblock(self, which: Any) -> None:
-        """End the long polls of the queues in ``which`` (None: all)."""
-        for qi, w in list(self._waiting.items()):
-            if which is None or qi in which:
-                w.cancel()
 
 
 # ---------------------------------------------------------------------------- threads
@@ -248,24 +207,17 @@ class Runtime:
     #: Handlers are plain functions.
     COROUTINES = False
 
-    @staticmethod
-    def where() -> str:
-        return f"thread {threading.current_thread().name}"
-
-    @staticmethod
-    def spawn(name: str, fn: Callable[..., None], *args: Any) -> Handle:
+    def spawn(self, name: str, fn: Callable[..., None], *args: Any) -> Handle:
         t = threading.Thread(target=fn, args=args, name=name, daemon=True)
         t.start()
         return t
 
-    @staticmethod
-    def join(handles: Sequence[Handle | None], timeout: float) -> None:
+    def join(self, handles: Sequence[Handle | None], timeout: float) -> None:
         for t in handles:
             if t is not None:
                 t.join(timeout)
 
-    @staticmethod
-    def install_signals(handler: SignalHandler) -> Callable[[], None]:
+    def install_signals(self, handler: SignalHandler) -> Callable[[], None]:
         """SIGINT/SIGTERM call ``handler(signum, frame)`` (main thread only); returns what undoes it."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
@@ -280,22 +232,9 @@ class Runtime:
 
         return undo
 
-    @staticmethod
-    def until(halt: Pause, on_cancel: Callable[[], None]) -> Cancelled | None:
-        """Wait until ``halt`` is set (a signal handler runs meanwhile on the main thread)."""
-        halt.wait()
-        return None
 
-
-class Stopper:
+class Stopper(_Stopper):
     """The shutdown, run once by the first caller (or a stopper thread); later callers wait for it."""
-
-    def __init__(
-        self, shutdown: Callable[[], None], claim: Callable[[], bool], on_cancel: Callable[[], None], done: Pause
-    ) -> None:
-        self._shutdown = shutdown
-        self._claim = claim
-        self._done = done
 
     def start(self) -> None:
         threading.Thread(target=self.wait, name="rqueue-stopper", daemon=True).start()
@@ -306,35 +245,3 @@ class Stopper:
         else:
             self._done.wait()
         return None
-
-
-class Polls:
-    """Receivers' long polls under way; ``unblock`` ends them from another thread."""
-
-    def __init__(self, client: Client, lock: Any, may_wait: Callable[[int], bool]) -> None:
-        self._client = client
-        self._lock = lock
-        self._may_wait = may_wait
-        self._unblockers: dict[int, Callable[[], None]] = {}
-
-    def wait(self, qi: int, key: str, timeout: float) -> bool:
-        """Wait for a send's wake-up on ``key`` (queue ``qi``); True if one came."""
-        try:
-            return self._client.wait(key, timeout, on_block=functools.partial(self._on_block, qi))
-        finally:
-            with self._lock:
-                self._unblockers.pop(qi, None)
-
-    def _on_block(self, qi: int, unblock: Callable[[], None]) -> None:
-        with self._lock:
-            if self._may_wait(qi):
-                self._unblockers[qi] = unblock
-            else:
-                unblock()
-
-    def unblock(self, which: Any) -> None:
-        """End the long polls of the queues in ``which`` (None: all)."""
-        with self._lock:
-            unblockers = [u for qi, u in self._unblockers.items() if which is None or qi in which]
-        for unblock in unblockers:
-            unblock()

@@ -15,6 +15,7 @@ ask (round trips, waits) outside it. Where threads and tasks differ is in
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -40,14 +41,13 @@ from rqueue._consumer.programs import (
     shutdown,
 )
 from rqueue._consumer.runtime import (
+    Cancelled,
     Handle,
     Pause,
-    Polls,
     RLock,
     Runtime,
     Stopper,
     Wakeup,
-    Cancelled,
 )
 from rqueue._consumer.workers import Workers
 
@@ -96,7 +96,8 @@ class Consumer(ConsumerBase):
         self._exit_event = Pause()  # the maintainer exits: its backoff ends at once
         self._done = Pause()  # the shutdown is over
         self._stopper = Stopper(self._shutdown, self._claim, self._request_stop, self._done)
-        self._polls = Polls(self._client, lock, self._may_wait)  # receivers' long polls under way
+        self._rt = Runtime()
+        self._unblockers: dict[int, Callable[[], None]] = {}  # receivers' long polls under way
         self._receivers: list[Handle] = []
         self._maintainer: Handle | None = None
 
@@ -114,7 +115,7 @@ class Consumer(ConsumerBase):
             self._receivers.append(self._spawn(f"rqueue-receiver-{name}", self._drive, receive(ctl, qi)))
 
     def _spawn(self, name: str, fn: Callable[..., None], *args: Any) -> Handle:
-        return Runtime.spawn(name, self._guarded, fn, *args)
+        return self._rt.spawn(name, self._guarded, name, fn, *args)
 
     def run(self) -> None:
         """Consume until ``stop()`` or SIGINT/SIGTERM (asyncio: or cancellation), then stop gracefully.
@@ -128,9 +129,14 @@ class Consumer(ConsumerBase):
         """
         self._life.in_run = True  # before anything starts: a crash leaves the shutdown to run()
         self.start()
-        restore = Runtime.install_signals(self._signalled)
+        restore = self._rt.install_signals(self._signalled)
+        cancelled: Cancelled | None = None
         try:
-            cancelled = Runtime.until(self._halt_event, self._request_stop)
+            try:
+                self._halt_event.wait()
+            except Cancelled as e:  # threads are not cancelled
+                cancelled = e
+                self._request_stop()
             cancelled = self._stopper.wait() or cancelled
         finally:
             restore()
@@ -143,13 +149,13 @@ class Consumer(ConsumerBase):
         with self._lock:
             self._life.raise_crash(Runtime.KIND)
 
-    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+    def _guarded(self, name: str, fn: Callable[..., None], *args: Any) -> None:
         """Run a receiver, the maintainer or a worker; a crash stops the consumer instead of leaving it idle."""
         try:
             fn(*args)
         except BaseException as e:  # noqa: BLE001 - logged by _crashed; the consumer stops
             with self._lock:
-                then = self._crashed(e, Runtime.where())
+                then = self._crashed(e, f"{Runtime.KIND} {name}")
             if then is Then.BACKGROUND:  # started with start(): nobody waits in run() to stop it
                 self._stopper.start()
 
@@ -241,21 +247,36 @@ class Consumer(ConsumerBase):
             case Ask.CLIENT:
                 return getattr(self._client, arg[0])(arg[1])
             case Ask.LONG_POLL:
-                return self._polls.wait(arg[0], self._setup.keys[arg[0]].wake, arg[1])
+                return self._long_poll(*arg)
             case Ask.PAUSE:
                 (self._halt_event if arg[0] is Until.HALT else self._exit_event).wait(arg[1])
             case Ask.UNBLOCK:
-                self._polls.unblock(arg)
+                with self._lock:
+                    unblockers = [u for qi, u in self._unblockers.items() if arg is None or qi in arg]
+                for unblock in unblockers:
+                    unblock()
             case Ask.JOIN:
-                if arg is Join.WORKERS:
-                    self._workers.join(JOIN_TIMEOUT)
-                else:
-                    handles = self._receivers if arg is Join.RECEIVERS else [self._maintainer]
-                    Runtime.join(handles, JOIN_TIMEOUT)
+                handles: Sequence[Handle | None] = self._receivers
+                if arg is not Join.RECEIVERS:
+                    handles = [self._maintainer] if arg is Join.MAINTAINER else self._workers.cancel()
+                self._rt.join(handles, JOIN_TIMEOUT)
 
-    def _may_wait(self, qi: int) -> bool:
-        """A receiver's long poll may go on (lock held)."""
-        return self._control is not None and self._control.may_wait(qi)
+    def _long_poll(self, qi: int, timeout: float) -> bool:
+        """Wait for a send's wake-up on queue ``qi``; True if one came (a token to use or hand on)."""
+        try:
+            on_block = functools.partial(self._on_block, qi)
+            return self._client.wait(self._setup.keys[qi].wake, timeout, on_block=on_block)
+        finally:
+            with self._lock:
+                self._unblockers.pop(qi, None)
+
+    def _on_block(self, qi: int, unblock: Callable[[], None]) -> None:
+        """The long poll of queue ``qi`` is registered: keep what ends it, or end it now (stopping, poked)."""
+        with self._lock:
+            if self._control is not None and self._control.may_wait(qi):
+                self._unblockers[qi] = unblock
+            else:
+                unblock()
 
     # ------------------------------------------------------------ handlers
 

@@ -24,8 +24,9 @@ from typing import Any
 from rqueue._consumer.control import Control
 from rqueue._consumer.ledger import Job
 
-#: The pool whose handler runs in this task (and in tasks a handler starts).
-_handling: contextvars.ContextVar[AsyncWorkers | None] = contextvars.ContextVar("rqueue_handling", default=None)
+#: The pool whose handler runs in this thread or task (and in tasks a handler starts; a thread
+#: starts with an empty context, so a thread a handler starts is not inside).
+_handling: contextvars.ContextVar[_Pool | None] = contextvars.ContextVar("rqueue_handling", default=None)
 
 #: A worker thread with nothing to do for this long exits (the pool shrinks).
 IDLE_TIMEOUT = 10.0
@@ -33,10 +34,48 @@ IDLE_TIMEOUT = 10.0
 #: this at the measured handler speed: fast handlers run back to back on one thread.
 HANDOFF = 0.0005
 
+
+class _Pool:
+    """What both pools keep, and the calls that do nothing unless a pool needs them."""
+
+    def __init__(self, host: Any, lock: Any, concurrency: int) -> None:
+        self._host = host
+        self._lock = lock
+        self._concurrency = concurrency
+        self.size = 0  # worker threads alive
+
+    def __len__(self) -> int:
+        return self.size
+
+    def inside(self) -> bool:
+        """Is this a handler of this pool (its ``stop()`` must not wait for its own job)?"""
+        return _handling.get() is self
+
+    def cancel(self) -> list[Any]:
+        """The shutdown's: cancel the workers that can be; those to wait for (bounded)."""
+        return []
+
+    def stalled(self) -> bool:
+        return False
+
+    def halted(self) -> None:
+        return None
+
+    def closing(self) -> None:
+        return None  # threads: wake idle workers to exit; tasks: the shutdown cancels them
+
+    def _lost(self, ctl: Control, job: Job | None, e: BaseException) -> None:
+        """A worker dies of the consumer's own bug (not a handler's): stop the consumer (the
+        runner's ``_guarded`` logs it); its job is held by a dead worker: the shutdown must not wait for it."""
+        self._host._life.crash(e)
+        if job is not None:
+            ctl.ledger.forget(job)
+
+
 # ---------------------------------------------------------------------------- asyncio
 
 
-class AsyncWorkers:
+class AsyncWorkers(_Pool):
     """Up to ``concurrency`` worker tasks pulling jobs from ``Control.work`` (no task per message:
     a handler that never suspends costs a coroutine call, and a worker wakes one helper only
     when more work waits)."""
@@ -45,17 +84,10 @@ class AsyncWorkers:
     STALL: float | None = None
 
     def __init__(self, host: Any, lock: Any, concurrency: int) -> None:
-        self._host = host
-        self._concurrency = concurrency
+        super().__init__(host, lock, concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waking = False  # a worker was woken or started and has not run yet
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    def inside(self) -> bool:
-        return _handling.get() is self
 
     def wake(self) -> None:
         """Make sure a worker will look at the work soon: wake an idle one or start one.
@@ -75,22 +107,15 @@ class AsyncWorkers:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def stalled(self) -> bool:
-        return False
+    def __len__(self) -> int:
+        return len(self._tasks)
 
-    def halted(self) -> None:
-        return None
-
-    def closing(self) -> None:
-        return None  # the shutdown cancels the workers (join)
-
-    async def join(self, timeout: float) -> None:
+    def cancel(self) -> list[asyncio.Task[None]]:
         """Cancel the workers (idle, or abort/deadline: their messages come back after the timeout)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+        return tasks
 
     async def _work(self) -> None:
         _handling.set(self)  # this task's context (and its handlers' tasks): stop() must not wait for it
@@ -111,18 +136,16 @@ class AsyncWorkers:
                 idle = loop.create_future()
                 self._idle.append(idle)
                 await idle
-        except Exception as e:  # the consumer's own bug, not a handler's: stop the consumer
-            host._life.crash(e)
+        except Exception as e:
+            self._lost(ctl, job, e)
             host._halted()
-            if job is not None:
-                ctl.ledger.forget(job)  # held by a dead task: the shutdown must not wait for it
             raise
 
 
 # ---------------------------------------------------------------------------- threads
 
 
-class Workers:
+class Workers(_Pool):
     """Worker threads that grow on demand up to ``concurrency`` and exit when idle; jobs are
     taken and finished under the runner's lock, handlers run outside it."""
 
@@ -131,29 +154,19 @@ class Workers:
     STALL: float | None = 0.005
 
     def __init__(self, host: Any, lock: Any, concurrency: int) -> None:
-        self._host = host
-        self._lock = lock
-        self._concurrency = concurrency
+        super().__init__(host, lock, concurrency)
         self._cv = threading.Condition(lock)  # idle workers
-        self._local = threading.local()  # .worker is True on this pool's threads
-        self.threads = 0
         self.idle = 0
         self.avg = HANDOFF  # moving average of handler seconds (starts pessimistic: hand off)
         self.takes = 0  # jobs taken so far; the maintainer's stall check compares it
         self.takes_seen = -1
 
-    def __len__(self) -> int:
-        return self.threads
-
-    def inside(self) -> bool:
-        return getattr(self._local, "worker", False)
-
     def wake(self) -> None:
         """Wake an idle worker or start one (lock held)."""
         if self.idle:
             self._cv.notify()
-        elif self.threads < self._concurrency:
-            self.threads += 1
+        elif self.size < self._concurrency:
+            self.size += 1
             self._host._spawn("rqueue-worker", self._work)
 
     def stalled(self) -> bool:
@@ -169,11 +182,7 @@ class Workers:
     def halted(self) -> None:
         self._cv.notify_all()
 
-    def closing(self) -> None:
-        self._cv.notify_all()
-
-    def join(self, timeout: float) -> None:
-        return None  # workers exit by themselves once closing
+    closing = halted
 
     def _take(self, ctl: Control) -> Job | None:
         """The next job (lock held); get a helper if the jobs left would wait too long."""
@@ -200,7 +209,7 @@ class Workers:
     def _work(self) -> None:
         host = self._host
         ctl: Control = host._control
-        self._local.worker = True  # stop() from a handler must not wait for its own job
+        _handling.set(self)  # this thread's context: stop() from a handler must not wait for its own job
         call = host._call
         lock = self._lock
         job: Job | None = None
@@ -224,13 +233,11 @@ class Workers:
                     with lock:
                         job = self._next(ctl)
                         if job is None:
-                            self.threads -= 1
+                            self.size -= 1
                             return
                 name, reply, error, seconds = call(job)
-        except BaseException as e:  # the consumer's own bug, not a handler's: stop the consumer
+        except BaseException as e:
             with lock:
-                host._life.crash(e)  # the runner's _guarded logs it and stops
-                self.threads -= 1
-                if job is not None:
-                    ctl.ledger.forget(job)  # held by a dead thread: the shutdown must not wait for it
+                self.size -= 1
+                self._lost(ctl, job, e)
             raise
