@@ -64,6 +64,12 @@ class _Pool:
     def closing(self) -> None:
         return None  # threads: wake idle workers to exit; tasks: the shutdown cancels them
 
+    def _begin(self) -> tuple[Any, Control]:
+        """A worker starts: the runner and its control. Its handlers are inside this pool (its thread's
+        or task's context, and the tasks they start): their ``stop()`` must not wait for their own job."""
+        _handling.set(self)
+        return self._host, self._host._control
+
     def _lost(self, ctl: Control, job: Job | None, e: BaseException) -> None:
         """A worker dies of the consumer's own bug (not a handler's): stop the consumer (the
         runner's ``_guarded`` logs it); its job is held by a dead worker: the shutdown must not wait for it."""
@@ -118,9 +124,7 @@ class AsyncWorkers(_Pool):
         return tasks
 
     async def _work(self) -> None:
-        _handling.set(self)  # this task's context (and its handlers' tasks): stop() must not wait for it
-        host = self._host
-        ctl: Control = host._control
+        host, ctl = self._begin()
         loop = asyncio.get_running_loop()
         job: Job | None = None
         try:
@@ -207,9 +211,7 @@ class Workers(_Pool):
         return job
 
     def _work(self) -> None:
-        host = self._host
-        ctl: Control = host._control
-        _handling.set(self)  # this thread's context: stop() from a handler must not wait for its own job
+        host, ctl = self._begin()
         call = host._call
         lock = self._lock
         job: Job | None = None
