@@ -1,15 +1,14 @@
-"""The consumer runner, written once: ``rqueue.asyncio.AsyncConsumer`` on tasks here, and
-``rqueue.Consumer`` on threads in ``rqueue._consumer.threads``, generated from this file by
-``scripts/unasync``.
+"""The consumer runner, written once for asyncio: ``rqueue.asyncio.AsyncConsumer`` (tasks) is
+this source; ``rqueue.Consumer`` (threads) is generated from it by ``scripts/unasync``.
 
-Tasks (threads): one receiver per queue (receive as many messages as there are
-free slots, merged with pending acks in one round trip; long poll when idle), a
-maintainer (flushes acks after a few ms, extends leases) and workers
+One receiver per queue (receive as many messages as there are free slots,
+merged with pending acks in one round trip; long poll when idle), a maintainer
+(flushes acks after a few ms, extends leases) and workers
 (``rqueue._consumer.workers``). What receivers, maintainer and shutdown do is
-written once, I/O-free, in ``rqueue._consumer.programs`` over ``Control``; this
-module runs each program's steps under the runner's lock and does what they
-ask (round trips, waits) outside it. Where threads and tasks differ is in
-``rqueue._consumer.runtime`` (on asyncio the lock does nothing: one thread).
+written once, I/O-free, in ``rqueue._consumer.programs`` over ``Control``; the
+runner runs each program's steps under its lock and does what they ask (round
+trips, waits) outside it. Where threads and tasks differ is in
+``rqueue._consumer.runtime`` (the lock does nothing on asyncio: one thread).
 """
 
 from __future__ import annotations
@@ -117,7 +116,7 @@ class AsyncConsumer(ConsumerBase):
         return self._rt.spawn(name, self._guarded, name, fn, *args)
 
     async def run(self) -> None:
-        """Consume until ``stop()`` or SIGINT/SIGTERM (asyncio: or cancellation), then stop gracefully.
+        """Consume until ``stop()`` or SIGINT/SIGTERM (or, on asyncio, cancellation), then stop gracefully.
 
         A second signal stops at once: unfinished messages come back after
         their visibility timeout. Cancelling the task that awaits ``run()``
@@ -296,5 +295,5 @@ class AsyncConsumer(ConsumerBase):
         return name, reply, error, time.perf_counter() - t0
 
 
-#: The name it had before ``AsyncConsumer``.
+#: The name it had before ``AsyncConsumer``.  # unasync: remove
 Consumer = AsyncConsumer  # unasync: remove
