@@ -6,12 +6,17 @@ check the whole on real servers.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
+import threading
 from typing import Any
 
 import pytest
 
 import rqueue
+import rqueue.asyncio
+from rqueue._consumer import workers
 from rqueue._consumer.control import Control, Gate, Wakes
 from rqueue._consumer.core import Settings
 from rqueue._consumer.flush import Flush
@@ -448,3 +453,65 @@ def test_the_maintainer_program_exits_when_closing() -> None:
     assert cursor.next() == (Ask.WAIT, (Signal.MAINT, None))
     ctl.life.state = State.CLOSING
     assert cursor.next() is None
+
+
+# ---------------------------------------------------------------- the runners (threads generated from tasks)
+
+_OPTIONS = [
+    ("batch_size", 10),
+    ("retry_base", 0.5),
+    ("retry_cap", 60.0),
+    ("flush_interval", 0.005),
+    ("shutdown_timeout", 30.0),
+    ("visibility_timeout", None),
+    ("hooks", ()),
+]
+
+
+@pytest.mark.parametrize(("cls", "concurrency"), [(rqueue.Consumer, 16), (rqueue.asyncio.AsyncConsumer, 100)])
+def test_the_public_constructors_keep_their_signatures(cls: type, concurrency: int) -> None:
+    params = list(inspect.signature(cls).parameters.values())
+    assert [(p.name, p.kind) for p in params[:2]] == [
+        ("queue_or_queues", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("handler", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ]
+    keywords = [(p.name, p.default) for p in params[2:] if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert keywords == [("concurrency", concurrency), *_OPTIONS] and len(params) == 2 + len(keywords)
+    assert rqueue.asyncio.Consumer is rqueue.asyncio.AsyncConsumer
+
+
+def test_inside_a_worker_thread_is_that_thread_only() -> None:
+    """Both runners mark their handlers with one contextvar: on threads it behaves as a thread-local
+    (a thread a handler starts begins with an empty context), so stop() from such a thread waits."""
+    pool = workers.Workers(None, threading.RLock(), 1)
+    seen: dict[str, bool] = {}
+
+    def nested() -> None:
+        seen["thread started by a handler"] = pool.inside()
+
+    def worker() -> None:
+        workers._handling.set(pool)
+        seen["worker"] = pool.inside()
+        t = threading.Thread(target=nested)
+        t.start()
+        t.join()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == {"worker": True, "thread started by a handler": False}
+    assert not pool.inside()
+
+
+async def test_inside_a_worker_task_includes_the_tasks_its_handler_starts() -> None:
+    pool = workers.AsyncWorkers(None, None, 1)
+
+    async def started_by_the_handler() -> bool:
+        return pool.inside()
+
+    async def handler() -> tuple[bool, bool]:
+        workers._handling.set(pool)
+        return pool.inside(), await asyncio.create_task(started_by_the_handler())
+
+    assert await asyncio.create_task(handler()) == (True, True)
+    assert not pool.inside()
