@@ -15,7 +15,7 @@ import redis
 
 from rqueue._consumer import tasks as async_consumer
 from rqueue._consumer import threads as sync_consumer
-from rqueue._consumer.core import Outage
+from rqueue._consumer.lifecycle import Outage
 from rqueue._protocol.keys import prefix_pattern
 
 from .conftest import names_on_every_node, raw_client

@@ -15,7 +15,8 @@ import pytest
 
 import rqueue
 import rqueue.asyncio as rqa
-from rqueue._consumer.core import Backoff, Settings, Tracker
+from rqueue._consumer.core import Backoff, Settings
+from rqueue._consumer.ledger import Ledger
 from rqueue._protocol.keys import prefix_pattern
 
 from .bridge import LoopThread
@@ -466,7 +467,7 @@ def _msg(i: int, rc: int = 1) -> rqueue.Message:
 
 
 def test_tracker_slots_flush_by_count_and_unstarted_release() -> None:
-    t = Tracker(_settings(), [30.0], [None])
+    t = Ledger(_settings(), [30.0], [None])
     assert t.reserve() == 3 and t.free == 1
     jobs = t.received(0, [_msg(1), _msg(2)], 0.0)
     t.unreserve(1)
@@ -485,7 +486,7 @@ def test_tracker_slots_flush_by_count_and_unstarted_release() -> None:
 
 
 def test_tracker_heartbeat_extends_leases_at_half_the_timeout() -> None:
-    t = Tracker(_settings(), [10.0], [None])
+    t = Ledger(_settings(), [10.0], [None])
     (job,) = t.received(0, [_msg(1)], 100.0)
     assert t.heartbeat_in(100.0) == pytest.approx(5.0)
     assert t.heartbeat(104.0) == []
@@ -501,7 +502,7 @@ def test_a_crashed_internal_thread_stops_run_with_an_error(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected bug")
 
-    monkeypatch.setattr(Tracker, "received", broken)
+    monkeypatch.setattr(Ledger, "received", broken)
     client = rqueue.connect(backend_url, prefix=prefix)
     q = client.create_queue("jobs")
     q.send("x")

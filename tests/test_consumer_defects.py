@@ -19,7 +19,9 @@ import pytest
 import rqueue
 import rqueue.asyncio as rqa
 from rqueue._consumer import core
-from rqueue._consumer.core import Flush, Settings, Tracker
+from rqueue._consumer.core import Settings
+from rqueue._consumer.flush import Flush, flush_problems
+from rqueue._consumer.ledger import Ledger
 from rqueue._protocol.keys import QueueKeys, prefix_pattern
 
 from .bridge import LoopThread
@@ -202,7 +204,7 @@ def test_flush_calls_never_raise_and_a_bad_item_goes_alone() -> None:
     f.deletes[0] = [(f"{i}.{i}r", "\udc80" if i == 3 else i) for i in range(1, 6)]
     f.deletes[0] += [(f"{i}.{i}", None) for i in range(10, 2510)]
     f.rejects.append((0, "7.7", 12345))  # type: ignore[arg-type]  # a reason that slipped through unchecked
-    f.rejects.append((1, "8.8", "a dead letter cannot be rejected"))  # the Tracker never does this
+    f.rejects.append((1, "8.8", "a dead letter cannot be rejected"))  # the Ledger never does this
     f.rejects.append((0, "9.9", "fine"))
     f.releases[0] = [f"{i}.{i}" for i in range(3000, 5500)]
     f.retries.append((0, "not a receipt", 1.0))
@@ -214,7 +216,7 @@ def test_flush_calls_never_raise_and_a_bad_item_goes_alone() -> None:
     assert sum(len(c.args) - 1 for c in calls[-3:]) == 2 * 2500
     results: list[Any] = [[True] * 1000, [True] * 1000, [True] * 505, [False]]
     results += [[True] * 1000, [True] * 1000, [True] * 500]
-    assert core.flush_problems(f, results, ["a", "a:dlq"]) == [
+    assert flush_problems(f, results, ["a", "a:dlq"]) == [
         "1 message(s) finished after their lease ended (visibility timeout passed without a heartbeat); "
         "another consumer may process them again"
     ]
@@ -280,7 +282,7 @@ def test_a_crash_in_a_worker_stops_run_with_an_error_at_once(
     q = rig.client.create_queue("jobs", visibility_timeout=30)
     q.send_batch(["x", "y", "z"])
     if where == "finish":
-        monkeypatch.setattr(Tracker, "finish", broken)
+        monkeypatch.setattr(Ledger, "finish", broken)
     else:
         monkeypatch.setattr(rqueue.Consumer if not rig.is_async else rqa.Consumer, "_report", broken)
     ran: list[str] = []
@@ -411,7 +413,7 @@ def test_tracker_lease_has_a_floor_and_is_sent_with_every_extension() -> None:
         visibility_timeout=None,
     )
     assert core.LEASE_FLOOR == 1.0
-    t = Tracker(settings, [0.0, 0.05, 30.0], [None, None, None])
+    t = Ledger(settings, [0.0, 0.05, 30.0], [None, None, None])
     assert t.leases == [1.0, 1.0, 30.0]
     t.received(0, [rqueue.Message("1", {}, {}, "1.1", 1, 0, 0, "q")], 100.0)
     assert t.heartbeat_in(100.0) == pytest.approx(0.5)

@@ -106,3 +106,18 @@ def test_the_layer_table_sees_every_module() -> None:
     assert len(MODULES) > 30
     assert "rqueue._protocol.keys" in GRAPH["rqueue._protocol.operations"]
     assert "rqueue._protocol.errors" in GRAPH["rqueue._protocol.keys"]
+
+
+def test_no_two_classes_share_a_name() -> None:
+    """One name, one class: ``Tracker`` or ``Router`` meaning two things misleads every reader.
+
+    The generated sync twin of an asyncio module (``_sync/x.py`` of ``_async/x.py``) may
+    repeat a name the rewrite leaves alone: it is the same class, written once.
+    """
+    seen: dict[str, list[str]] = {}
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                seen.setdefault(node.name, []).append(name.replace("rqueue._sync.", "rqueue._async."))
+    shared = {cls: sorted(set(where)) for cls, where in seen.items() if len(set(where)) > 1}
+    assert not shared, f"classes sharing a name: {shared}"

@@ -1,6 +1,7 @@
-"""The asyncio client: ``rqueue.asyncio.connect(url)`` -> ``AsyncClient`` -> ``AsyncQueue``.
+"""The client: ``connect(url)`` -> client -> queue handles, for asyncio and sync alike.
 
-The one source of both clients: ``scripts/unasync`` generates the sync client from it."""
+Written once, for asyncio (``rqueue.asyncio.connect``); ``scripts/unasync``
+generates the sync client (``rqueue.connect``) from this file."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from rqueue._protocol.keys import QueueKeys, TopicKeys, check_name, check_prefix
 from rqueue._protocol.operations import Call, Op, Pop
 from rqueue._transport import async_io as io
 from rqueue._transport.backends import Backend, check_options, check_policy, factory_for, mask_url, resolve_url
+from rqueue._transport.concurrency import AsyncThreadLock
 from rqueue._transport.errors import (
     CONNECTION_ERRORS,
     config_refused,
@@ -89,6 +91,7 @@ class AsyncClient:
         self.url = backend.url
         self.prefix = check_prefix(prefix)
         self._listener: AsyncListener | None = None
+        self._listener_lock = AsyncThreadLock()  # two threads' first tracked sends: one listener
         self._waiter = AsyncWaiter(self.redis, self.url, check_max_lanes(max_wait_connections))
         #: Calls beyond the pool's size wait here for a connection instead of failing.
         self._calls = AsyncCallSlots(call_limit(self.redis))
@@ -111,9 +114,15 @@ class AsyncClient:
             return  # CONFIG disabled (managed services): cannot check
         check_policy(policy_from(reply), self.url)
 
+    def _check_open(self) -> None:
+        """A closed client refuses calls, rather than open a new connection nobody closes."""
+        if self._waiter.core.closed:
+            raise self._waiter.core.closed_error()
+
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         """A slot of ``_calls`` for a call other than ``run``'s."""
+        self._check_open()
         if not self._calls.take_now():  # unasync: self._calls.take()
             await self._calls.take()  # unasync: remove
         try:
@@ -130,6 +139,7 @@ class AsyncClient:
 
     async def run(self, call: Call[T]) -> T:
         """Run one script call and parse its reply."""
+        self._check_open()
         slots = self._calls
         if not slots.take_now():  # unasync: slots.take()
             await slots.take()  # unasync: remove
@@ -152,6 +162,7 @@ class AsyncClient:
         a lost connection raises ``rqueue.ConnectionError`` for the whole batch.
         On a cluster, each node owning some of the calls gets its own pipeline.
         """
+        self._check_open()
         if self._routing is not None:
             return await self._run_many_cluster(calls, self._routing)
         pipe = self.redis.pipeline(transaction=False)
@@ -277,14 +288,16 @@ class AsyncClient:
 
     def listener(self) -> AsyncListener:
         """The client's one event listener (started on the first tracked send)."""
-        if self._listener is None:
-            self._listener = AsyncListener(self.redis, self.url)
-        return self._listener
+        self._check_open()
+        with self._listener_lock:
+            if self._listener is None:
+                self._listener = AsyncListener(self.redis, self.url)
+            return self._listener
 
     async def drive(self, flow: Generator[Op, Any, T]) -> T:
         """Run a flow of the core (calls and waits) to its result.
 
-        Cancelled at any await, it settles first what the flow had started
+        Cancelled mid-way (asyncio), it settles first what the flow had started
         (``Call.settle``, ``Pop.settle``): a receive's messages become visible
         again, a request is withdrawn. Then the CancelledError goes on.
         """

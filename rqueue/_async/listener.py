@@ -98,7 +98,10 @@ class AsyncListener:
                     with contextlib.suppress(Exception):  # the listener will notice and resubscribe
                         await self._conn.send("SUBSCRIBE", channel)
             self._background.start()
-        if not await flag.wait(SUBSCRIBE_TIMEOUT):
+        confirmed = await flag.wait(SUBSCRIBE_TIMEOUT)
+        if self._closed:  # closed meanwhile: aclose() set every flag
+            raise ConnectionError("the client is closed")
+        if not confirmed:
             why = self._subs.last_error
             reason = f": {map_error(why, self._url, '')}" if why is not None else ""
             raise ConnectionError(f"cannot subscribe to events at {self._url} within {SUBSCRIBE_TIMEOUT:g} s{reason}")
@@ -169,6 +172,9 @@ class AsyncListener:
         with self._lock:
             self._closed = True
             conn = self._conn
+            waiting = list(self._subs.wanted.values())
+        for flag in waiting:  # a tracked send waiting for its subscription ends now, as 'closed'
+            flag.set()
         if conn is not None:
             conn.interrupt()
         await self._background.stop(HEALTH_INTERVAL * 2 + 1)

@@ -1,4 +1,4 @@
-"""Queue handles of the asyncio client: ``client.queue(name)`` -> ``AsyncQueue``.
+"""Queue handles: ``client.queue(name)``, written once for asyncio and generated for sync.
 
 The handle knows its client only as ``AsyncCalls`` (what it runs calls and
 flows with), so this module needs nothing of ``client`` and no import cycle.

@@ -1,4 +1,4 @@
-"""Topics for the asyncio client: ``client.topic(name)`` -> ``AsyncTopic``."""
+"""Topics: ``client.topic(name)``, written once for asyncio and generated for sync."""
 
 from __future__ import annotations
 

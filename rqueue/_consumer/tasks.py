@@ -1,52 +1,69 @@
-"""``rqueue.asyncio.Consumer``: async handlers as tasks on one event loop.
+"""The consumer runner, written once for asyncio: ``rqueue.asyncio.AsyncConsumer`` (tasks) is
+this source; ``rqueue.Consumer`` (threads) is generated from it by ``scripts/unasync``.
 
-The same design as the thread consumer (``rqueue._consumer.threads``), on tasks: one
-receiver per queue, a maintainer (ack flush after a few ms, lease
-extension) and up to ``concurrency`` worker tasks pulling jobs from one
-deque (no task per message: a handler that never suspends costs a
-coroutine call, and a worker wakes one helper only when more work waits).
-Slots are the Tracker's count. All state lives in the shared I/O-free
-``Tracker``.
+One receiver per queue (receive as many messages as there are free slots,
+merged with pending acks in one round trip; long poll when idle), a maintainer
+(flushes acks after a few ms, extends leases) and workers
+(``rqueue._consumer.workers``). What receivers, maintainer and shutdown do is
+written once, I/O-free, in ``rqueue._consumer.programs`` over ``Control``; the
+runner runs each program's steps under its lock and does what they ask (round
+trips, waits) outside it. Where threads and tasks differ is in
+``rqueue._consumer.runtime`` (the lock does nothing on asyncio: one thread).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import contextvars
-import logging
-import signal
-import threading
+import functools
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from rqueue._async.client import AsyncClient, AsyncQueue
-from rqueue._consumer.core import Flush, Job, Outage, Tracker, flush_problems, setup
+from rqueue._consumer.base import ConsumerBase
+from rqueue._consumer.control import RECEIVE_BACKOFF, Wakes
+from rqueue._consumer.core import setup
 from rqueue._consumer.handlers import Router
-from rqueue._consumer.metrics import HandlerResult, Hook, Outcome, emit
-from rqueue._protocol import operations as _core
-from rqueue._protocol.errors import ConnectionError, InvalidParameter
-from rqueue._protocol.operations import Call
+from rqueue._consumer.ledger import Job
+from rqueue._consumer.lifecycle import Outage, Then
+from rqueue._consumer.metrics import Hook
+from rqueue._consumer.programs import (
+    JOIN_TIMEOUT,
+    Ask,
+    Cursor,
+    Join,
+    Program,
+    Signal,
+    Until,
+    maintain,
+    receive,
+    shutdown,
+)
+from rqueue._consumer.runtime import (
+    AsyncCancelled,
+    AsyncHandle,
+    AsyncPause,
+    AsyncRLock,
+    AsyncRuntime,
+    AsyncStopper,
+    AsyncWakeup,
+)
+from rqueue._consumer.workers import AsyncWorkers
 
-log = logging.getLogger("rqueue.consumer")
 
-JOIN_TIMEOUT = 10.0
+class AsyncConsumer(ConsumerBase):
+    """Run ``handler`` for every message of one or more queues: ``rqueue.Consumer`` runs a sync
+    handler on threads, ``rqueue.asyncio.AsyncConsumer`` an async one on tasks.
 
-#: The consumer whose handler runs in this task (and in tasks a handler starts): its stop()
-#: must not wait for its own job.
-_handling: contextvars.ContextVar[Consumer | None] = contextvars.ContextVar("rqueue_handling", default=None)
+    consumer = rqueue.Consumer(q, handler, concurrency=16, batch_size=10)
+    consumer.run()   # blocks; SIGINT/SIGTERM stop it gracefully, a second one at once
 
-
-class Consumer:
-    """Run an async ``handler`` for every message of one or more queues.
-
-    consumer = rqueue.asyncio.Consumer(q, handler, concurrency=100, batch_size=10)
-    await consumer.run()   # until stop() or SIGINT/SIGTERM (a second one stops at once)
-
-    or ``async with consumer: ...`` to run it beside other work. Outcomes,
-    retries and options are those of ``rqueue.Consumer``.
+    On asyncio, start(), run() and stop() are coroutines, concurrency is 100 unless
+    given, and the consumer is an async context manager (to run it beside other work).
+    Returning acknowledges (deletes) the message; raising retries it after an
+    exponential backoff with full jitter (``retry_base`` doubling up to
+    ``retry_cap`` seconds) until the queue's ``max_receive_count``, when it is
+    dead-lettered with the error; raising ``rqueue.Reject`` dead-letters it
+    at once. ``hooks`` receive a ``HandlerResult`` per message (metrics).
     """
 
     def __init__(
@@ -54,7 +71,7 @@ class Consumer:
         queue_or_queues: AsyncQueue | Sequence[AsyncQueue],
         handler: Callable[..., Any] | Router,
         *,
-        concurrency: int = 100,
+        concurrency: int = 100,  # unasync: concurrency: int = 16,
         batch_size: int = 10,
         retry_base: float = 0.5,
         retry_cap: float = 60.0,
@@ -63,508 +80,220 @@ class Consumer:
         visibility_timeout: float | None = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
-        parts = setup(
-            queue_or_queues,
-            handler,
-            kind=AsyncQueue,
-            async_handlers=True,
-            wrong_handlers="rqueue.asyncio.Consumer runs async handlers; use rqueue.Consumer for sync ones",
-            hooks=hooks,
-            concurrency=concurrency,
-            batch_size=batch_size,
-            retry_base=retry_base,
-            retry_cap=retry_cap,
-            flush_interval=flush_interval,
-            shutdown_timeout=shutdown_timeout,
-            visibility_timeout=visibility_timeout,
-        )
+        options = (concurrency, batch_size, retry_base, retry_cap, flush_interval, shutdown_timeout, visibility_timeout)
+        parts = setup(queue_or_queues, handler, AsyncQueue, AsyncRuntime.COROUTINES, hooks, options)
+        lock = self._lock = AsyncRLock()  # program steps, taking and finishing jobs (threads)
+        self._slot = AsyncWakeup(lock)  # slots freed, a receiver's turn, stop requested
+        self._maint = AsyncWakeup(lock)  # the maintainer must look
+        workers = self._workers = AsyncWorkers(self, lock, parts.settings.concurrency)
+        wakes = Wakes(self._slot.notify, self._maint.notify, workers.wake, self._halted, self._closing, workers.stalled)
+        super().__init__(parts, wakes)
         self.queues: list[AsyncQueue] = parts.queues
         self._client: AsyncClient = parts.client
-        self.settings = parts.settings
-        self._resolve = parts.resolve
-        self._hooks = parts.hooks
-        self._keys = parts.keys
-        self._names = parts.names
-        self._tracker: Tracker | None = None
-        self._work: collections.deque[Job] = collections.deque()
-        self._workers: set[asyncio.Task[None]] = set()
-        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._waking = False  # a worker was woken or started and has not run yet
-        self._receivers: list[asyncio.Task[None]] = []
-        self._waiting: dict[int, asyncio.Future[bool]] = {}
-        self._maintainer: asyncio.Task[None] | None = None
-        self._slot = asyncio.Event()
-        self._maint = asyncio.Event()
-        self._maint_wake_at = 0.0
-        self._halting = False
-        self._maint_exit = False
-        self._abort = False
-        self._stop_requested = asyncio.Event()  # by anyone: stop(), a signal, a handler, a crash
-        self._stop_asked = False  # by stop() from outside a handler, a signal or a cancellation: next one aborts
-        self._in_run = False  # run() is waiting and will shut down
-        self._stopping: asyncio.Future[None] | None = None  # the shutdown, in a task of its own
-        self._done = asyncio.Event()
-        self._halt_event = asyncio.Event()  # set when stopping: receivers' backoffs end at once
-        self._exit_event = asyncio.Event()  # set when the maintainer must exit: its backoff ends
-        self._outage = Outage()
-        self._poked: set[int] = set()
-        self._crashed: BaseException | None = None
-        self._crash_raised = False
+        self._halt_event = AsyncPause()  # stop requested: run() returns, receivers' backoffs end
+        self._exit_event = AsyncPause()  # the maintainer exits: its backoff ends at once
+        self._done = AsyncPause()  # the shutdown is over
+        self._stopper = AsyncStopper(self._shutdown, self._claim, self._request_stop, self._done)
+        self._rt = AsyncRuntime()
+        self._unblockers: dict[int, Callable[[], None]] = {}  # receivers' long polls under way
+        self._receivers: list[AsyncHandle] = []
+        self._maintainer: AsyncHandle | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Start the receiver and maintainer tasks; returns at once."""
-        if self._tracker is not None:
-            raise InvalidParameter("this consumer was already started; make a new one")
-        attrs = [await q.attributes() for q in self.queues]
-        vt = self.settings.visibility_timeout
-        vts = [vt if vt is not None else a.visibility_timeout for a in attrs]
-        self._tracker = Tracker(
-            self.settings, vts, [a.max_receive_count for a in attrs], [k.is_dlq for k in self._keys]
-        )
-        self._maintainer = asyncio.create_task(self._guarded(self._maintain()), name="rqueue-maintainer")
-        for qi, name in enumerate(self._names):
-            self._receivers.append(
-                asyncio.create_task(self._guarded(self._receive_loop(qi)), name=f"rqueue-receiver-{name}")
-            )
-        log.info("consuming %s with up to %d tasks", ", ".join(self._names), self.settings.concurrency)
+        """Start the receivers and the maintainer; returns at once."""
+        self._check_new()
+        attrs = [await q.attributes() for q in self.queues]  # also: QueueDoesNotExist early
+        backoffs = [Outage(*RECEIVE_BACKOFF) for _ in attrs]
+        with self._lock:
+            ctl = self._open(attrs, backoffs, AsyncRuntime.KIND + "s", AsyncWorkers.STALL)
+        self._maintainer = self._spawn("rqueue-maintainer", self._drive, maintain(ctl))
+        for qi, name in enumerate(self._setup.names):
+            self._receivers.append(self._spawn(f"rqueue-receiver-{name}", self._drive, receive(ctl, qi)))
+
+    def _spawn(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any) -> AsyncHandle:
+        return self._rt.spawn(name, self._guarded, name, fn, *args)
 
     async def run(self) -> None:
-        """Consume until ``stop()``, SIGINT/SIGTERM or cancellation, then stop gracefully.
+        """Consume until ``stop()`` or SIGINT/SIGTERM (or, on asyncio, cancellation), then stop gracefully.
 
-        Cancelling the task that awaits ``run()`` (``asyncio.timeout``, a
-        TaskGroup, ``task.cancel()``) stops it as ``stop()`` does, then the
-        CancelledError propagates; a second cancellation meanwhile stops at
-        once (as a second signal). If one of the consumer's own tasks dies of
-        a bug, it stops gracefully too and ``run()`` raises RuntimeError.
+        A second signal stops at once: unfinished messages come back after
+        their visibility timeout. Cancelling the task that awaits ``run()``
+        stops it as ``stop()`` does, then the CancelledError propagates; a
+        second cancellation meanwhile stops at once. If one of the consumer's
+        own threads or tasks dies of a bug, it stops gracefully too and
+        ``run()`` raises RuntimeError, so a worker process exits non-zero.
         """
-        self._in_run = True  # before any task starts: a crash leaves the shutdown to run()
+        self._life.in_run = True  # before anything starts: a crash leaves the shutdown to run()
         await self.start()
-        loop = asyncio.get_running_loop()
-        installed: list[int] = []
-        if threading.current_thread() is threading.main_thread():
-            for sig in (int(signal.SIGINT), int(signal.SIGTERM)):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, self._on_signal, sig)
-                    installed.append(sig)
-        cancelled: asyncio.CancelledError | None = None
+        restore = self._rt.install_signals(self._signalled)
+        cancelled: AsyncCancelled | None = None
         try:
             try:
-                await self._stop_requested.wait()
-            except asyncio.CancelledError as e:
+                await self._halt_event.wait()
+            except AsyncCancelled as e:  # threads are not cancelled
                 cancelled = e
-                self._request_stop(outside=True)
-            cancelled = await self._stopped() or cancelled
+                self._request_stop()
+            cancelled = await self._stopper.wait() or cancelled
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            restore()
+        self._raise(cancelled)
+
+    def _raise(self, cancelled: AsyncCancelled | None) -> None:
+        """Once stopped: a cancellation of the caller, else an internal crash (RuntimeError, once)."""
         if cancelled is not None:
             raise cancelled
-        self._raise_if_crashed()
+        with self._lock:
+            self._life.raise_crash(AsyncRuntime.KIND)
 
-    def _shutdown_task(self) -> asyncio.Future[None]:
-        """The shutdown, started once in a task of its own: cancelling a caller cannot cut it short."""
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._shutdown())
-        return self._stopping
-
-    async def _stopped(self) -> asyncio.CancelledError | None:
-        """Wait until the consumer has stopped; a cancellation meanwhile counts as a stop request
-        (the second one stops at once) and is returned, for the caller to raise once stopped."""
-        task = self._shutdown_task()
-        cancelled: asyncio.CancelledError | None = None
-        while True:
-            try:
-                await asyncio.shield(task)
-                return cancelled
-            except asyncio.CancelledError as e:
-                cancelled = cancelled or e
-                if task.done():
-                    return cancelled
-                self._request_stop(outside=True)
-
-    def _raise_if_crashed(self) -> None:
-        """The crash of an internal task as RuntimeError, raised once (by run() or stop())."""
-        if self._crashed is not None and not self._crash_raised:
-            self._crash_raised = True
-            raise RuntimeError(f"consumer stopped: an internal task crashed: {self._crashed!r}") from self._crashed
-
-    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run a receiver, the maintainer or a worker; a crash stops the consumer instead of leaving it idle."""
         try:
-            await work
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-            raise  # asyncio lets these end the loop: not ours to turn into a stop
-        except BaseException as e:
-            log.critical("consumer task crashed; stopping", exc_info=e)
-            self._crash(e)
-            self._stop_in_background()
+            await fn(*args)
+        except BaseException as e:  # noqa: BLE001 - logged by _crashed; the consumer stops
+            AsyncRuntime.loop_exit(e)  # unasync: remove
+            with self._lock:
+                then = self._crashed(e, f"{AsyncRuntime.KIND} {name}")
+            if then is Then.BACKGROUND:  # started with start(): nobody waits in run() to stop it
+                self._stopper.start()
 
-    def _crash(self, e: BaseException) -> None:
-        """An internal task died of ``e``: stop at once receiving and starting jobs."""
-        if self._crashed is None:
-            self._crashed = e
-        self._request_stop(outside=False)
+    def _request_stop(self) -> None:
+        """A cancellation of run() or stop(): a stop request from outside."""
+        self._life.request_stop(outside=True)
+        self._halted()
 
-    def _stop_in_background(self) -> None:
-        """Shut down in a task of its own unless run() (or a shutdown already under way) will."""
-        if not self._in_run:
-            self._shutdown_task()
-
-    def _request_stop(self, *, outside: bool) -> None:
-        """Record a stop request: no more receiving or starting jobs from now on; the shutdown
-        does the rest. A second one from outside a handler stops at once."""
-        if self._stop_asked and outside:
-            self._abort = True
-        self._stop_asked = self._stop_asked or outside
-        self._stop_requested.set()
-        self._halting = True
+    def _halted(self) -> None:
+        """A stop was requested (lock held): whoever waits must look (run(), receivers, workers)."""
         self._halt_event.set()
-        self._slot.set()
+        self._slot.notify()
+        self._workers.halted()
+
+    def _closing(self) -> None:
+        """Workers and the maintainer exit (lock held)."""
+        self._exit_event.set()
+        self._maint.notify()
+        self._workers.closing()
+
+    def _claim(self) -> bool:
+        with self._lock:
+            return self._life.claim_shutdown()
 
     async def stop(self) -> None:
-        """Stop gracefully (see ``rqueue.Consumer.stop``); again while stopping: at once.
+        """Stop gracefully: no more receiving; unstarted messages visible again at once
+        (one call per queue); in-flight ones finish within ``shutdown_timeout`` and are
+        acknowledged. Calling it again while stopping stops at once.
 
         From inside a handler (or a task it started) it returns at once: the
-        consumer stops in the background and that handler's message is
-        acknowledged when it returns. If an internal task crashed, raises
-        RuntimeError (as ``run()`` does) once stopped.
+        consumer stops in the background, and that handler's message is
+        acknowledged when it returns. If an internal thread or task crashed,
+        raises RuntimeError (as ``run()`` does) once stopped.
         """
-        inside = _handling.get() is self
-        self._request_stop(outside=not inside)
-        if self._tracker is None:
-            return
-        if inside:
-            self._stop_in_background()
-            return
-        cancelled = await self._stopped()
-        if cancelled is not None:
-            raise cancelled
-        self._raise_if_crashed()
+        with self._lock:
+            then = self._stop_request(inside=self._workers.inside())
+        if then is Then.BACKGROUND:
+            self._stopper.start()
+        elif then is Then.SHUTDOWN:
+            self._raise(await self._stopper.wait())  # or waits for the one under way
 
-    async def __aenter__(self) -> Consumer:
+    async def __aenter__(self) -> AsyncConsumer:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _on_signal(self, signum: int) -> None:
-        if self._stop_asked:
-            log.warning("signal %d again: stopping now; unfinished messages return after their timeout", signum)
-        else:
-            log.info("signal %d: stopping gracefully (send it again to stop now)", signum)
-        self._request_stop(outside=True)
+    def _signalled(self, signum: int, *frame: object) -> None:
+        with self._lock:
+            self._on_signal(signum)
 
     async def _shutdown(self) -> None:
-        """Stop: halt receivers, release unstarted jobs, let running ones finish, send the rest.
-        Runs once, in its own task (``_shutdown_task``)."""
-        tracker = self._tracker
-        assert tracker is not None
+        """Stop (``programs.shutdown``); runs once (``AsyncStopper``)."""
+        ctl = self._control
+        assert ctl is not None
         try:
-            self._halting = True
-            self._halt_event.set()
-            self._slot.set()
-            for qi in list(self._waiting):
-                self._poke(qi)
-            await asyncio.wait(self._receivers, timeout=JOIN_TIMEOUT)
-            release = tracker.take_unstarted()
-            self._work.clear()
-            if release:
-                await self._send_once(release)
-            deadline = time.monotonic() + self.settings.shutdown_timeout
-            while not self._abort and tracker.jobs:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.warning("%d message(s) still running at the shutdown deadline", len(tracker.jobs))
-                    break
-                self._slot.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot.wait(), left)
-            for task in self._workers:
-                task.cancel()  # idle, or abort/deadline: their messages come back after the timeout
-            if self._workers:
-                await asyncio.wait(self._workers, timeout=JOIN_TIMEOUT)
-            self._maint_exit = True
-            self._exit_event.set()
-            self._maint.set()
-            if self._maintainer is not None:
-                await asyncio.wait([self._maintainer], timeout=JOIN_TIMEOUT)
-            final = tracker.take()
-            if final:
-                await self._send_once(final)
-            log.info("stopped")
+            await self._drive(shutdown(ctl))
         finally:
             self._done.set()
 
-    # ------------------------------------------------------------ round trips
+    # ------------------------------------------------------------ programs
 
-    @staticmethod
-    async def _pause(seconds: float, until: asyncio.Event) -> None:
-        """Back off ``seconds``, or less if ``until`` is set (stopping must not wait out a backoff)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(until.wait(), seconds)
-
-    async def _exchange(self, flush: Flush, tail: list[Call[Any]], pause: asyncio.Event) -> list[Any] | None:
-        """Send ``flush`` and run ``tail`` in one round trip; None if the server is unreachable.
-
-        The one place acks (with their replies) leave the consumer.
-        """
-        calls = flush.calls(self._keys) + tail
-        if not calls:
-            return []
-        try:
-            results = await self._client.run_many(calls)
-        except BaseException as e:
-            assert self._tracker is not None
-            self._tracker.give_back(flush, time.monotonic())  # a crash stops us: the shutdown sends it
-            if not isinstance(e, ConnectionError):
-                raise
-            delay, starts = self._outage.failed()
-            if starts:
-                log.warning("lost the server (%s); retrying with backoff until it is back", e)
-            await self._pause(delay, pause)
-            return None
-        lasted = self._outage.ok()
-        if lasted is not None:
-            log.warning("server reachable again after %.1f s", lasted)
-        n = len(results) - len(tail)
-        if flush:
-            for line in flush_problems(flush, results[:n], self._names):
-                log.warning("%s", line)
-            for qi in {qi for qi, _r, _s in flush.retries}:
-                self._poke(qi)
-        return results[n:]
-
-    def _poke(self, qi: int) -> None:
-        """End queue ``qi``'s long poll (a retry may be visible sooner, or we are stopping)."""
-        self._poked.add(qi)
-        w = self._waiting.get(qi)
-        if w is not None:
-            w.cancel()
-
-    async def _send_once(self, flush: Flush) -> None:
-        try:
-            results = await self._client.run_many(flush.calls(self._keys))
-        except Exception as e:  # noqa: BLE001 - stopping goes on
-            log.warning("could not reach the server while stopping (%s); those messages return after their timeout", e)
-            return
-        for line in flush_problems(flush, results, self._names):
-            log.warning("%s", line)
-
-    # ------------------------------------------------------------ receivers
-
-    async def _receive_loop(self, qi: int) -> None:
-        tracker = self._tracker
-        assert tracker is not None
-        keys = self._keys[qi]
-        lease = tracker.leases[qi]
-        errors = Outage(first=0.5, cap=30.0)
-        me = asyncio.current_task()
-        assert me is not None
-        wait: asyncio.Future[bool] | None = None
-        token = False  # woke on a wake-up token (a send's) that no receive has used yet
-        while True:
-            gather_until = None
-            while not self._halting and tracker.free < tracker.want:
-                self._slot.clear()
-                if tracker.free == 0:
-                    if token:
-                        break  # no slot for it: hand the wake-up on first (below)
-                    await self._slot.wait()
+    async def _drive(self, program: Program) -> None:
+        """Run ``program``: its steps under the lock, what it asks for outside it (a WAIT lets go
+        of the lock while it waits); a result goes back in, an exception is thrown in."""
+        lock = self._lock
+        cursor = Cursor(program)
+        with lock:
+            while (step := cursor.next()) is not None:
+                ask, arg = step
+                if ask is Ask.WAIT:
+                    await (self._slot if arg[0] is Signal.SLOTS else self._maint).wait(arg[1])
                     continue
-                if tracker.pending_count >= self.settings.batch_size:
-                    break  # a batch of acks waits: carry it now
-                # Some slots are free: wait a moment for more, so one round trip carries a batch.
-                now = time.monotonic()
-                gather_until = gather_until or now + self.settings.flush_interval
-                if now >= gather_until:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot.wait(), gather_until - now)
-            if token and (self._halting or tracker.free == 0):
-                # Another consumer's receiver long-polling this queue gets it now (one spurious
-                # wake-up at worst).
-                token = False
-                await self._client.hand_on(keys.wake)
-                continue
-            if self._halting:
-                return
-            token = False
-            n = tracker.reserve()
-            self._poked.discard(qi)
-            tracker.receiving += 1
-            try:
-                got = await self._exchange(tracker.take(), [_core.receive(keys, n, lease)], self._halt_event)
-            finally:
-                tracker.receiving -= 1
-            result = got[0] if got else None
-            if not isinstance(result, tuple):
-                tracker.unreserve(n)
-                self._slot.set()
-                if isinstance(result, Exception):
-                    delay, starts = errors.failed()
-                    if starts:
-                        log.error("queue %r: receive failed: %s; retrying with backoff", keys.name, result)
-                    await self._pause(delay, self._halt_event)
-                continue
-            if errors.ok() is not None:
-                log.warning("queue %r: receiving again", keys.name)
-            messages, next_ms, notify = result
-            if notify is not None:  # requests this receive dead-lettered: tell their senders
+                lock.release()
                 try:
-                    await self._client.run(notify)
-                except Exception as e:  # noqa: BLE001 - best effort: must not cost the messages just received
-                    log.warning("could not tell senders about dead-lettered requests (%s); they time out instead", e)
-            tracker.unreserve(n - len(messages))
-            if len(messages) < n:
-                self._slot.set()  # slots this receiver did not fill
-            if messages:
-                now = time.monotonic()
-                self._work.extend(tracker.received(qi, messages, now))
-                self._wake()
-                due = tracker.heartbeat_in(now)
-                if due is not None and now + due < self._maint_wake_at:
-                    self._maint.set()
-                continue
-            if next_ms == 0:
-                continue
-            if self._halting:
-                return
-            if qi in self._poked:
-                continue
-            timeout = _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
-            wait = self._waiting[qi] = asyncio.ensure_future(self._client.wait(keys.wake, timeout))
-            try:
-                token = await wait
-            except asyncio.CancelledError:
-                if not wait.cancelled() or me.cancelling():
-                    raise  # the receiver itself is cancelled, not just its wait
-            except ConnectionError as e:
-                delay, starts = self._outage.failed()
-                if starts:
-                    log.warning("lost the server (%s); retrying with backoff until it is back", e)
-                await self._pause(delay, self._halt_event)
-            finally:
-                self._waiting.pop(qi, None)
+                    cursor.result = await self._do(ask, arg)
+                except BaseException as e:  # noqa: BLE001 - the program decides (it re-raises what it cannot handle)
+                    cursor.error = e
+                finally:
+                    lock.acquire()
+
+    async def _do(self, ask: Ask, arg: Any) -> Any:
+        """One thing a program asks for, done without the lock."""
+        match ask:
+            case Ask.EXCHANGE:
+                calls = self._control.calls(*arg) if self._control is not None else []
+                return await self._client.run_many(calls) if calls else []
+            case Ask.CLIENT:
+                return await getattr(self._client, arg[0])(arg[1])
+            case Ask.LONG_POLL:
+                return await self._long_poll(*arg)
+            case Ask.PAUSE:
+                await (self._halt_event if arg[0] is Until.HALT else self._exit_event).wait(arg[1])
+            case Ask.UNBLOCK:
+                with self._lock:
+                    unblockers = [u for qi, u in self._unblockers.items() if arg is None or qi in arg]
+                for unblock in unblockers:
+                    unblock()
+            case Ask.JOIN:
+                handles: Sequence[AsyncHandle | None] = self._receivers
+                if arg is not Join.RECEIVERS:
+                    handles = [self._maintainer] if arg is Join.MAINTAINER else self._workers.cancel()
+                await self._rt.join(handles, JOIN_TIMEOUT)
+
+    async def _long_poll(self, qi: int, timeout: float) -> bool:
+        """Wait for a send's wake-up on queue ``qi``; True if one came (a token to use or hand on)."""
+        try:
+            on_block = functools.partial(self._on_block, qi)
+            return await self._client.wait(self._setup.keys[qi].wake, timeout, on_block=on_block)
+        finally:
+            with self._lock:
+                self._unblockers.pop(qi, None)
+
+    def _on_block(self, qi: int, unblock: Callable[[], None]) -> None:
+        """The long poll of queue ``qi`` is registered: keep what ends it, or end it now (stopping, poked)."""
+        with self._lock:
+            if self._control is not None and self._control.may_wait(qi):
+                self._unblockers[qi] = unblock
+            else:
+                unblock()
 
     # ------------------------------------------------------------ handlers
 
-    def _wake(self) -> None:
-        """Make sure a worker will look at the work soon: wake an idle one or start one.
-
-        At most one wake-up is outstanding: the woken worker wakes the next
-        only if work is left when it takes a job, so a batch of handlers that
-        never suspend runs on one worker with one wake-up.
-        """
-        if self._waking:
-            return
-        if self._idle:
-            self._waking = True
-            self._idle.popleft().set_result(None)
-        elif len(self._workers) < self.settings.concurrency:
-            self._waking = True
-            task = asyncio.create_task(self._guarded(self._worker()), name="rqueue-worker")
-            self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
-
-    async def _worker(self) -> None:
-        _handling.set(self)  # this task's context (and its handlers' tasks): stop() must not wait for it
-        loop = asyncio.get_running_loop()
-        work = self._work
-        job: Job | None = None
-        try:
-            while True:
-                self._waking = False
-                while work and not self._halting:
-                    job = work.popleft()
-                    job.started = True
-                    if work:
-                        self._wake()  # a helper, in case this handler suspends
-                    await self._process(job)
-                job = None
-                idle = loop.create_future()
-                self._idle.append(idle)
-                await idle
-        except Exception as e:  # the consumer's own bug, not a handler's: stop the consumer
-            self._crash(e)
-            if job is not None and self._tracker is not None:
-                self._tracker.forget(job)  # held by a dead task: the shutdown must not wait for it
-                self._slot.set()
-            raise
-
-    async def _process(self, job: Job) -> None:
-        tracker = self._tracker
-        assert tracker is not None
+    async def _call(self, job: Job) -> tuple[str, Any, BaseException | None, float]:
+        """Run the handler of ``job``: (handler name, reply, error, seconds)."""
         name = ""
         reply: Any = None
         error: BaseException | None = None
         t0 = time.perf_counter()
         try:
-            handler = self._resolve(job.message)
+            handler = self._setup.resolve(job.message)
             name = handler.name
             reply = await handler.fn(handler.argument(job.message))
-        except asyncio.CancelledError as e:
-            me = asyncio.current_task()
-            if me is None or me.cancelling():
-                raise  # this worker is cancelled (stopping at once): the message comes back after its timeout
-            error = e  # an inner task's cancellation escaped the handler: a failure like any other
-        except Exception as e:  # noqa: BLE001 - every failure is the message's outcome
+        except BaseException as e:  # noqa: BLE001 - every failure is the message's outcome
+            AsyncRuntime.handler_escape(e)  # unasync: remove
             error = e
-        seconds = time.perf_counter() - t0
-        now = time.monotonic()
-        decision = tracker.finish(job, reply, error, now)
-        self._slot.set()
-        if decision.flush_now:
-            due = tracker.flush_in(now)
-            if due is not None and now + due < self._maint_wake_at:
-                self._maint.set()
-        if error is not None or self._hooks:
-            self._report(job, name, decision.outcome, seconds, error)
+        return name, reply, error, time.perf_counter() - t0
 
-    def _report(self, job: Job, handler: str, outcome: Outcome, seconds: float, error: BaseException | None) -> None:
-        if error is not None:
-            m = job.message
-            log.warning(
-                "handler %s failed on message %s of %r (receive %d): %s",
-                handler or "?",
-                m.id,
-                m.queue,
-                m.receive_count,
-                outcome.replace("_", "-"),
-                exc_info=error if outcome != "rejected" else None,
-            )
-        if self._hooks:
-            emit(self._hooks, HandlerResult(job.message.queue, handler, outcome, seconds, job.message.id, error))
 
-    # ------------------------------------------------------------ maintainer
-
-    async def _maintain(self) -> None:
-        tracker = self._tracker
-        assert tracker is not None
-        while True:
-            while True:
-                if self._maint_exit:
-                    return
-                now = time.monotonic()
-                f = tracker.flush_in(now)
-                h = tracker.heartbeat_in(now)
-                if f == 0 or h == 0:
-                    break
-                waits = [x for x in (f, h) if x is not None]
-                timeout = min(waits) if waits else None
-                self._maint_wake_at = now + timeout if timeout is not None else float("inf")
-                self._maint.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._maint.wait(), timeout)
-            self._maint_wake_at = 0.0
-            flush = tracker.take() if f == 0 else Flush()
-            due = tracker.heartbeat(now) if h == 0 else []
-            got = await self._exchange(flush, tracker.heartbeat_calls(self._keys, due), self._exit_event)
-            if got is None:
-                tracker.heartbeat_failed(due, time.monotonic())
-                continue
-            lost = sum(r.count(False) for r in got if isinstance(r, list))
-            if lost:
-                log.warning("%d message(s) lost their lease before the heartbeat (visibility timeout too short?)", lost)
+#: The name it had before ``AsyncConsumer``.  # unasync: remove
+Consumer = AsyncConsumer  # unasync: remove

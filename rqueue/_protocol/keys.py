@@ -110,7 +110,7 @@ class QueueKeys:
     @property
     def pattern(self) -> str:
         """A SCAN MATCH pattern for every key of this queue (and of its dead-letter queue)."""
-        return self.base + ":*"
+        return glob_escape(self.base) + ":*"
 
     def own(self) -> list[str]:
         """Every key of this one queue except the shared seq."""
@@ -148,7 +148,7 @@ class TopicKeys:
     @property
     def subscriptions_pattern(self) -> str:
         """A SCAN MATCH pattern for every key of every subscription of this topic."""
-        return self.base + ":sub:*"
+        return glob_escape(self.base) + ":sub:*"
 
     def subscription(self, name: str) -> QueueKeys:
         """The queue keys of subscription ``name``."""
@@ -160,6 +160,11 @@ def registry(prefix: str) -> str:
     return f"{prefix}:queues"
 
 
+def glob_escape(text: str) -> str:
+    """``text`` matching only itself in a SCAN MATCH pattern (a prefix may hold ``*?[]``)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 def is_wake_key(key: str) -> bool:
     """Whether ``key`` is a queue's wake-up list (``QueueKeys.wake``), not a request's reply list."""
     return key.endswith(_WAKE_SUFFIX)
@@ -167,9 +172,9 @@ def is_wake_key(key: str) -> bool:
 
 def prefix_pattern(prefix: str) -> str:
     """A SCAN MATCH pattern for every key under ``prefix`` (how tools and tests find them all)."""
-    return f"{prefix}:*"
+    return f"{glob_escape(prefix)}:*"
 
 
 def reply_pattern(prefix: str) -> str:
     """A SCAN MATCH pattern for the reply lists of every queue under ``prefix``."""
-    return f"{prefix}:*:reply:*"
+    return f"{glob_escape(prefix)}:*:reply:*"
