@@ -1,13 +1,13 @@
 """The driver of one lane: runs its BLPOPs in the thread or task of whichever
-waiter drives it (see ``rqueue._async.waiter``), written once for both sides.
+waiter drives it (see the waiter module), written once for both sides.
 
-The asyncio driver is the source: ``scripts/unasync`` generates the sync one
+Written for asyncio; ``scripts/unasync`` generates the thread one
 (``rqueue._sync.lane_driver``). Every decision is in the I/O-free core
 (``lanes.Lanes``, ``blpop.Watch``). How the driver waits for the BLPOP's answer
-is what threads and tasks do differently: a thread reads the connection itself,
-on a selector that a socketpair pokes (``lane_sync.LaneLink``); on asyncio a
-reader task puts each answer into a future, so a cancelled driver leaves it to
-the next one (``lane_async.AsyncLaneLink``).
+is what threads and tasks do differently, in ``rqueue._transport.lane_*``: a
+thread reads the connection itself, on a selector that a socketpair pokes; on
+asyncio a reader task puts each answer into a future, so a cancelled driver
+leaves it to the next one.
 """
 
 from __future__ import annotations

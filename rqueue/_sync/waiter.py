@@ -3,8 +3,8 @@
 
 The asyncio waiter is the source: ``scripts/unasync`` generates the sync one
 (``rqueue._sync.waiter``). The bookkeeping is in ``rqueue._transport.lanes``
-(no I/O), the lanes' driver in ``rqueue._sync.lane_driver`` (generated too), what
-tasks and threads do differently in ``lane_sync`` and ``lane_sync``.
+(no I/O), the lanes' driver in the ``lane_driver`` module beside this one (generated
+too), what tasks and threads do differently in ``rqueue._transport.lane_*``.
 
 Why: a long poll, or a request waiting for its reply, used to hold a pool
 connection each, so about a hundred waiters exhausted redis-py's pool and the
