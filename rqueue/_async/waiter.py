@@ -51,7 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rqueue._async.lane_driver import AsyncLaneDriver
 from rqueue._transport import lane_async as lane_io
-from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, GRACE, Lanes, Wait, connection_maker, unbounded
+from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, GRACE, Lanes, LaneWait, connection_maker, unbounded
 
 
 class _AsyncNode:
@@ -176,7 +176,7 @@ class AsyncWaiter:
             await node.probe()
         return name, slot, node
 
-    async def join(self, key: str, timeout: float, pop: bool) -> Wait:
+    async def join(self, key: str, timeout: float, pop: bool) -> LaneWait:
         """Start a wait on ``key`` (``pop``: for the value pushed on it); nothing
         is awaited once it is registered."""
         if os.getpid() != self._pid:  # forked: the parent's lanes (and lock holders) are not this process's
@@ -187,7 +187,7 @@ class AsyncWaiter:
         name, slot, node = await self._node(key)
         lane_io.honour_cancel()  # unasync: remove
         now = time.monotonic()
-        w = Wait(key, now + timeout, pop, lane_io.new_handle())
+        w = LaneWait(key, now + timeout, pop, lane_io.new_handle())
         with self.lock:
             idle = self.core.reap(now)
             lane, new = self.core.place(w, name, slot, bool(node.can_unblock))
@@ -200,7 +200,7 @@ class AsyncWaiter:
             lane.runner.poke()
         return w
 
-    async def result(self, w: Wait, timeout: float) -> Any:
+    async def result(self, w: LaneWait, timeout: float) -> Any:
         """The wait's value (bytes, AGAIN or None), driving its lane whenever
         nobody else does. An interrupted caller must ``leave``."""
         assert w.lane is not None
@@ -233,7 +233,7 @@ class AsyncWaiter:
         with self.lock:
             return self.core.waiting()
 
-    def leave(self, w: Wait) -> Any:
+    def leave(self, w: LaneWait) -> Any:
         """End a wait early; the value it got if it had already finished."""
         with self.lock:
             got = self.core.leave(w)

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from rqueue._transport import lane_sync as lane_io
 from rqueue._transport.blpop import PROBE, RELEASE, Watch, blpop_command, release_delays
-from rqueue._transport.lanes import _BACKGROUND, _STOP, AGAIN, Lane, Wait
+from rqueue._transport.lanes import _BACKGROUND, _STOP, AGAIN, Lane, LaneWait
 
 
 class LaneDriver:
@@ -59,7 +59,7 @@ class LaneDriver:
         conn, self.conn = self.conn, None
         return conn
 
-    def drive(self, me: Wait | None) -> None:
+    def drive(self, me: LaneWait | None) -> None:
         """Run the lane's BLPOPs until ``me`` has finished (None: until the lane
         is idle), then hand the lane on."""
         hub, core, lane, link = self.hub, self.hub.core, self.lane, self.link
@@ -115,19 +115,19 @@ class LaneDriver:
         self.hub.background.later(_disconnect, self._drop())
         return lost
 
-    def _after(self, me: Wait | None) -> None:
+    def _after(self, me: LaneWait | None) -> None:
         """Hand the lane to the next driver (or close it once retired)."""
         hub, lane = self.hub, self.lane
         with hub.lock:
             nxt = hub.core.hand_over(lane, me, time.monotonic())
-            if isinstance(nxt, Wait):
+            if isinstance(nxt, LaneWait):
                 nxt.signal()
         if nxt is _BACKGROUND:
             hub.background.start(self.drive, None)
         elif lane.retired:
             hub.background.later(self.close)
 
-    def _answer(self, me: Wait | None, fresh: bool) -> Any:
+    def _answer(self, me: LaneWait | None, fresh: bool) -> Any:
         """What the BLPOP in flight got: [key, value], None, or AGAIN; _STOP when
         ``me`` finished first (the BLPOP is left for the next driver). ``fresh``:
         it was just sent, so nothing of its answer can be there yet."""

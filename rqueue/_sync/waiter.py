@@ -52,7 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rqueue._sync.lane_driver import LaneDriver
 from rqueue._transport import lane_sync as lane_io
-from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, GRACE, Lanes, Wait, connection_maker, unbounded
+from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, GRACE, Lanes, LaneWait, connection_maker, unbounded
 
 
 class _Node:
@@ -176,7 +176,7 @@ class Waiter:
             node.probe()
         return name, slot, node
 
-    def join(self, key: str, timeout: float, pop: bool) -> Wait:
+    def join(self, key: str, timeout: float, pop: bool) -> LaneWait:
         """Start a wait on ``key`` (``pop``: for the value pushed on it); nothing
         is awaited once it is registered."""
         if os.getpid() != self._pid:  # forked: the parent's lanes (and lock holders) are not this process's
@@ -186,7 +186,7 @@ class Waiter:
             raise self.core.closed_error()
         name, slot, node = self._node(key)
         now = time.monotonic()
-        w = Wait(key, now + timeout, pop, lane_io.new_handle())
+        w = LaneWait(key, now + timeout, pop, lane_io.new_handle())
         with self.lock:
             idle = self.core.reap(now)
             lane, new = self.core.place(w, name, slot, bool(node.can_unblock))
@@ -199,7 +199,7 @@ class Waiter:
             lane.runner.poke()
         return w
 
-    def result(self, w: Wait, timeout: float) -> Any:
+    def result(self, w: LaneWait, timeout: float) -> Any:
         """The wait's value (bytes, AGAIN or None), driving its lane whenever
         nobody else does. An interrupted caller must ``leave``."""
         assert w.lane is not None
@@ -232,7 +232,7 @@ class Waiter:
         with self.lock:
             return self.core.waiting()
 
-    def leave(self, w: Wait) -> Any:
+    def leave(self, w: LaneWait) -> Any:
         """End a wait early; the value it got if it had already finished."""
         with self.lock:
             got = self.core.leave(w)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rqueue._transport.lanes import _STOP, GRACE, Lane, Lanes, Wait, server_timeout
+from rqueue._transport.lanes import _STOP, GRACE, Lane, Lanes, LaneWait, server_timeout
 
 
 def blpop_command(conn: Any, keys: list[str], timeout: float) -> bytes:
@@ -37,7 +37,7 @@ class Watch:
 
     __slots__ = ("_check", "_core", "_lane", "_me", "_released")
 
-    def __init__(self, core: Lanes, lane: Lane, me: Wait | None) -> None:
+    def __init__(self, core: Lanes, lane: Lane, me: LaneWait | None) -> None:
         self._core, self._lane, self._me = core, lane, me
         self._check = lane.block_until + GRACE  # the server's own timeout has long passed by then
         self._released = False

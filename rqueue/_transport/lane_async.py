@@ -14,7 +14,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from rqueue._transport.lanes import ASYNC_SPREAD, Wait
+from rqueue._transport.lanes import ASYNC_SPREAD, LaneWait
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.ASYNC_SPREAD``).
 SPREAD = ASYNC_SPREAD
@@ -32,7 +32,7 @@ def new_handle() -> asyncio.Future[None]:
     return asyncio.get_running_loop().create_future()
 
 
-def rearm(w: Wait) -> asyncio.Future[None]:
+def rearm(w: LaneWait) -> asyncio.Future[None]:
     """The future ``w`` sleeps on until its value comes or it is to drive."""
     assert isinstance(w.handle, asyncio.Future)
     if w.handle.done():  # a call to drive that another driver took first

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from rqueue._transport.lanes import SYNC_SPREAD, Wait
+from rqueue._transport.lanes import SYNC_SPREAD, LaneWait
 
 #: Lanes per server before waits share blocked lanes (see ``lanes.SYNC_SPREAD``).
 SPREAD = SYNC_SPREAD
@@ -31,7 +31,7 @@ def new_handle() -> threading.Event | None:
     return None
 
 
-def rearm(w: Wait) -> threading.Event:
+def rearm(w: LaneWait) -> threading.Event:
     """The Event ``w`` sleeps on until its value comes or it is to drive (under the lock)."""
     handle = w.handle
     if handle is None:
