@@ -765,9 +765,9 @@ def test_a_forked_child_waits_on_lanes_of_its_own(lib: rqueue.Client) -> None:
 
 
 def waiter(key: str, deadline: float = 1e9, pop: bool = False) -> Any:
-    from rqueue._transport.lanes import Wait
+    from rqueue._transport.lanes import LaneWait
 
-    return Wait(key, deadline, pop, threading.Event())
+    return LaneWait(key, deadline, pop, threading.Event())
 
 
 def test_lanes_hand_a_lane_on_to_another_waiter_and_past_one_that_left() -> None:

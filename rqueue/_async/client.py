@@ -1,4 +1,4 @@
-"""The client: ``connect(url)`` -> client -> queue handles, for asyncio and sync alike.
+"""The client: ``connect(url)`` -> client -> queue handles.
 
 Written once, for asyncio (``rqueue.asyncio.connect``); ``scripts/unasync``
 generates the sync client (``rqueue.connect``) from this file."""
@@ -33,7 +33,7 @@ from rqueue._transport.errors import (
     raise_connect_error,
     raise_mapped,
 )
-from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, Wait, check_max_lanes
+from rqueue._transport.lanes import AGAIN, DEFAULT_MAX_LANES, LaneWait, check_max_lanes
 from rqueue._transport.routing import Routing, settle, unreachable
 from rqueue._transport.slots import AsyncCallSlots, call_limit
 
@@ -255,7 +255,7 @@ class AsyncClient:
         request withdraws its message, so nobody processes it for a sender who
         left) before the error goes on; not once the client is closed.
         """
-        w: Wait | None = None
+        w: LaneWait | None = None
         try:
             w = await self._waiter.join(key, timeout, True)
             value = await self._waiter.result(w, timeout)

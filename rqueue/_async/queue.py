@@ -1,4 +1,6 @@
-"""Queue handles: ``client.queue(name)``, written once for asyncio and generated for sync.
+"""Queue handles: ``client.queue(name)``.
+
+Written once for asyncio; ``scripts/unasync`` generates the sync handles.
 
 The handle knows its client only as ``AsyncCalls`` (what it runs calls and
 flows with), so this module needs nothing of ``client`` and no import cycle.

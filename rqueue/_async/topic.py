@@ -1,4 +1,7 @@
-"""Topics: ``client.topic(name)``, written once for asyncio and generated for sync."""
+"""Topics: ``client.topic(name)``.
+
+Written once for asyncio; ``scripts/unasync`` generates the sync topics.
+"""
 
 from __future__ import annotations
 

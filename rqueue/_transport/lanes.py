@@ -92,10 +92,6 @@ class LaneWait:
             self.handle.set_result(None)
 
 
-#: The name ``rqueue._async.client`` and the tests import it by (one class: the AST sees one ClassDef).
-Wait = LaneWait
-
-
 class Lane:
     """The bookkeeping of one lane (no I/O): its waiters and what it blocks on."""
 
