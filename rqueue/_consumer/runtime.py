@@ -9,7 +9,6 @@ the same methods (async ones on the asyncio side), in the style of httpcore's
 - ``RLock``: the runner's lock (program steps, taking and finishing jobs);
   asyncio code runs on one thread, so ``AsyncRLock`` does nothing.
 - ``Wakeup``: a wake-up waited for with the lock held (a ``Condition`` on it / an ``asyncio.Event``).
-- ``Pause``: an event flag with an optional timed wait (``threading.Event`` / ``asyncio.Event``).
 - ``Runtime``: spawn and join a thread or task, install signal handlers.
 - ``Stopper``: the shutdown, run once (in the caller or a stopper thread / in a task of its own).
 
@@ -84,23 +83,6 @@ class AsyncWakeup:
         event.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-
-
-class AsyncPause:
-    """An ``asyncio.Event`` whose wait takes a timeout (None: for ever)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    async def wait(self, timeout: float | None = None) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
 
 
 class AsyncRuntime:
@@ -194,10 +176,6 @@ class Wakeup:
         cv = threading.Condition(lock)
         self.notify = cv.notify_all
         self.wait = cv.wait
-
-
-class Pause(threading.Event):
-    """A ``threading.Event`` (its ``wait`` takes the same optional timeout)."""
 
 
 class Runtime:

@@ -41,13 +41,13 @@ from rqueue._consumer.programs import (
 from rqueue._consumer.runtime import (
     AsyncCancelled,
     AsyncHandle,
-    AsyncPause,
     AsyncRLock,
     AsyncRuntime,
     AsyncStopper,
     AsyncWakeup,
 )
 from rqueue._consumer.workers import AsyncWorkers
+from rqueue._transport.concurrency import AsyncFlag
 
 
 class AsyncConsumer(ConsumerBase):
@@ -90,9 +90,9 @@ class AsyncConsumer(ConsumerBase):
         super().__init__(parts, wakes)
         self.queues: list[AsyncQueue] = parts.queues
         self._client: AsyncClient = parts.client
-        self._halt_event = AsyncPause()  # stop requested: run() returns, receivers' backoffs end
-        self._exit_event = AsyncPause()  # the maintainer exits: its backoff ends at once
-        self._done = AsyncPause()  # the shutdown is over
+        self._halt_event = AsyncFlag()  # stop requested: run() returns, receivers' backoffs end
+        self._exit_event = AsyncFlag()  # the maintainer exits: its backoff ends at once
+        self._done = AsyncFlag()  # the shutdown is over
         self._stopper = AsyncStopper(self._shutdown, self._claim, self._request_stop, self._done)
         self._rt = AsyncRuntime()
         self._unblockers: dict[int, Callable[[], None]] = {}  # receivers' long polls under way

@@ -42,13 +42,13 @@ from rqueue._consumer.programs import (
 from rqueue._consumer.runtime import (
     Cancelled,
     Handle,
-    Pause,
     RLock,
     Runtime,
     Stopper,
     Wakeup,
 )
 from rqueue._consumer.workers import Workers
+from rqueue._transport.concurrency import Flag
 
 
 class Consumer(ConsumerBase):
@@ -91,9 +91,9 @@ class Consumer(ConsumerBase):
         super().__init__(parts, wakes)
         self.queues: list[Queue] = parts.queues
         self._client: Client = parts.client
-        self._halt_event = Pause()  # stop requested: run() returns, receivers' backoffs end
-        self._exit_event = Pause()  # the maintainer exits: its backoff ends at once
-        self._done = Pause()  # the shutdown is over
+        self._halt_event = Flag()  # stop requested: run() returns, receivers' backoffs end
+        self._exit_event = Flag()  # the maintainer exits: its backoff ends at once
+        self._done = Flag()  # the shutdown is over
         self._stopper = Stopper(self._shutdown, self._claim, self._request_stop, self._done)
         self._rt = Runtime()
         self._unblockers: dict[int, Callable[[], None]] = {}  # receivers' long polls under way

@@ -52,8 +52,8 @@ class AsyncFlag:
     def is_set(self) -> bool:
         return self._event.is_set()
 
-    async def wait(self, timeout: float) -> bool:
-        """True once set, False after ``timeout`` seconds."""
+    async def wait(self, timeout: float | None = None) -> bool:
+        """True once set, False after ``timeout`` seconds (None: for ever)."""
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
         except TimeoutError:
