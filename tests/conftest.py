@@ -106,12 +106,17 @@ def prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
+def drop_keys(r: Any, prefix: str) -> None:
+    """Remove every key under ``prefix`` (a test's own) through the raw client ``r``."""
+    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
+        r.unlink(key)
+
+
 @pytest.fixture
 def raw(backend_url: str, prefix: str) -> Iterator[Any]:
     r = raw_client(backend_url)
     yield r
-    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
-        r.unlink(key)
+    drop_keys(r, prefix)
     r.close()
 
 
@@ -155,8 +160,7 @@ def lib(server_url: str, prefix: str) -> Iterator[rqueue.Client]:
     yield c
     c.close()
     r = redis.Redis.from_url(server_url)
-    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
-        r.unlink(key)
+    drop_keys(r, prefix)
     r.close()
 
 

@@ -167,6 +167,25 @@ class Cluster:
             with redis.Redis(port=n.port) as c:
                 c.config_set("cluster-node-timeout", ms)
 
+    @contextlib.contextmanager
+    def serving_while_a_node_is_down(self) -> Iterator[None]:
+        """Live nodes serve their slots while one is down (cluster-require-full-coverage no);
+        afterwards every killed node is back, the cluster ok, and full coverage required again."""
+        self._set_full_coverage("no")
+        try:
+            yield
+        finally:
+            for n in self.nodes:
+                if n.proc is None or n.proc.poll() is not None:
+                    n.start()
+            self.wait_ok()
+            self._set_full_coverage("yes")
+
+    def _set_full_coverage(self, value: str) -> None:
+        for n in self.nodes:
+            with redis.Redis(port=n.port) as c:
+                c.config_set("cluster-require-full-coverage", value)
+
     def close(self) -> None:
         for n in self.nodes:
             n.close()

@@ -11,14 +11,12 @@ import threading
 import time
 
 import pytest
-import redis
 
 from rqueue._consumer import tasks as async_consumer
 from rqueue._consumer import threads as sync_consumer
 from rqueue._consumer.lifecycle import Outage
-from rqueue._protocol.keys import prefix_pattern
 
-from .conftest import names_on_every_node, raw_client
+from .conftest import drop_keys, names_on_every_node, raw_client
 from .servers import Cluster
 from .test_consumer import until
 from .test_consumer_defects import Rig, rig  # noqa: F401 - the fixture
@@ -75,9 +73,6 @@ def test_a_node_down_does_not_stop_a_consumer_of_a_queue_on_a_healthy_node(
     up, down = names_on_every_node(cluster.url, 2)
     qu, qd = r.client.create_queue(up, visibility_timeout=30), r.client.create_queue(down, visibility_timeout=30)
     node = cluster.node_for(qd._keys.meta)
-    for n in cluster.nodes:
-        with redis.Redis(port=n.port) as c:
-            c.config_set("cluster-require-full-coverage", "no")
     busy, gate = threading.Event(), threading.Event()
     seen: list[str] = []
 
@@ -88,25 +83,19 @@ def test_a_node_down_does_not_stop_a_consumer_of_a_queue_on_a_healthy_node(
         seen.append(body)
 
     try:
-        c = r.start(r.consumer([up, down], r.handler(handler, blocking=True), concurrency=4, shutdown_timeout=1))
-        qd.send("hold")
-        assert busy.wait(10)
-        node.kill()
-        gate.set()  # its ack now waits for the node that is down
-        until(lambda: seen == ["hold"], timeout=10, what="the held handler to return")
-        qu.send("on a healthy node")
-        until(lambda: "on a healthy node" in seen, timeout=15, what="the healthy node's message handled")
-        until(lambda: qu.stats().deleted_total == 1, timeout=15, what="its ack")
+        with cluster.serving_while_a_node_is_down():
+            r.start(r.consumer([up, down], r.handler(handler, blocking=True), concurrency=4, shutdown_timeout=1))
+            qd.send("hold")
+            assert busy.wait(10)
+            node.kill()
+            gate.set()  # its ack now waits for the node that is down
+            until(lambda: seen == ["hold"], timeout=10, what="the held handler to return")
+            qu.send("on a healthy node")
+            until(lambda: "on a healthy node" in seen, timeout=15, what="the healthy node's message handled")
+            until(lambda: qu.stats().deleted_total == 1, timeout=15, what="its ack")
     finally:
         gate.set()
-        if node.proc is None or node.proc.poll() is not None:
-            node.start()
-        cluster.wait_ok()
-        for n in cluster.nodes:
-            with redis.Redis(port=n.port) as rc:
-                rc.config_set("cluster-require-full-coverage", "yes")
         r.close()
         raw = raw_client(cluster.url)
-        for key in list(raw.scan_iter(match=prefix_pattern(prefix), count=1000)):
-            raw.unlink(key)
+        drop_keys(raw, prefix)
         raw.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
-import gc
 import importlib.machinery
 import importlib.util
 import os
@@ -19,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,8 +36,7 @@ import rqueue.asyncio as rqa
 from rqueue._protocol import operations
 from rqueue._protocol.keys import QueueKeys, prefix_pattern
 
-from .bridge import AsyncBridge, LoopThread
-from .conftest import names_on_every_node, raw_client
+from .conftest import drop_keys, names_on_every_node, raw_client
 from .servers import Cluster, FixtureServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,24 +362,12 @@ def test_a_forked_child_is_not_left_without_call_slots() -> None:
 # ---------------------------------------------------------------- a cluster node down mid-batch
 
 
-def _collect_dropped_nodes() -> None:
-    """redis-py's asyncio cluster client, re-reading the cluster after a node died, drops that
-    node's ``ClusterNode`` and connections without closing them (its own ``__del__`` warns):
-    collect them here, where that is expected, rather than in whichever test runs next."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
-
 @pytest.mark.cluster
 # Sync only: the asyncio client runs the same generated source, and redis-py's asyncio cluster
 # client leaves the dead node's transports to close on its loop after the test, where their
 # ResourceWarnings would fail whichever test runs next.
-@pytest.mark.parametrize("mode", ["sync"])
 @pytest.mark.xfail(strict=True, reason="run_many drops what the healthy nodes did (as on main)", raises=AssertionError)
-def test_a_node_down_mid_batch_leaves_no_message_hidden(
-    mode: str, restartable_cluster: Cluster, prefix: str, loop_thread: LoopThread
-) -> None:
+def test_a_node_down_mid_batch_leaves_no_message_hidden(restartable_cluster: Cluster, prefix: str) -> None:
     """``run_many`` on a cluster runs one pipeline per node and, when one node cannot be
     reached, raises ``ConnectionError`` for the whole batch (its contract). The healthy nodes'
     pipelines have run by then (sync: those planned before it; asyncio: all, concurrently), and
@@ -392,36 +377,23 @@ def test_a_node_down_mid_batch_leaves_no_message_hidden(
     The consumer sends its acks and its receive in one such batch. Present on main too. Fix:
     before raising, run the ``settle`` of every call that succeeded on a healthy node."""
     cluster = restartable_cluster
-    if mode == "sync":
-        client: Any = rqueue.connect(cluster.url, prefix=prefix)
-    else:
-        client = AsyncBridge(loop_thread.run(rqa.connect(cluster.url, prefix=prefix)), loop_thread)
+    client = rqueue.connect(cluster.url, prefix=prefix)
     up, down = names_on_every_node(cluster.url, 2)
     qu, qd = client.create_queue(up), client.create_queue(down)
     client.run_many([operations.receive(qu._keys, 1, 30), operations.stats(qu._keys)])  # scripts loaded
     qu.send("on a healthy node")
     node = cluster.node_for(qd._keys.meta)
-    for n in cluster.nodes:
-        with redis.Redis(port=n.port) as c:
-            c.config_set("cluster-require-full-coverage", "no")
     try:
-        node.kill()
-        with pytest.raises(rqueue.ConnectionError):
-            client.run_many([operations.receive(qu._keys, 1, 30), operations.stats(qd._keys)])
-        stats = qu.stats()
-        assert (stats.visible, stats.in_flight) == (1, 0)
+        with cluster.serving_while_a_node_is_down():
+            node.kill()
+            with pytest.raises(rqueue.ConnectionError):
+                client.run_many([operations.receive(qu._keys, 1, 30), operations.stats(qd._keys)])
+            stats = qu.stats()
+            assert (stats.visible, stats.in_flight) == (1, 0)
     finally:
-        if node.proc is None or node.proc.poll() is not None:
-            node.start()
-        cluster.wait_ok()
-        for n in cluster.nodes:
-            with redis.Redis(port=n.port) as c:
-                c.config_set("cluster-require-full-coverage", "yes")
         client.close()
-        _collect_dropped_nodes()
         raw = raw_client(cluster.url)
-        for key in list(raw.scan_iter(match=prefix_pattern(prefix), count=1000)):
-            raw.unlink(key)
+        drop_keys(raw, prefix)
         raw.close()
 
 
@@ -429,13 +401,10 @@ def test_a_node_down_mid_batch_leaves_no_message_hidden(
 # Sync only: the asyncio client runs the same generated source, and redis-py's asyncio cluster
 # client leaves the dead node's transports to close on its loop after the test, where their
 # ResourceWarnings would fail whichever test runs next.
-@pytest.mark.parametrize("mode", ["sync"])
 @pytest.mark.xfail(
     strict=True, reason="NOSCRIPT loads the script on every primary (as on main)", raises=rqueue.ConnectionError
 )
-def test_a_node_down_does_not_stop_scripts_loading_on_a_healthy_node(
-    mode: str, restartable_cluster: Cluster, prefix: str, loop_thread: LoopThread
-) -> None:
+def test_a_node_down_does_not_stop_scripts_loading_on_a_healthy_node(restartable_cluster: Cluster, prefix: str) -> None:
     """With one node down, a queue on a healthy node must go on ('its queues wait for it',
     README). But a call whose script that node has not cached (it restarted, failed over, or
     the script is new to it) gets NOSCRIPT, and ``run`` then sends ``SCRIPT LOAD`` through
@@ -444,34 +413,21 @@ def test_a_node_down_does_not_stop_scripts_loading_on_a_healthy_node(
     Fix: load the script on the node that answered NOSCRIPT only (``target_nodes``), or fall
     back to EVAL for that call."""
     cluster = restartable_cluster
-    if mode == "sync":
-        client: Any = rqueue.connect(cluster.url, prefix=prefix)
-    else:
-        client = AsyncBridge(loop_thread.run(rqa.connect(cluster.url, prefix=prefix)), loop_thread)
+    client = rqueue.connect(cluster.url, prefix=prefix)
     up, down = names_on_every_node(cluster.url, 2)
     qu, qd = client.create_queue(up), client.create_queue(down)
     healthy, node = cluster.node_for(qu._keys.meta), cluster.node_for(qd._keys.meta)
     qu.send("warm")
     assert [m.body for m in qu.receive(1)] == ["warm"]  # both scripts cached on every node
-    for n in cluster.nodes:
-        with redis.Redis(port=n.port) as c:
-            c.config_set("cluster-require-full-coverage", "no")
     try:
-        with redis.Redis(port=healthy.port) as c:
-            c.script_flush()  # as after the healthy node's own restart
-        node.kill()
-        qu.send("on a healthy node")
-        assert [m.body for m in qu.receive(1)] == ["on a healthy node"]
+        with cluster.serving_while_a_node_is_down():
+            with redis.Redis(port=healthy.port) as c:
+                c.script_flush()  # as after the healthy node's own restart
+            node.kill()
+            qu.send("on a healthy node")
+            assert [m.body for m in qu.receive(1)] == ["on a healthy node"]
     finally:
-        if node.proc is None or node.proc.poll() is not None:
-            node.start()
-        cluster.wait_ok()
-        for n in cluster.nodes:
-            with redis.Redis(port=n.port) as c:
-                c.config_set("cluster-require-full-coverage", "yes")
         client.close()
-        _collect_dropped_nodes()
         raw = raw_client(cluster.url)
-        for key in list(raw.scan_iter(match=prefix_pattern(prefix), count=1000)):
-            raw.unlink(key)
+        drop_keys(raw, prefix)
         raw.close()
