@@ -59,3 +59,27 @@ local function bad_attributes(vt, delay, retention, max_size, mrc, dlq_retention
   return nil
 end
 
+
+-- A message id from its number: the digits behind their count ('1'..'8',
+-- then '90'..'99' for 9 to 18 digits), so ids sort as strings in the order
+-- they were issued and a sorted set breaks equal scores first in, first out.
+-- Short: a queue's ids count from 1 (see create_queue.lua).
+local ID_PREFIX = {'1', '2', '3', '4', '5', '6', '7', '8',
+  '90', '91', '92', '93', '94', '95', '96', '97', '98', '99'}
+local function id_of(n)
+  local s = string.format('%d', n)
+  return ID_PREFIX[#s] .. s
+end
+
+-- A stored message is '<sent_at: 13 digits>[flag]<kind>...' (see codec.py),
+-- once received behind a header 'R<token>:<receive_count>:<first_received_at>
+-- [:<visible_since>]|' that the receive script writes: the token is the
+-- receive call's (one per call, from seq), so '<id>.<token>' names one
+-- delivery, and the header is the only per-message state. Before its first
+-- receive, a message sent with a delay or redriven carries 'D<visible_since>|'
+-- instead (when its retention starts). header_end gives where either ends.
+local function header_end(m)
+  local b = string.byte(m, 1)
+  if b ~= 82 and b ~= 68 then return 0 end -- 'R', 'D'
+  return string.find(m, '|', 2, true) or 0
+end

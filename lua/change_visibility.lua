@@ -2,8 +2,8 @@
 from now, each only by its latest receipt. 0 makes a message visible at once.
 
 KEYS[1] meta   hash: attributes and counters
-KEYS[2] vis    zset: id -> visible-at
-KEYS[3] state  hash: id -> '<token>:<receive_count>:<first_received_at>'
+KEYS[2] msgs   hash: id -> stored message, behind 'R<token>:...|' once received
+KEYS[3] vis    zset: id -> visible-at
 KEYS[4] wake   list: wake-up token for waiting receivers
 
 ARGV[1] timeout in ms (0..12 h)
@@ -15,7 +15,7 @@ hidden one (their computed sleep would otherwise overshoot).
 Reply: one integer per receipt: 1 changed, 0 stale or unknown receipt.
 Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
-local meta_key, vis_key, state_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta_key, msgs_key, vis_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local timeout = arg_int(ARGV[1], 0, 43200000)
 if not timeout then return bad_arg('timeout', 'an integer from 0 to 43200000 (ms)') end
 local n = (#ARGV - 1) / 2
@@ -29,16 +29,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local visible_at = now + timeout
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 * i] end
-local states = redis.call('HMGET', state_key, unpack(ids))
+local msgs = redis.call('HMGET', msgs_key, unpack(ids))
 -- The earliest hidden message decides how long waiting receivers sleep; if a
 -- message now becomes visible before it, they must look again.
 local head = redis.call('ZRANGE', vis_key, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
 local wake = #head == 0 or visible_at < tonumber(head[2])
 local out, z = {}, {}
 for i = 1, n do
-  local st = states[i]
-  local prefix = ARGV[2 * i + 1] .. ':'
-  if st and string.sub(st, 1, #prefix) == prefix then
+  local m = msgs[i]
+  local prefix = 'R' .. ARGV[2 * i + 1] .. ':'
+  if m and string.sub(m, 1, #prefix) == prefix then
     out[i] = 1
     z[#z + 1] = visible_at
     z[#z + 1] = ids[i]

@@ -3,7 +3,9 @@ existing queue has the same attributes.
 
 KEYS[1] meta      hash: the queue's attributes and counters
 KEYS[2] dlq_meta  hash: the dead-letter queue's attributes and counters
-KEYS[3] seq       string: id/receipt counter shared by the queue and its DLQ
+KEYS[3] seq       string: the id counter shared by the queue and its DLQ
+KEYS[4] state     } hashes of the layout before 0.2 (per-message receipt
+KEYS[5] dlq_state } state), only checked for: see upgrade.lua
 
 ARGV[1] visibility_timeout (ms)
 ARGV[2] delay (ms)
@@ -12,7 +14,8 @@ ARGV[4] max_message_size (bytes)
 ARGV[5] max_receive_count ('' = none)
 ARGV[6] dlq retention (ms)
 
-Reply: 1 when created, 0 when it existed with the same attributes.
+Reply: 1 when created, 0 when it existed with the same attributes, 2 when it
+existed so and still needs upgrade.lua.
 Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
         when it exists with other attributes; RQ_BADARG (see _prelude.lua).
 ]]
@@ -27,6 +30,15 @@ if cur[1] then
   local cur_mrc = cur[5] or ''
   if cur[1] == vt and cur[2] == delay and cur[3] == retention and cur[4] == max_size
       and cur_mrc == mrc then
+    -- 2: it holds per-message state of the layout before 0.2 (a 'state'
+    -- hash), which upgrade.lua folds into the messages.
+    if not redis.call('HGET', meta_key, 'tok') then -- created by the layout before 0.2
+      local t = redis.call('TIME')
+      local tok = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+      redis.call('HSETNX', meta_key, 'tok', tok)
+      redis.call('HSETNX', dlq_meta_key, 'tok', tok)
+    end
+    if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then return 2 end
     return 0
   end
   return redis.error_reply(string.format('RQ_EXISTS %s %s %s %s %s',
@@ -42,13 +54,12 @@ if mrc ~= '' then
 end
 redis.call('HSET', dlq_meta_key, 'vt', vt, 'delay', 0, 'retention', dlq_retention,
   'max_size', max_size, 'created_at', now, 'dlq', 1)
--- Ids and receipt tokens start at the server's time in microseconds, so a
--- queue deleted and created again never reissues a token of its past life.
--- A counter that ran ahead of the clock outlives delete_queue (with a TTL)
--- until the clock passes it: it is kept and carries on here.
-if redis.call('EXISTS', seq_key) == 0 then
-  redis.call('SET', seq_key, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
-else
-  redis.call('PERSIST', seq_key)
-end
+-- Ids count from 1 in seq; one delete_queue kept for a day carries on. Receipt
+-- tokens count from the server's clock in microseconds (one per receive call
+-- that delivers, far slower than the clock), so a queue created again never
+-- reissues a receipt of its past life.
+redis.call('PERSIST', seq_key)
+local tok = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+redis.call('HSET', meta_key, 'tok', tok)
+redis.call('HSET', dlq_meta_key, 'tok', tok)
 return 1

@@ -2,12 +2,12 @@
 hand tracked messages' replies to their senders.
 
 KEYS[1] meta   hash: attributes and counters
-KEYS[2] msgs   hash: id -> message
+KEYS[2] msgs   hash: id -> stored message, behind 'R<token>:...|' once
+               received (see _prelude.lua); a request's loses its flag once
+               its sender gave up
 KEYS[3] vis    zset: id -> visible-at
-KEYS[4] state  hash: id -> '<token>:<receive_count>:<first_received_at>',
-               with a trailing 'x' once a request's sender gave up
-KEYS[5] why    hash: id -> dead-letter record (dead-letter queues)
-KEYS[6..] reply keys (lists), one per request receipt ('r' below), in order
+KEYS[4] why    hash: id -> dead-letter record (dead-letter queues)
+KEYS[5..] reply keys (lists), one per request receipt ('r' below), in order
 
 ARGV[1] the queue's events channel ('' when no receipt is an events one)
 ARGV[2] reply key TTL in ms
@@ -23,7 +23,7 @@ Untracked batches come as pairs and cost nothing extra.
 Reply: one integer per receipt: 1 deleted, 0 stale or unknown receipt.
 Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
-local meta_key, msgs_key, vis_key, state_key, why_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta_key, msgs_key, vis_key, why_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local channel, ttl, mode = ARGV[1], ARGV[2], ARGV[3]
 local tracked = mode == '1'
 
@@ -61,28 +61,38 @@ elseif tracked or mode == '' then
     end
   end
   if tracked then
-    if requests ~= #KEYS - 5 then return bad_arg('receipts', 'one reply key per request receipt') end
+    if requests ~= #KEYS - 4 then return bad_arg('receipts', 'one reply key per request receipt') end
     if not arg_int(ttl, 1, 86400000) then return bad_arg('reply_ttl', 'an integer from 1 to 86400000 (ms)') end
   end
 else
   return bad_arg('mode', "'', '1' or 'j'")
 end
 
-if redis.call('EXISTS', meta_key) == 0 then
+local cfg = redis.call('HMGET', meta_key, 'vt', 'dlq')
+if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
+local is_dlq = cfg[2] == '1'
 local n = #ids
-local states = redis.call('HMGET', state_key, unpack(ids))
+local msgs = redis.call('HMGET', msgs_key, unpack(ids))
 local out, hit, seen = {}, {}, {}
-local k = 5
+local nhit = 0
+local k = 4
+local token, prefix -- receipts of one receive share its token
 for i = 1, n do
-  local st, id = states[i], ids[i]
-  local prefix = tokens[i] .. ':'
-  local ok = st and not seen[id] and string.sub(st, 1, #prefix) == prefix
+  local m, id = msgs[i], ids[i]
+  if tokens[i] ~= token then
+    token = tokens[i]
+    prefix = 'R' .. token .. ':'
+  end
+  -- (a receipt twice in one batch: the first one counts; untracked batches
+  -- find out from ZREM below, tracked ones here, before a reply is sent)
+  local ok = m and string.find(m, prefix, 1, true) == 1 and not (tracked and seen[id])
   if ok then
     out[i] = 1
-    hit[#hit + 1] = id
-    seen[id] = true
+    nhit = nhit + 1
+    hit[nhit] = id
+    if tracked then seen[id] = true end
   else
     out[i] = 0
   end
@@ -91,7 +101,8 @@ for i = 1, n do
     local f = string.byte(x, 1)
     if f == 114 then -- 'r'
       k = k + 1
-      if ok and string.byte(st, -1) ~= 120 then -- sender still waiting
+      -- the flag after sent_at is gone once the sender gave up (withdraw.lua)
+      if ok and string.byte(m, header_end(m) + 14) == 63 then
         redis.call('RPUSH', KEYS[k], 'p' .. string.sub(x, 2))
         redis.call('PEXPIRE', KEYS[k], ttl)
       end
@@ -100,11 +111,17 @@ for i = 1, n do
     end
   end
 end
-if #hit > 0 then
-  redis.call('ZREM', vis_key, unpack(hit))
+if nhit > 0 then
+  local removed = redis.call('ZREM', vis_key, unpack(hit))
   redis.call('HDEL', msgs_key, unpack(hit))
-  redis.call('HDEL', state_key, unpack(hit))
-  redis.call('HDEL', why_key, unpack(hit))
-  redis.call('HINCRBY', meta_key, 'deleted_total', #hit)
+  if is_dlq then redis.call('HDEL', why_key, unpack(hit)) end
+  redis.call('HINCRBY', meta_key, 'deleted_total', removed)
+  if removed < nhit then -- the same receipt more than once: only its first counts
+    for i = 1, n do
+      if out[i] == 1 then
+        if seen[ids[i]] then out[i] = 0 else seen[ids[i]] = true end
+      end
+    end
+  end
 end
 return out

@@ -71,7 +71,7 @@ local last = redis.call('INCRBY', seq_key, n)
 local stamp = string.format('%013d', now)
 local h = {}
 for j = 1, n do
-  h[2 * j - 1] = string.format('%d', last - n + j)
+  h[2 * j - 1] = id_of(last - n + j)
   h[2 * j] = stamp .. ARGV[m + 2 + j]
 end
 for _, sub in ipairs(live) do
@@ -81,7 +81,16 @@ for _, sub in ipairs(live) do
     z[2 * j - 1] = now + delay
     z[2 * j] = h[2 * j - 1]
   end
-  redis.call('HSET', KEYS[base + 1], unpack(h))
+  local stored = h
+  if delay > 0 then -- its retention starts when it becomes visible (receive.lua)
+    local since = string.format('D%d|', now + delay)
+    stored = {}
+    for j = 1, n do
+      stored[2 * j - 1] = h[2 * j - 1]
+      stored[2 * j] = since .. h[2 * j]
+    end
+  end
+  redis.call('HSET', KEYS[base + 1], unpack(stored))
   redis.call('ZADD', KEYS[base + 2], unpack(z))
   redis.call('HINCRBY', KEYS[base], 'sent_total', n)
   if redis.call('LLEN', KEYS[base + 3]) == 0 then

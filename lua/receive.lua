@@ -5,8 +5,9 @@ not delivered: it moves to the dead-letter queue (reason 'expired' or
 'max_receives'); one already in a dead-letter queue that expires is dropped.
 Retention counts from when a message became visible: its send plus its
 delay, or its redrive. That moment is its visible-at score until its first
-receive; the state keeps it from then on (4th field) when it differs from
-sent_at. A dead letter's retention counts from its death.
+receive; a delayed or redriven message carries it in a header 'D<ms>|' and
+its receive header keeps it from then on (4th field). A dead letter's
+retention counts from its death.
 
 The passes page through the visible part of vis without changing it (removals
 and the new visible-at of delivered messages are written after them), so no
@@ -16,18 +17,17 @@ looks at no more than N + SCAN_BUDGET visible entries; when that budget ends
 before anything could be delivered, next_ms is 0 and the client calls again.
 
 KEYS[1]  meta      hash: attributes (vt, retention, mrc, dlq) and counters
-KEYS[2]  msgs      hash: id -> sent_at (13 digits) .. encoded message
+KEYS[2]  msgs      hash: id -> stored message (see _prelude.lua): once
+                   received, behind its header 'R<token>:<receive_count>:
+                   <first_received_at>[:<visible_since>]|'
 KEYS[3]  vis       zset: id scored by visible-at (ms)
-KEYS[4]  state     hash: id -> '<token>:<receive_count>:<first_received_at>
-                   [:<visible_since>]'
-KEYS[5]  seq       string: id and receipt-token counter
-KEYS[6]  wake      list: wake-up token for waiting receivers
-KEYS[7]  why       hash: id -> '<dead_at>|<reason>|<detail>' (dead-letter queues)
-KEYS[8]  dlq_meta  } the dead-letter queue's meta, msgs, vis, why and wake;
-KEYS[9]  dlq_msgs  } for a dead-letter queue itself these are never touched
-KEYS[10] dlq_vis   }
-KEYS[11] dlq_why   }
-KEYS[12] dlq_wake  }
+KEYS[4]  wake      list: wake-up token for waiting receivers
+KEYS[5]  why       hash: id -> '<dead_at>|<reason>|<detail>' (dead-letter queues)
+KEYS[6]  dlq_meta  } the dead-letter queue's meta, msgs, vis, why and wake;
+KEYS[7]  dlq_msgs  } for a dead-letter queue itself these are never touched
+KEYS[8]  dlq_vis   }
+KEYS[9]  dlq_why   }
+KEYS[10] dlq_wake  }
 
 ARGV[1] max messages (1..1000)
 ARGV[2] visibility timeout in ms, or '' for the queue's
@@ -45,12 +45,15 @@ receive that hides messages earlier than that (or when none was hidden)
 pushes a wake-up so they look again; so does one that fills its batch while
 more is visible.
 
-Reply: {ids, encoded messages, states, whys, next_ms, buried}; whys is empty
-unless this is a dead-letter queue ('' for an entry without a record); buried
-is {id, '<reason>|<detail>', ...} for requests dead-lettered in this call.
-next_ms is -1 when nothing is hidden, 0 when a message is still visible (the
-scan budget ran out), else ms until the next hidden message is visible; it is
-computed only when nothing was delivered.
+Reply: {ids, messages, token, now, again, whys, next_ms, buried}. messages
+are stored messages without their header; every one was received by this
+call with token (its receipt is '<id>.<token>'), for the first time at now
+unless again holds {index (from 1), receive_count, first_received_at, ...}
+for it. whys is empty unless this is a dead-letter queue ('' for an entry
+without a record); buried is {id, '<reason>|<detail>', ...} for requests
+dead-lettered in this call. next_ms is -1 when nothing is hidden, 0 when a
+message is still visible (the scan budget ran out), else ms until the next
+hidden message is visible; it is computed only when nothing was delivered.
 Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
 local max = arg_int(ARGV[1], 1, 1000)
@@ -61,10 +64,9 @@ end
 local channel = ARGV[3]
 if not channel then return bad_arg('channel', "the queue's events channel ('' for a dead-letter queue)") end
 
-local meta_key, msgs_key, vis_key, state_key, seq_key, wake_key, why_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local meta_key, msgs_key, vis_key, wake_key, why_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key =
-  KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+  KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
 local cfg = redis.call('HMGET', meta_key, 'vt', 'retention', 'mrc', 'dlq')
 if not cfg[1] then
@@ -78,7 +80,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cutoff = now - tonumber(cfg[2])
 
-local out_ids, out_msgs, out_states, out_whys, buried = {}, {}, {}, {}, {}
+local out_ids, out_msgs, out_whys, buried = {}, {}, {}, {}
 local dead_n, expired_n, dropped_n = 0, 0, 0
 
 local function bury(id, msg, reason, detail)
@@ -99,13 +101,47 @@ local function bury(id, msg, reason, detail)
   redis.call('HSET', dlq_why_key, id, string.format('%d|%s|%s', now, reason, detail))
 end
 
+-- One token per call that delivers (meta 'tok', counting up from the server's
+-- clock in microseconds when the queue was created, so no life of a queue of
+-- this name reissues one; taken at the first delivery, so an empty receive
+-- writes nothing): a receipt is '<id>.<token>'. fresh is the header of a
+-- first receive.
+local nows = string.format('%d', now)
+local token, fresh
+local function take_token()
+  token = string.format('%d', redis.call('HINCRBY', meta_key, 'tok', 1))
+  fresh = 'R' .. token .. ':1:' .. nows .. '|'
+end
+local hidden_until = now + vt
+local hs, zs, again = {}, {}, {}
+local n_out = 0
+
+local function deliver(id, msg, head, rc, why)
+  n_out = n_out + 1
+  hs[2 * n_out - 1] = id
+  hs[2 * n_out] = head .. msg
+  zs[2 * n_out - 1] = hidden_until
+  zs[2 * n_out] = id
+  out_ids[n_out], out_msgs[n_out] = id, msg
+  if is_dlq then
+    out_whys[n_out] = why or ''
+  elseif string.byte(msg, 14) == 33 then
+    redis.call('PUBLISH', channel, 'received|' .. id .. '|' .. (rc + 1))
+  end
+end
+
+-- A message never received was born at its score (its send plus its delay,
+-- or its redrive), so unless some score is past the cutoff none of those can
+-- have expired, and no score need be read.
+local old = is_dlq or #redis.call('ZRANGE', vis_key, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, 1) > 0
+
 local SCAN_BUDGET = 1000
 local cap = max + SCAN_BUDGET
 local scanned = 0
-local gone, deliver = {}, {}
+local gone = {}
 local more = false -- the scan stopped on its budget or a full batch, with more maybe visible
 while true do
-  local want = max - #deliver
+  local want = max - n_out
   if want <= 0 then
     more = true
     break
@@ -117,59 +153,92 @@ while true do
     more = true
     break
   end
-  local flat = redis.call('ZRANGE', vis_key, '-inf', now, 'BYSCORE', 'LIMIT', scanned, page, 'WITHSCORES')
-  local n = #flat / 2
+  local ids, scores
+  if old then
+    local flat = redis.call('ZRANGE', vis_key, '-inf', now, 'BYSCORE', 'LIMIT', scanned, page, 'WITHSCORES')
+    ids, scores = {}, {}
+    for i = 1, #flat / 2 do
+      ids[i], scores[i] = flat[2 * i - 1], flat[2 * i]
+    end
+  else
+    ids = redis.call('ZRANGE', vis_key, '-inf', now, 'BYSCORE', 'LIMIT', scanned, page)
+  end
+  local n = #ids
   if n == 0 then break end
-  local ids = {}
-  for i = 1, n do ids[i] = flat[2 * i - 1] end
   local msgs = redis.call('HMGET', msgs_key, unpack(ids))
-  local states = redis.call('HMGET', state_key, unpack(ids))
   local whys = is_dlq and redis.call('HMGET', why_key, unpack(ids)) or {}
-  for i, id in ipairs(ids) do
-    if #deliver == max then break end
+  for i = 1, n do
+    if n_out == max then break end
     scanned = scanned + 1
-    local msg, st = msgs[i], states[i]
-    local rc, first, since = 0, nil, nil
-    if st then
-      local _, r, f, v = string.match(st, '^(%d+):(%d+):(%d+):?(%d*)')
-      rc, first = tonumber(r), f
-      if v ~= '' then since = tonumber(v) end
-    end
-    local born
-    if not msg then
-      born = nil -- an index entry without a message: drop it
-    elseif is_dlq then
-      -- an entry without a record (an old version's send) expires from its send
-      born = tonumber(string.match(whys[i] or '', '^(%d+)')) or tonumber(string.sub(msg, 1, 13))
+    local id, msg = ids[i], msgs[i]
+    local b = msg and string.byte(msg, 1)
+    if b and b ~= 82 and b ~= 68 and not old then
+      -- the common case: a first receive of a message sent without delay (deliver, inlined)
+      if not token then take_token() end
+      n_out = n_out + 1
+      hs[2 * n_out - 1] = id
+      hs[2 * n_out] = fresh .. msg
+      zs[2 * n_out - 1] = hidden_until
+      zs[2 * n_out] = id
+      out_ids[n_out], out_msgs[n_out] = id, msg
+      if string.byte(msg, 14) == 33 then
+        redis.call('PUBLISH', channel, 'received|' .. id .. '|1')
+      end
     else
-      born = tonumber(string.sub(msg, 1, 13))
-      if not st then
-        -- never received: it became visible at its score (send + delay, or redrive)
-        local score = tonumber(flat[2 * i])
-        if born and score > born then
-          since = score
-          born = score
+      local rc, first, since = 0, nil, nil
+      if b == 82 then -- 'R': received before
+        local r, f, v, p = string.match(msg, '^R%d+:(%d+):(%d+):?(%d*)|()')
+        if p then
+          rc, first, msg = tonumber(r), f, string.sub(msg, p)
+          if v ~= '' then since = v end
+        else
+          msg = nil -- a header this layout cannot read: drop the entry
         end
-      elseif since then
-        born = since
+      elseif b == 68 then -- 'D': never received, visible since its delay or redrive
+        local v, p = string.match(msg, '^D(%d+)|()')
+        if p then since, msg = v, string.sub(msg, p) else msg = nil end
       end
-    end
-    if not born then
-      gone[#gone + 1] = id
-    elseif born <= cutoff then
-      gone[#gone + 1] = id
-      if is_dlq then
-        dropped_n = dropped_n + 1
+      local born
+      if not msg then
+        born = nil -- an index entry without a message: drop it
+      elseif is_dlq then
+        -- an entry without a record (an old version's send) expires from its send
+        born = tonumber(string.match(whys[i] or '', '^(%d+)')) or tonumber(string.sub(msg, 1, 13))
+      elseif rc == 0 and scores then
+        born = tonumber(scores[i]) -- never received: born when it became visible
       else
-        expired_n = expired_n + 1
-        bury(id, msg, 'expired', rc)
+        born = tonumber(since or string.sub(msg, 1, 13))
       end
-    elseif mrc and rc >= mrc then
-      gone[#gone + 1] = id
-      dead_n = dead_n + 1
-      bury(id, msg, 'max_receives', rc)
-    else
-      deliver[#deliver + 1] = {id, msg, rc + 1, first or now, whys[i], since}
+      if not born then
+        gone[#gone + 1] = id
+      elseif born <= cutoff then
+        gone[#gone + 1] = id
+        if is_dlq then
+          dropped_n = dropped_n + 1
+        else
+          expired_n = expired_n + 1
+          bury(id, msg, 'expired', rc)
+        end
+      elseif mrc and rc >= mrc then
+        gone[#gone + 1] = id
+        dead_n = dead_n + 1
+        bury(id, msg, 'max_receives', rc)
+      elseif rc == 0 and not since then
+        if not token then take_token() end
+        deliver(id, msg, fresh, 0, whys[i])
+      else
+        -- 'R<token>:<receive_count>:<first_received_at>[:<visible_since>]|'
+        if not token then take_token() end
+        first = first or nows
+        if rc > 0 then
+          again[#again + 1] = n_out + 1
+          again[#again + 1] = rc + 1
+          again[#again + 1] = tonumber(first)
+        end
+        local head = 'R' .. token .. ':' .. string.format('%d', rc + 1) .. ':' .. first
+        if since then head = head .. ':' .. since end
+        deliver(id, msg, head .. '|', rc, whys[i])
+      end
     end
   end
   if n < page then break end
@@ -178,41 +247,18 @@ end
 if #gone > 0 then
   redis.call('ZREM', vis_key, unpack(gone))
   redis.call('HDEL', msgs_key, unpack(gone))
-  redis.call('HDEL', state_key, unpack(gone))
   if is_dlq then redis.call('HDEL', why_key, unpack(gone)) end
 end
 
 local wake = false
-if #deliver > 0 then
-  local last = redis.call('INCRBY', seq_key, #deliver)
-  local base = last - #deliver
-  local hs, zs = {}, {}
-  local hidden_until = now + vt
-  for i, d in ipairs(deliver) do
-    local st
-    if d[6] then
-      st = string.format('%d:%d:%d:%d', base + i, d[3], d[4], d[6])
-    else
-      st = string.format('%d:%d:%d', base + i, d[3], d[4])
-    end
-    hs[2 * i - 1] = d[1]
-    hs[2 * i] = st
-    zs[2 * i - 1] = hidden_until
-    zs[2 * i] = d[1]
-    out_ids[i], out_msgs[i], out_states[i] = d[1], d[2], st
-    if is_dlq then
-      out_whys[i] = d[5] or ''
-    elseif string.byte(d[2], 14) == 33 then
-      redis.call('PUBLISH', channel, 'received|' .. d[1] .. '|' .. d[3])
-    end
-  end
+if n_out > 0 then
   -- Waiters sleep until the earliest hidden message is visible: hiding one
   -- before that (or when none is hidden) must make them look again.
-  local head = redis.call('ZRANGE', vis_key, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
-  wake = #head == 0 or hidden_until < tonumber(head[2])
-  redis.call('HSET', state_key, unpack(hs))
+  local first_hidden = redis.call('ZRANGE', vis_key, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+  wake = #first_hidden == 0 or hidden_until < tonumber(first_hidden[2])
+  redis.call('HSET', msgs_key, unpack(hs))
   redis.call('ZADD', vis_key, unpack(zs))
-  redis.call('HINCRBY', meta_key, 'received_total', #deliver)
+  redis.call('HINCRBY', meta_key, 'received_total', n_out)
 end
 if dead_n + expired_n > 0 then
   if dead_n > 0 then redis.call('HINCRBY', meta_key, 'dead_lettered_total', dead_n) end
@@ -225,7 +271,7 @@ if dropped_n > 0 then
 end
 
 local next_ms = -1
-if #deliver == 0 then
+if n_out == 0 then
   local head = redis.call('ZRANGE', vis_key, 0, 0, 'WITHSCORES')
   if #head > 0 then
     next_ms = math.max(0, tonumber(head[2]) - now)
@@ -237,4 +283,4 @@ end
 if wake and redis.call('LLEN', wake_key) == 0 then
   redis.call('RPUSH', wake_key, 1)
 end
-return {out_ids, out_msgs, out_states, out_whys, next_ms, buried}
+return {out_ids, out_msgs, token or '', now, again, out_whys, next_ms, buried}

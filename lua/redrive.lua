@@ -4,13 +4,11 @@ queue, visible at once, with receive_count 0.
 KEYS[1]  meta       } the source queue
 KEYS[2]  msgs       }
 KEYS[3]  vis        }
-KEYS[4]  state      }
-KEYS[5]  wake       }
-KEYS[6]  dlq_meta   } its dead-letter queue
-KEYS[7]  dlq_msgs   }
-KEYS[8]  dlq_vis    }
-KEYS[9]  dlq_state  }
-KEYS[10] dlq_why    }
+KEYS[4]  wake       }
+KEYS[5]  dlq_meta   } its dead-letter queue (msgs: behind 'R<token>:...|'
+KEYS[6]  dlq_msgs   } once received there, see _prelude.lua)
+KEYS[7]  dlq_vis    }
+KEYS[8]  dlq_why    }
 
 ARGV[1] the most messages to move in this call, 1..1000 (the client calls
         again until a call moves fewer, so no single call blocks the server
@@ -19,9 +17,8 @@ ARGV[1] the most messages to move in this call, 1..1000 (the client calls
 Reply: the number of messages moved.
 Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
-local meta_key, msgs_key, vis_key, state_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_state_key, dlq_why_key =
-  KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local meta_key, msgs_key, vis_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local chunk = arg_int(ARGV[1], 1, 1000)
 if not chunk then return bad_arg('chunk', 'an integer from 1 to 1000') end
 
@@ -36,21 +33,20 @@ if #ids == 0 then
 end
 local msgs = redis.call('HMGET', dlq_msgs_key, unpack(ids))
 local h, z = {}, {}
+local since = string.format('D%d|', now) -- its retention starts again now (receive.lua)
 for i, id in ipairs(ids) do
   if msgs[i] then
     h[#h + 1] = id
-    h[#h + 1] = msgs[i]
+    h[#h + 1] = since .. string.sub(msgs[i], header_end(msgs[i]) + 1) -- never received there
     z[#z + 1] = now
     z[#z + 1] = id
   end
 end
 redis.call('ZREM', dlq_vis_key, unpack(ids))
 redis.call('HDEL', dlq_msgs_key, unpack(ids))
-redis.call('HDEL', dlq_state_key, unpack(ids))
 redis.call('HDEL', dlq_why_key, unpack(ids))
 if #h > 0 then
   redis.call('HSET', msgs_key, unpack(h))
-  redis.call('HDEL', state_key, unpack(ids))
   redis.call('ZADD', vis_key, unpack(z))
   if redis.call('LLEN', wake_key) == 0 then redis.call('RPUSH', wake_key, 1) end
 end

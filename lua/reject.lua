@@ -1,16 +1,15 @@
 --[[ reject: move received messages to the dead-letter queue at once, with a
 reason a person can read, each only by its latest receipt.
 
-KEYS[1]  meta       } the queue
-KEYS[2]  msgs       }
+KEYS[1]  meta       } the queue (msgs: stored messages, behind 'R<token>:...|'
+KEYS[2]  msgs       } once received, see _prelude.lua)
 KEYS[3]  vis        }
-KEYS[4]  state      }
-KEYS[5]  dlq_meta   } its dead-letter queue
-KEYS[6]  dlq_msgs   }
-KEYS[7]  dlq_vis    }
-KEYS[8]  dlq_why    }
-KEYS[9]  dlq_wake   }
-KEYS[10..] reply keys (lists), one per request receipt ('r' below), in order
+KEYS[4]  dlq_meta   } its dead-letter queue
+KEYS[5]  dlq_msgs   }
+KEYS[6]  dlq_vis    }
+KEYS[7]  dlq_why    }
+KEYS[8]  dlq_wake   }
+KEYS[9..] reply keys (lists), one per request receipt ('r' below), in order
 
 ARGV[1] the reason (free text, kept as the dead letter's detail)
 ARGV[2] the queue's events channel
@@ -23,8 +22,8 @@ A request's dead letter is stored without its flag: its sender has heard.
 Reply: one integer per receipt: 1 dead-lettered, 0 stale or unknown receipt.
 Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
-local meta_key, msgs_key, vis_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local meta_key, msgs_key, vis_key = KEYS[1], KEYS[2], KEYS[3]
+local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local reason, channel, ttl = ARGV[1], ARGV[2], ARGV[3]
 
 local n = (#ARGV - 3) / 3
@@ -40,29 +39,30 @@ for i = 1, n do
     return bad_arg('receipts', "tracked must be '', 'r' or 'e'")
   end
 end
-if requests ~= #KEYS - 9 then return bad_arg('receipts', 'one reply key per request receipt') end
+if requests ~= #KEYS - 8 then return bad_arg('receipts', 'one reply key per request receipt') end
 
 if redis.call('EXISTS', meta_key) == 0 then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local states = redis.call('HMGET', state_key, unpack(ids))
 local msgs = redis.call('HMGET', msgs_key, unpack(ids))
 local out, hit, seen = {}, {}, {}
-local k = 9
+local k = 8
 for i = 1, n do
-  local st, id, msg = states[i], ids[i], msgs[i]
-  local prefix = ARGV[3 * i + 2] .. ':'
+  local id, msg = ids[i], msgs[i]
+  local prefix = 'R' .. ARGV[3 * i + 2] .. ':'
   local tracked = ARGV[3 * i + 3]
   if tracked == 'r' then k = k + 1 end
-  if st and msg and not seen[id] and string.sub(st, 1, #prefix) == prefix then
+  if msg and not seen[id] and string.sub(msg, 1, #prefix) == prefix then
     out[i] = 1
     seen[id] = true
     hit[#hit + 1] = id
+    msg = string.sub(msg, header_end(msg) + 1) -- a dead letter starts unreceived
     if string.byte(msg, 14) == 63 then -- a request: drop the flag
       msg = string.sub(msg, 1, 13) .. string.sub(msg, 15)
-      if tracked == 'r' and string.byte(st, -1) ~= 120 then
+      -- (a sender that gave up took the flag already: withdraw.lua)
+      if tracked == 'r' then
         redis.call('RPUSH', KEYS[k], 'drejected|' .. reason)
         redis.call('PEXPIRE', KEYS[k], ttl)
       end
@@ -79,7 +79,6 @@ end
 if #hit > 0 then
   redis.call('ZREM', vis_key, unpack(hit))
   redis.call('HDEL', msgs_key, unpack(hit))
-  redis.call('HDEL', state_key, unpack(hit))
   redis.call('HINCRBY', meta_key, 'dead_lettered_total', #hit)
   redis.call('HINCRBY', dlq_meta_key, 'sent_total', #hit)
   if redis.call('LLEN', dlq_wake_key) == 0 then redis.call('RPUSH', dlq_wake_key, 1) end

@@ -1,7 +1,8 @@
 --[[ send: store a batch of messages, all or nothing.
 
 KEYS[1] meta   hash: attributes (max_size, delay) and counters
-KEYS[2] msgs   hash: id -> sent_at (13 digits) .. encoded message
+KEYS[2] msgs   hash: id -> ['D<visible_at>|' if delayed] sent_at (13 digits)
+               [flag] encoded message (see _prelude.lua)
 KEYS[3] vis    zset: id scored by visible-at (ms)
 KEYS[4] seq    string: id counter
 KEYS[5] wake   list: wake-up token for waiting receivers
@@ -13,7 +14,8 @@ ARGV[3..] encoded messages: one kind byte, then for an upper-case kind
           '<attributes length>:<attributes>', then the body
 
 Every size is checked against max_size before anything is written.
-Reply: {last_id, sent_at}; the batch's ids are last_id-n+1 .. last_id.
+Reply: {last, sent_at}; the batch's ids are id_of(last-n+1) .. id_of(last)
+(see _prelude.lua).
 Errors: RQ_NOQUEUE; RQ_TOOLARGE <index> <size> <max_size> (index from 0);
         RQ_BADDELAY <delay> <retention> when the delay exceeds the retention;
         RQ_BADARG.
@@ -51,10 +53,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local visible_at = now + delay
 local stamp = string.format('%013d', now) .. flag
+if delay > 0 then -- its retention starts when it becomes visible (receive.lua)
+  stamp = string.format('D%d|', visible_at) .. stamp
+end
 local last = redis.call('INCRBY', seq_key, n)
 local h, z = {}, {}
 for i = 1, n do
-  local id = string.format('%d', last - n + i)
+  local id = id_of(last - n + i)
   h[2 * i - 1] = id
   h[2 * i] = stamp .. ARGV[i + 2]
   z[2 * i - 1] = visible_at

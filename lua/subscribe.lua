@@ -7,7 +7,7 @@ with its backlog, and subscribing again starts it afresh.
 
 KEYS[1] subs      zset: subscription name -> expires-at (ms)
 KEYS[2] version   string: bumped when a subscription joins or leaves
-KEYS[3] seq       string: the topic's id counter
+KEYS[3] seq       string: the topic's id counter (not touched here)
 KEYS[4] meta      hash: the subscription's attributes and counters
 KEYS[5] dlq_meta  hash: its dead-letter queue's
 KEYS[6 + 12(i-1) ..] per expired candidate i: the 12 keys as in unsubscribe.lua
@@ -22,7 +22,7 @@ Reply: 1 when it joined now, 0 when it was refreshed.
 Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
         (before any reaping: an error changes nothing); RQ_BADARG.
 ]]
-local subs_key, version_key, seq_key, meta_key, dlq_meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local subs_key, version_key, meta_key, dlq_meta_key = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
 local vt, delay, retention, max_size, mrc, dlq_retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local name = ARGV[8]
 local refused = bad_attributes(vt, delay, retention, max_size, mrc, dlq_retention)
@@ -77,9 +77,11 @@ if not exists then
   if mrc ~= '' then redis.call('HSET', meta_key, 'mrc', mrc) end
   redis.call('HSET', dlq_meta_key, 'vt', vt, 'delay', 0, 'retention', dlq_retention,
     'max_size', max_size, 'created_at', now, 'dlq', 1)
-  if redis.call('EXISTS', seq_key) == 0 then
-    redis.call('SET', seq_key, string.format('%d', now * 1000))
-  end
+  -- receipt tokens count up from the clock in microseconds (create_queue.lua);
+  -- ids come from the topic's seq, from 1, kept as long as the topic
+  local tok = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('HSET', meta_key, 'tok', tok)
+  redis.call('HSET', dlq_meta_key, 'tok', tok)
   joined = 1
   changed = true
 end

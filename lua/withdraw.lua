@@ -1,24 +1,24 @@
 --[[ withdraw: a request's sender gave up waiting; settle its message.
 
 KEYS[1] meta      hash: attributes and counters
-KEYS[2] msgs      hash: id -> message
+KEYS[2] msgs      hash: id -> stored message, behind 'R<token>:...|' once
+                  received (see _prelude.lua)
 KEYS[3] vis       zset: id -> visible-at
-KEYS[4] state     hash: id -> receipt state
-KEYS[5] reply     list: the request's reply key
-KEYS[6] dlq_why   hash: the dead-letter queue's records
+KEYS[4] reply     list: the request's reply key
+KEYS[5] dlq_why   hash: the dead-letter queue's records
 
 ARGV[1] the message id
 
 If the reply arrived meanwhile it is taken (the request succeeds after all).
 Else a message no consumer has received is deleted (counted as deleted). A
-message in flight stays, but loses its request flag and its state gets a
-trailing 'x', so its reply is never pushed: nothing is left behind.
+message in flight stays, but loses its request flag, so its reply is never
+pushed: nothing is left behind.
 Reply: {'reply', <payload>} | {'withdrawn'} | {'in_flight'} |
        {'dead', '<dead_at>|<reason>|<detail>'} | {'gone'} (deleted or purged).
 Errors: RQ_NOQUEUE; RQ_BADARG.
 ]]
-local meta_key, msgs_key, vis_key, state_key, reply_key, dlq_why_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local meta_key, msgs_key, vis_key, reply_key, dlq_why_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id = ARGV[1]
 if not (id and #id <= 20 and string.find(id, '^%d+$')) then
   return bad_arg('message_id', 'a message id (1 to 20 digits)')
@@ -34,18 +34,16 @@ if redis.call('EXISTS', meta_key) == 0 then
 end
 local msg = redis.call('HGET', msgs_key, id)
 if msg then
-  local st = redis.call('HGET', state_key, id)
-  if not st then
+  local h = header_end(msg)
+  if string.byte(msg, 1) ~= 82 then -- never received ('R')
     redis.call('ZREM', vis_key, id)
     redis.call('HDEL', msgs_key, id)
     redis.call('HINCRBY', meta_key, 'deleted_total', 1)
     return {'withdrawn'}
   end
-  if string.byte(msg, 14) == 63 then
-    redis.call('HSET', msgs_key, id, string.sub(msg, 1, 13) .. string.sub(msg, 15))
-  end
-  if string.byte(st, -1) ~= 120 then
-    redis.call('HSET', state_key, id, st .. 'x')
+  -- received: without its flag, deleting it pushes no reply (delete.lua)
+  if string.byte(msg, h + 14) == 63 then
+    redis.call('HSET', msgs_key, id, string.sub(msg, 1, h + 13) .. string.sub(msg, h + 15))
   end
   return {'in_flight'}
 end

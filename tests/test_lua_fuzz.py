@@ -151,7 +151,7 @@ def v_delete(argv: Argv, keys: Sequence[str]) -> list[str]:
     tracked = argv[5::3]
     if any(x[:1] not in (b"r", b"e") for x in tracked if x):
         bad.append("tracked")
-    elif sum(x[:1] == b"r" for x in tracked) != len(keys) - 5:
+    elif sum(x[:1] == b"r" for x in tracked) != len(keys) - 4:
         bad.append("reply keys")
     return bad
 
@@ -186,7 +186,7 @@ def v_reject(argv: Argv, keys: Sequence[str]) -> list[str]:
     tracked = argv[5::3]
     if any(x not in (b"", b"r", b"e") for x in tracked):
         bad.append("tracked")
-    elif tracked.count(b"r") != len(keys) - 9:
+    elif tracked.count(b"r") != len(keys) - 8:
         bad.append("reply keys")
     return bad
 
@@ -210,6 +210,12 @@ def v_unsubscribe(argv: Argv, keys: Sequence[str]) -> list[str]:
 
 def v_withdraw(argv: Argv, keys: Sequence[str]) -> list[str]:
     return [] if argv and re.fullmatch(rb"[0-9]{1,20}", argv[0]) else ["message_id"]
+
+
+def v_upgrade(argv: Argv, keys: Sequence[str]) -> list[str]:
+    if len(argv) < 2:
+        return ["arity"]
+    return [] if all(c == b"-" or re.fullmatch(rb"[0-9]{1,19}", c) for c in argv[:2]) else ["cursor"]
 
 
 def v_none(argv: Argv, keys: Sequence[str]) -> list[str]:
@@ -236,6 +242,7 @@ CONTRACT: dict[str, Callable[[Argv, Sequence[str]], list[str]]] = {
     "delete_queue": v_none,
     "topic_read": v_none,
     "topic_depths": v_none,
+    "upgrade": v_upgrade,
 }
 
 
@@ -255,7 +262,8 @@ def receipts_in(script: str, argv: Argv) -> int | None:
 # ------------------------------------------------------------------ stored shapes the scripts rely on
 
 _ID = re.compile(r"[1-9][0-9]{0,19}")
-_STORED = re.compile(rb"[0-9]{13}[?!]?", re.S)
+#: A stored message's head: a receive's header or a delay's, then sent_at and the flag.
+_STORED = re.compile(rb"(?:R[0-9]+:[0-9]+:[0-9]+(?::[0-9]+)?\||D[0-9]+\|)?[0-9]{13}[?!]?", re.S)
 _STATE = re.compile(rb"[0-9]+:[0-9]+:[0-9]+(?::[0-9]+)?x?")
 _WHY = re.compile(rb"[0-9]+\|(expired|max_receives|rejected)\|.*", re.S)
 _COUNTERS = {b"sent_total", b"received_total", b"deleted_total", b"dead_lettered_total", b"expired_total"}
@@ -280,6 +288,8 @@ def _check_meta(key: str, h: dict[bytes, bytes]) -> None:
             assert h[f] == b"1", f"{key} dlq = {h[f]!r}"
         elif f in _COUNTERS:
             num(f, 0, 10**15)
+        elif f == b"tok":  # receipt tokens: from the clock in microseconds at creation, up
+            assert re.fullmatch(rb"[1-9][0-9]{0,17}", h[f]), f"{key} tok = {h[f]!r}"
         else:
             assert f in (b"vt", b"retention", b"delay", b"max_size", b"created_at"), f"{key} field {f!r}"
 
@@ -436,6 +446,11 @@ class World:
             assert isinstance(call, Call)
             return call
 
+        # A queue of the layout before 0.2: per-message state in a 'state' hash.
+        lk = QueueKeys.for_queue(self.prefix, "legacy")
+        run(_core.create_queue(lk, 30, 0, 3600, QUEUE_MAX_SIZE, None))
+        legacy_ids = run(_core.send(lk, [enc("l1"), enc("l2")], None, _codec.REQUEST))
+        self.raw.hset(lk.state, mapping={legacy_ids[0]: b"1764000000000001:1:1796000000000", legacy_ids[1]: b"7:2:5x"})
         fresh = QueueKeys.for_queue(self.prefix, "fresh")
         s1 = tk.subscription("s1")
         manual_pairs = ["", "", ""] + [p for r in (r_plain, r_plain2, stale) for p in _core.split_receipt(r)]
@@ -451,7 +466,7 @@ class World:
                 "delete:pairs",
                 Call(
                     _core.script("delete"),
-                    [qk.meta, qk.msgs, qk.vis, qk.state, qk.why],
+                    [qk.meta, qk.msgs, qk.vis, qk.why],
                     manual_pairs,
                     _core._flags,
                     qk.name,
@@ -471,6 +486,12 @@ class World:
             Case("publish", pending(_topics.publish_flow(tk, _topics.MemberCache(), ["hello", b"bytes"]))),
             Case("subscribe", pending(_topics.subscribe_flow(tk, "s1", 86400, 30, 0, 3600, QUEUE_MAX_SIZE, None))),
             Case("unsubscribe", _topics.unsubscribe(tk, ["s1", "s2"], only_expired=True)),
+            Case(
+                "upgrade",
+                Call(
+                    _core.script("upgrade"), [lk.msgs, lk.state, lk.dlq().msgs, lk.dlq().state], ["0", "0"], list, "x"
+                ),
+            ),
         ]
         self.cases = {c.name: c for c in cases}
         keys = {k.decode() for k in self.raw.scan_iter(match=prefix_pattern(self.prefix), count=1000)}
@@ -728,6 +749,7 @@ CASES = [
     "publish",
     "subscribe",
     "unsubscribe",
+    "upgrade",
 ]
 
 
@@ -768,6 +790,7 @@ DEFECTS: list[tuple[str, str, Callable[[Argv], Argv]]] = [
     ("unsubscribe", "name-without-keys", lambda a: [*a, b"s3"]),
     ("unsubscribe", "names-shifted-partial-write", lambda a: [b"", *a]),
     ("withdraw", "id-missing-runtime-error", lambda a: []),
+    ("upgrade", "cursor-past-64-bits-command-error", _set(0, b"99999999999999999999")),
 ]
 
 

@@ -329,8 +329,8 @@ class AsyncClient:
         Raises QueueAlreadyExists when it exists with other attributes.
         """
         keys = QueueKeys.for_queue(self.prefix, name)
-        await self.run(
-            _core.create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
+        await self.drive(
+            _core.create_queue_flow(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
         )
         await self._registry_add(keys.name)
         return AsyncQueue(self, keys)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Generator, Iterable, Sequence
 from typing import Any, NamedTuple
 
+import orjson
+
 from rqueue._protocol import codec as _codec
 from rqueue._protocol.calls import Call, Op, Pop, Wait, flags
 from rqueue._protocol.errors import InvalidParameter
@@ -40,7 +42,13 @@ from rqueue._protocol.limits import (
     shown,
 )
 from rqueue._protocol.models import DeadLetter, Message, QueueAttributes, QueueStats, make_message
-from rqueue._protocol.receipts import PLAIN_RECEIPTS, make_receipt, parse_receipt, receipt_args, split_receipt
+from rqueue._protocol.receipts import (
+    PLAIN_RECEIPTS,
+    SUFFIX_OF_BYTE,
+    parse_receipt,
+    receipt_args,
+    split_receipt,
+)
 from rqueue._protocol.request_reply import notify_dead, reply_value, request_flow, withdraw
 from rqueue._protocol.scripts import script
 from rqueue._protocol.sending import encode_batch, send
@@ -76,6 +84,7 @@ __all__ = [
     "attributes",
     "change_visibility",
     "create_queue",
+    "create_queue_flow",
     "delete",
     "delete_queue",
     "encode_batch",
@@ -89,6 +98,7 @@ __all__ = [
     "request_flow",
     "send",
     "stats",
+    "upgrade_flow",
     "withdraw",
 ]
 
@@ -103,8 +113,9 @@ def create_queue(
     retention: float,
     max_message_size: int,
     max_receive_count: int | None,
-) -> Call[bool]:
-    """Create a queue and its DLQ; the reply says whether it was new."""
+) -> Call[int]:
+    """Create a queue and its DLQ; the reply: 1 new, 0 it existed alike, 2 so and it needs
+    ``upgrade_flow``."""
     if keys.is_dlq:
         raise InvalidParameter(f"{keys.name!r} names a dead-letter queue; create its source queue")
     vt = seconds_ms("visibility_timeout", visibility_timeout, 0, MAX_VISIBILITY)
@@ -119,7 +130,37 @@ def create_queue(
         else str(integer("max_receive_count", max_receive_count, 1, MAX_RECEIVE_COUNT_LIMIT))
     )
     args: list[bytes | str | int] = [vt, dl, ret, size, mrc, MAX_RETENTION * 1000]
-    return Call(script("create_queue"), [keys.meta, keys.dlq().meta, keys.seq], args, bool, keys.name)
+    d = keys.dlq()
+    return Call(script("create_queue"), [keys.meta, d.meta, keys.seq, keys.state, d.state], args, int, keys.name)
+
+
+def create_queue_flow(
+    keys: QueueKeys,
+    visibility_timeout: float,
+    delay: float,
+    retention: float,
+    max_message_size: int,
+    max_receive_count: int | None,
+) -> Generator[Op, Any, bool]:
+    """Create a queue, or upgrade in place one that holds state of the layout before 0.2."""
+    created: int = yield create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
+    if created == 2:
+        yield from upgrade_flow(keys)
+    return created == 1
+
+
+def upgrade_flow(keys: QueueKeys) -> Generator[Op, Any, None]:
+    """Fold a queue's (and its dead-letter queue's) per-message state of the layout before
+    0.2 into its messages, one bounded script call at a time (lua/upgrade.lua)."""
+    d = keys.dlq()
+    cursors: list[bytes | str | int] = ["0", "0"]
+    while cursors != ["-", "-"]:
+        reply = yield Call(script("upgrade"), [keys.msgs, keys.state, d.msgs, d.state], cursors, list, keys.name)
+        cursors = [c.decode() for c in reply]
+
+
+_JSON = ord("j")
+_loads = orjson.loads
 
 
 def _dead_letter(why: bytes, source: str, sent_at: int) -> DeadLetter:
@@ -150,26 +191,29 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
     name = keys.name
 
     def parse(reply: list[Any]) -> Received:
-        ids, stored, states, whys, next_ms, buried = reply
+        ids, stored, token, now, again, whys, next_ms, buried = reply
+        tok = "." + token.decode()
         out: list[Message] = []
+        append = out.append
         for i, raw_id in enumerate(ids):
             raw = stored[i]
-            sent_at, body, attrs = _codec.decode(raw)
-            token, rc, first = states[i].split(b":", 3)[:3]  # a 4th field: when it became visible
             mid = raw_id.decode()
-            out.append(
-                make_message(
-                    mid,
-                    body,
-                    attrs,
-                    make_receipt(mid, token.decode(), "" if whys else _codec.flag_of(raw)),
-                    int(rc),
-                    sent_at,
-                    int(first),
-                    name,
-                    _dead_letter(whys[i], source, sent_at) if whys else None,
+            if raw[13] == _JSON and not whys:  # the common case: JSON, untracked, no attributes
+                append(make_message(mid, _loads(raw[14:]), {}, mid + tok, 1, int(raw[:13]), now, name, None))
+                continue
+            sent_at, body, attrs = _codec.decode(raw)
+            dead = None
+            if whys:
+                dead, receipt = _dead_letter(whys[i], source, sent_at), mid + tok
+            else:
+                receipt = mid + tok + SUFFIX_OF_BYTE.get(raw[13], "")
+            append(make_message(mid, body, attrs, receipt, 1, sent_at, now, name, dead))
+        if again:  # received before: (index from 1, receive_count, first_received_at), ...
+            for k in range(0, len(again), 3):
+                m = out[again[k] - 1]
+                out[again[k] - 1] = make_message(
+                    m.id, m.body, m.attributes, m.receipt, again[k + 1], m.sent_at, again[k + 2], name, m.dead_letter
                 )
-            )
         return Received(out, int(next_ms), notify_dead(keys, buried) if buried else None)
 
     def settle(got: Received) -> list[Call[Any]]:
@@ -185,8 +229,6 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
             keys.meta,
             keys.msgs,
             keys.vis,
-            keys.state,
-            keys.seq,
             keys.wake,
             keys.why,
             dlq.meta,
@@ -236,7 +278,7 @@ def delete(keys: QueueKeys, receipts: Iterable[str], replies: Sequence[Any] | No
             raise InvalidParameter(f"replies must be a list aligned with receipts, got {type(replies).__name__}")
         if len(replies) != len(receipts):
             raise InvalidParameter(f"replies must hold one value per receipt ({len(receipts)}), got {len(replies)}")
-    key_list = [keys.meta, keys.msgs, keys.vis, keys.state, keys.why]
+    key_list = [keys.meta, keys.msgs, keys.vis, keys.why]
     joined = " ".join(receipts) if all(isinstance(r, str) for r in receipts) else ""
     if PLAIN_RECEIPTS.fullmatch(joined):  # the common case, checked and sent as one string
         return Call(script("delete"), key_list, ["", "", "j", joined], flags, keys.name)
@@ -269,7 +311,7 @@ def change_visibility(keys: QueueKeys, receipts: Iterable[str], seconds: float) 
     ms = seconds_ms("seconds", seconds, 0, MAX_VISIBILITY)
     return Call(
         script("change_visibility"),
-        [keys.meta, keys.vis, keys.state, keys.wake],
+        [keys.meta, keys.msgs, keys.vis, keys.wake],
         [ms, *receipt_args(receipts)],
         flags,
         keys.name,
@@ -285,7 +327,7 @@ def reject(keys: QueueKeys, receipts: Iterable[str], reason: str) -> Call[list[b
             f"reason must be valid Unicode text (no lone surrogates) of at most 4096 characters, got {reason!r:.80}"
         )
     d = keys.dlq()
-    key_list = [keys.meta, keys.msgs, keys.vis, keys.state, d.meta, d.msgs, d.vis, d.why, d.wake]
+    key_list = [keys.meta, keys.msgs, keys.vis, d.meta, d.msgs, d.vis, d.why, d.wake]
     args: list[bytes | str | int] = [reason, keys.events, REPLY_TTL_MS]
     for r in batch("receipts", receipts):
         mid, token, tracked = parse_receipt(r)
@@ -337,7 +379,7 @@ def stats(keys: QueueKeys) -> Call[QueueStats]:
             parse_attributes(meta),
         )
 
-    return Call(script("stats"), [keys.meta, keys.msgs, keys.vis, keys.state, dlq_vis], [], parse, keys.name)
+    return Call(script("stats"), [keys.meta, keys.msgs, keys.vis, dlq_vis], [], parse, keys.name)
 
 
 def attributes(keys: QueueKeys) -> Call[QueueAttributes]:
@@ -353,7 +395,7 @@ def redrive(keys: QueueKeys) -> Call[int]:
     d = keys.dlq()
     return Call(
         script("redrive"),
-        [keys.meta, keys.msgs, keys.vis, keys.state, keys.wake, d.meta, d.msgs, d.vis, d.state, d.why],
+        [keys.meta, keys.msgs, keys.vis, keys.wake, d.meta, d.msgs, d.vis, d.why],
         [REDRIVE_CHUNK],
         int,
         keys.name,

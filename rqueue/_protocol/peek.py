@@ -38,20 +38,20 @@ def peek(keys: QueueKeys, max_messages: int) -> Call[list[Peeked]]:
     source = keys.source().name if keys.is_dlq else ""
 
     def parse(reply: list[Any]) -> list[Peeked]:
-        ids, stored, states, whys, scores, now = reply
+        ids, stored, counts, whys, scores, now = reply
         out: list[Peeked] = []
         for i, raw_id in enumerate(ids):
             if not stored[i]:
                 continue
             sent_at, body, attrs = _codec.decode(stored[i])
-            receive_count = int(states[i].split(b":")[1]) if states[i] else 0
+            receive_count = int(counts[i])
             visible_at = int(float(scores[i]))
             why = None
             if whys[i]:
                 dead_at, reason, detail = whys[i].decode().split("|", 2)
                 why = DeadLetter(reason, detail, int(dead_at), source)
-            in_flight = bool(states[i]) and visible_at > int(now)
+            in_flight = receive_count > 0 and visible_at > int(now)
             out.append(Peeked(raw_id.decode(), body, attrs, sent_at, receive_count, visible_at, in_flight, why))
         return out
 
-    return Call(script("peek"), [keys.meta, keys.msgs, keys.vis, keys.state, keys.why], [n], parse, keys.name)
+    return Call(script("peek"), [keys.meta, keys.msgs, keys.vis, keys.why], [n], parse, keys.name)

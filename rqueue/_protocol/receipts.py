@@ -15,6 +15,8 @@ from rqueue._protocol.limits import batch
 
 #: A message's flag (codec) -> its receipt's suffix.
 _TRACKED_SUFFIX = {"": "", _codec.REQUEST: "r", _codec.EVENTS: "e"}
+#: The same by the stored byte (the one after sent_at), as the receive path reads it.
+SUFFIX_OF_BYTE = {ord(_codec.REQUEST): "r", ord(_codec.EVENTS): "e"}
 
 #: Untracked receipts joined by spaces, as the delete script takes them in one argument.
 PLAIN_RECEIPTS = re.compile(r"\d{1,20}\.\d{1,20}(?: \d{1,20}\.\d{1,20})*", re.ASCII)

@@ -79,7 +79,7 @@ def withdraw(keys: QueueKeys, message_id: str, timeout: float) -> Call[Any]:
 
     return Call(
         script("withdraw"),
-        [keys.meta, keys.msgs, keys.vis, keys.state, keys.reply(message_id), keys.dlq().why],
+        [keys.meta, keys.msgs, keys.vis, keys.reply(message_id), keys.dlq().why],
         [message_id],
         parse,
         name,

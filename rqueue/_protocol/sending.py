@@ -25,8 +25,7 @@ def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str =
     n = len(encoded)
 
     def parse(reply: list[Any]) -> list[str]:
-        last = int(reply[0])
-        return [str(i) for i in range(last - n + 1, last + 1)]
+        return ids_of(int(reply[0]), n)
 
     return Call(
         script("send"),
@@ -35,6 +34,19 @@ def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str =
         parse,
         keys.name,
     )
+
+
+#: id_of in lua/_prelude.lua: a message id is its number's digits behind their count.
+_ID_PREFIX = ["", "1", "2", "3", "4", "5", "6", "7", "8", *(f"9{k}" for k in range(10))]
+
+
+def ids_of(last: int, n: int) -> list[str]:
+    """The ids of the ``n`` messages numbered up to ``last``, as the scripts make them."""
+    out = []
+    for i in range(last - n + 1, last + 1):
+        s = str(i)
+        out.append(_ID_PREFIX[len(s)] + s)
+    return out
 
 
 def encode_batch(bodies: Iterable[Any], attributes: _codec.Attributes | None) -> list[bytes]:

@@ -15,8 +15,9 @@ from typing import Any
 
 from rqueue._protocol.keys import QueueKeys, TopicKeys, check_name
 from rqueue._protocol.models import SubscriptionInfo
-from rqueue._protocol.operations import MAX_RETENTION, Call, Op, create_queue, encode_batch, seconds_ms
+from rqueue._protocol.operations import MAX_RETENTION, Call, Op, create_queue, encode_batch, seconds_ms, upgrade_flow
 from rqueue._protocol.scripts import script
+from rqueue._protocol.sending import ids_of
 
 MIN_TTL, MAX_TTL = 0.05, 30 * 86400
 DEFAULT_TTL = 86400.0
@@ -116,7 +117,7 @@ def publish_flow(topic: TopicKeys, cache: MemberCache, bodies: Iterable[Any]) ->
         if expired:
             yield unsubscribe(topic, expired, only_expired=True)
             cache.members = None
-        return [str(i) for i in range(last - n + 1, last + 1)]
+        return ids_of(last, n)
     raise RuntimeError(f"topic {topic.name!r}: its subscriptions changed {MAX_STALE} times during one publish")
 
 
@@ -151,6 +152,8 @@ def subscribe_flow(
         bool,
         sub.name,
     )
+    if not joined:  # it existed: it may hold state of the layout before 0.2
+        yield from upgrade_flow(sub)
     return bool(joined)
 
 

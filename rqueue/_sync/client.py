@@ -328,8 +328,8 @@ class Client:
         Raises QueueAlreadyExists when it exists with other attributes.
         """
         keys = QueueKeys.for_queue(self.prefix, name)
-        self.run(
-            _core.create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
+        self.drive(
+            _core.create_queue_flow(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
         )
         self._registry_add(keys.name)
         return Queue(self, keys)

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rqueue._protocol.keys import QueueKeys
 from rqueue._sync.client import Client
 
 
@@ -69,4 +70,7 @@ def measure(
         t2 = time.perf_counter()
     finally:
         client.delete_queue(name)
+        # A deleted queue's id counter lasts a day (for a queue made again under its name);
+        # no queue will ever have this throwaway name again.
+        client.redis.delete(QueueKeys.for_queue(client.prefix, name).seq)
     return BenchResult(messages, batch, body_bytes, t1 - t0, t2 - t1)
