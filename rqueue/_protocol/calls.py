@@ -63,6 +63,9 @@ def settle_nothing(_: object) -> Sequence[Call[Any]]:
 Op = Call[Any] | Wait | Pop
 
 
-def flags(reply: list[Any]) -> list[bool]:
-    """The reply parser of a call that answers one 0/1 per item (a stale receipt: False)."""
+def flags(reply: list[Any] | bytes) -> list[bool]:
+    """The reply parser of a call that answers one 0/1 per item (a stale receipt: False), as
+    integers or (delete: cheaper to build and to read) one string of '1' and '0'."""
+    if isinstance(reply, bytes):
+        return [x == 49 for x in reply]
     return [bool(x) for x in reply]
