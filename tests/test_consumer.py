@@ -473,14 +473,14 @@ def test_tracker_slots_flush_by_count_and_unstarted_release() -> None:
     t.unreserve(1)
     assert t.free == 2
     jobs[0].started = True
-    assert t.finish(jobs[0], "r", None, 0.0).flush_now  # first pending ack starts the timer
+    assert t.finish(jobs[0], "r", None, 0.0)[1]  # (outcome, flush now): first pending ack starts the timer
     assert t.flush_in(0.001) == pytest.approx(0.004)
     release = t.take_unstarted()
     assert release.releases == {0: ["2.2"]} and t.free == 4 and not t.jobs
     flush = t.take()
     assert flush.deletes == {0: [("1.1", "r")]} and t.flush_in(0.0) is None
     more = t.received(0, [_msg(i) for i in range(3, 6)], 0.0)
-    decisions = [t.finish(j, None, None, 0.0).flush_now for j in more]
+    decisions = [t.finish(j, None, None, 0.0)[1] for j in more]
     assert decisions == [True, False, True]  # the third reaches batch_size
     assert t.flush_in(0.0) == 0.0
 

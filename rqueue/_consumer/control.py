@@ -281,15 +281,15 @@ class Control:
     def finished(self, job: Job, reply: Any, error: BaseException | None, now: float) -> Outcome:
         """A handler returned ``reply`` or raised ``error``: record it and wake whoever must look."""
         book = self.ledger
-        decision = book.finish(job, reply, error, now)
+        outcome, flush_now = book.finish(job, reply, error, now)
         free = book.free
         if free == 1 or free == book.want or self.life.halted or book.full:
             self.wakes.slots()  # a receiver may go (or start gathering); the shutdown may finish
-        if decision.flush_now:
+        if flush_now:
             due = book.flush_in(now)
             if due is not None and now + due < self.maint_wake_at:
                 self.wakes.maint()
-        return decision.outcome
+        return outcome
 
     def take(self) -> Job | None:
         """The next job for a worker (marked started), or None if none may start."""
