@@ -3,7 +3,7 @@ from now, each only by its latest receipt. 0 makes a message visible at once.
 
 KEYS[1] meta   hash: attributes and counters
 KEYS[2] msgs   hash: id -> stored message, behind 'R<token>:...|' once received
-KEYS[3] vis    zset: id -> visible-at
+KEYS[3] vis    zset: id -> visible-at (received: - 0.5, see receive.lua)
 KEYS[4] wake   list: wake-up token for waiting receivers
 
 ARGV[1] timeout in ms (0..12 h)
@@ -27,20 +27,21 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local visible_at = now + timeout
+local score = visible_at - 0.5 -- received: half a ms early, see receive.lua
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 * i] end
 local msgs = redis.call('HMGET', msgs_key, unpack(ids))
 -- The earliest hidden message decides how long waiting receivers sleep; if a
 -- message now becomes visible before it, they must look again.
 local head = redis.call('ZRANGE', vis_key, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
-local wake = #head == 0 or visible_at < tonumber(head[2])
+local wake = #head == 0 or score < tonumber(head[2])
 local out, z = {}, {}
 for i = 1, n do
   local m = msgs[i]
   local prefix = 'R' .. ARGV[2 * i + 1] .. ':'
   if m and string.sub(m, 1, #prefix) == prefix then
     out[i] = 1
-    z[#z + 1] = visible_at
+    z[#z + 1] = score
     z[#z + 1] = ids[i]
   else
     out[i] = 0

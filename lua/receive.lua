@@ -20,7 +20,8 @@ KEYS[1]  meta      hash: attributes (vt, retention, mrc, dlq) and counters
 KEYS[2]  msgs      hash: id -> stored message (see _prelude.lua): once
                    received, behind its header 'R<token>:<receive_count>:
                    <first_received_at>[:<visible_since>]|'
-KEYS[3]  vis       zset: id scored by visible-at (ms)
+KEYS[3]  vis       zset: id scored by visible-at (ms); a received message by
+                   its visible-at - 0.5 (in flight while hidden)
 KEYS[4]  wake      list: wake-up token for waiting receivers
 KEYS[5]  why       hash: id -> '<dead_at>|<reason>|<detail>' (dead-letter queues)
 KEYS[6]  dlq_meta  } the dead-letter queue's meta, msgs, vis, why and wake;
@@ -112,7 +113,11 @@ local function take_token()
   token = string.format('%d', redis.call('HINCRBY', meta_key, 'tok', 1))
   fresh = 'R' .. token .. ':1:' .. nows .. '|'
 end
+-- A received message's score is half a millisecond before it is visible again:
+-- visible at hidden_until all the same (now is whole ms), and stats tells a
+-- message in flight (x.5) from a delayed one (whole) by its score alone.
 local hidden_until = now + vt
+local score = hidden_until - 0.5
 local hs, zs, again = {}, {}, {}
 local n_out = 0
 
@@ -120,7 +125,7 @@ local function deliver(id, msg, head, rc, why)
   n_out = n_out + 1
   hs[2 * n_out - 1] = id
   hs[2 * n_out] = head .. msg
-  zs[2 * n_out - 1] = hidden_until
+  zs[2 * n_out - 1] = score
   zs[2 * n_out] = id
   out_ids[n_out], out_msgs[n_out] = id, msg
   if is_dlq then
@@ -178,7 +183,7 @@ while true do
       n_out = n_out + 1
       hs[2 * n_out - 1] = id
       hs[2 * n_out] = fresh .. msg
-      zs[2 * n_out - 1] = hidden_until
+      zs[2 * n_out - 1] = score
       zs[2 * n_out] = id
       out_ids[n_out], out_msgs[n_out] = id, msg
       if string.byte(msg, 14) == 33 then
@@ -255,7 +260,7 @@ if n_out > 0 then
   -- Waiters sleep until the earliest hidden message is visible: hiding one
   -- before that (or when none is hidden) must make them look again.
   local first_hidden = redis.call('ZRANGE', vis_key, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
-  wake = #first_hidden == 0 or hidden_until < tonumber(first_hidden[2])
+  wake = #first_hidden == 0 or score < tonumber(first_hidden[2])
   redis.call('HSET', msgs_key, unpack(hs))
   redis.call('ZADD', vis_key, unpack(zs))
   redis.call('HINCRBY', meta_key, 'received_total', n_out)
@@ -274,7 +279,7 @@ local next_ms = -1
 if n_out == 0 then
   local head = redis.call('ZRANGE', vis_key, 0, 0, 'WITHSCORES')
   if #head > 0 then
-    next_ms = math.max(0, tonumber(head[2]) - now)
+    next_ms = math.max(0, math.ceil(tonumber(head[2]) - now))
   end
 elseif more and not wake then
   -- Batch full: if more is visible, pass the wake-up on to the next waiter.

@@ -10,8 +10,10 @@ The token is kept, so receipts issued before the upgrade stay valid.
 
 KEYS[1] msgs   } the queue
 KEYS[2] state  }
-KEYS[3] msgs   } its dead-letter queue
-KEYS[4] state  }
+KEYS[3] vis    }
+KEYS[4] msgs   } its dead-letter queue
+KEYS[5] state  }
+KEYS[6] vis    }
 
 ARGV[1] the queue's HSCAN cursor (1 to 19 digits): '0' to start, '-' when done
 ARGV[2] the dead-letter queue's
@@ -19,7 +21,7 @@ ARGV[2] the dead-letter queue's
 Reply: {cursor, cursor}, '-' for each one finished; call again until both are.
 Errors: RQ_BADARG.
 ]]
-local function fold(msgs_key, state_key, cursor)
+local function fold(msgs_key, state_key, vis_key, cursor)
   if cursor == '-' then return '-' end
   local page = redis.call('HSCAN', state_key, cursor, 'COUNT', 200)
   local flat = page[2]
@@ -34,6 +36,11 @@ local function fold(msgs_key, state_key, cursor)
       local head = 'R' .. tok .. ':' .. rc .. ':' .. first
       if since ~= '' then head = head .. ':' .. since end
       redis.call('HSET', msgs_key, id, head .. '|' .. m)
+      -- received: scored half a ms before it is visible (receive.lua)
+      local score = tonumber(redis.call('ZSCORE', vis_key, id))
+      if score and score == math.floor(score) then
+        redis.call('ZADD', vis_key, 'XX', score - 0.5, id)
+      end
     end
     redis.call('HDEL', state_key, id)
   end
@@ -46,4 +53,4 @@ for i = 1, 2 do
     return bad_arg('cursor', "an HSCAN cursor (1 to 19 digits), or '-' when done")
   end
 end
-return {fold(KEYS[1], KEYS[2], ARGV[1]), fold(KEYS[3], KEYS[4], ARGV[2])}
+return {fold(KEYS[1], KEYS[2], KEYS[3], ARGV[1]), fold(KEYS[4], KEYS[5], KEYS[6], ARGV[2])}

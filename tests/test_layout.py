@@ -112,7 +112,7 @@ def test_upgrade_refuses_bad_cursors_and_changes_nothing(raw: Any, prefix: str, 
     raw.hset(k.state, "11", b"1:1:1")
     s = script("upgrade")
     with pytest.raises(Exception, match="RQ_BADARG cursor"):
-        raw.eval(s.source, 4, k.msgs, k.state, k.dlq().msgs, k.dlq().state, "0", bad)
+        raw.eval(s.source, 6, k.msgs, k.state, k.vis, k.dlq().msgs, k.dlq().state, k.dlq().vis, "0", bad)
     assert raw.hgetall(k.state) == {b"11": b"1:1:1"}
 
 

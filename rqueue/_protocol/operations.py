@@ -155,7 +155,9 @@ def upgrade_flow(keys: QueueKeys) -> Generator[Op, Any, None]:
     d = keys.dlq()
     cursors: list[bytes | str | int] = ["0", "0"]
     while cursors != ["-", "-"]:
-        reply = yield Call(script("upgrade"), [keys.msgs, keys.state, d.msgs, d.state], cursors, list, keys.name)
+        reply = yield Call(
+            script("upgrade"), [keys.msgs, keys.state, keys.vis, d.msgs, d.state, d.vis], cursors, list, keys.name
+        )
         cursors = [c.decode() for c in reply]
 
 

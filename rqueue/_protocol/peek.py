@@ -6,6 +6,7 @@ changes it: no receipt, no receive count, nothing hidden.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ def peek(keys: QueueKeys, max_messages: int) -> Call[list[Peeked]]:
                 continue
             sent_at, body, attrs = _codec.decode(stored[i])
             receive_count = int(counts[i])
-            visible_at = int(float(scores[i]))
+            visible_at = math.ceil(float(scores[i]))  # a received message: half a ms early
             why = None
             if whys[i]:
                 dead_at, reason, detail = whys[i].decode().split("|", 2)
