@@ -3,6 +3,8 @@
 # alternated on one throwaway server, all through the peers' harness (../shared/bench-peers).
 #   benchmarks/vs_streams.sh                 # ROUNDS=3 N=50000 PORT=6395
 # Needs ../shared/bench-peers/setup.sh's /tmp/peers venv for streams and dramatiq (PEERS_PY).
+# BEFORE_PY=<python of another checkout's venv> also runs that checkout's consumers (labelled
+# "before") in every round, for a before/after table from one run.
 # Prints each run's RESULT line; summarize with ../shared/bench-peers/summarize.py or by eye.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,12 @@ for r in $(seq "$ROUNDS"); do
   (cd "$PEERS_DIR" && "$PEERS_PY" streams_bench.py --port "$PORT" --n "$N" --workers 1) | grep RESULT
   "$PY" benchmarks/peer_rqueue.py --mode asyncio --port "$PORT" --n "$N" --workers 1 | grep RESULT
   "$PY" benchmarks/peer_rqueue.py --mode threads --port "$PORT" --n "$N" --workers 1 | grep RESULT
+  if [ -n "${BEFORE_PY:-}" ]; then
+    for mode in asyncio threads; do
+      "$BEFORE_PY" benchmarks/peer_rqueue.py --mode "$mode" --port "$PORT" --n "$N" --workers 1 | grep RESULT \
+        | sed 's/"peer": "rqueue-/"peer": "before-rqueue-/'
+    done
+  fi
   for peer in $EXTRA; do
     (cd "$PEERS_DIR" && "$PEERS_PY" "${peer}_bench.py" --port "$PORT" --n 20000 --workers 1 --concurrency 32) | grep RESULT
   done

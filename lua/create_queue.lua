@@ -4,8 +4,6 @@ existing queue has the same attributes.
 KEYS[1] meta      hash: the queue's attributes and counters
 KEYS[2] dlq_meta  hash: the dead-letter queue's attributes and counters
 KEYS[3] seq       string: the id counter shared by the queue and its DLQ
-KEYS[4] state     } hashes of the layout before 0.2 (per-message receipt
-KEYS[5] dlq_state } state), only checked for: see upgrade.lua
 
 ARGV[1] visibility_timeout (ms)
 ARGV[2] delay (ms)
@@ -15,7 +13,8 @@ ARGV[5] max_receive_count ('' = none)
 ARGV[6] dlq retention (ms)
 
 Reply: 1 when created, 0 when it existed with the same attributes, 2 when it
-existed so and still needs upgrade.lua.
+existed so but was created by rqueue 0.1 (meta has no 'v'): the client then
+runs upgrade.lua until it is done.
 Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
         when it exists with other attributes; RQ_BADARG (see _prelude.lua).
 ]]
@@ -30,15 +29,15 @@ if cur[1] then
   local cur_mrc = cur[5] or ''
   if cur[1] == vt and cur[2] == delay and cur[3] == retention and cur[4] == max_size
       and cur_mrc == mrc then
-    -- 2: it holds per-message state of the layout before 0.2 (a 'state'
-    -- hash), which upgrade.lua folds into the messages.
-    if not redis.call('HGET', meta_key, 'tok') then -- created by the layout before 0.2
+    if not redis.call('HGET', meta_key, 'v') then
+      -- created by 0.1: receipt tokens go on from past every token it issued (they
+      -- came from seq), and upgrade.lua rewrites its messages, then sets 'v'
       local t = redis.call('TIME')
-      local tok = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
-      redis.call('HSETNX', meta_key, 'tok', tok)
-      redis.call('HSETNX', dlq_meta_key, 'tok', tok)
+      local tok = math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]), tonumber(redis.call('GET', seq_key) or '0') + 1)
+      redis.call('HSETNX', meta_key, 'tok', string.format('%d', tok))
+      redis.call('HSETNX', dlq_meta_key, 'tok', string.format('%d', tok))
+      return 2
     end
-    if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then return 2 end
     return 0
   end
   return redis.error_reply(string.format('RQ_EXISTS %s %s %s %s %s',
@@ -60,6 +59,6 @@ redis.call('HSET', dlq_meta_key, 'vt', vt, 'delay', 0, 'retention', dlq_retentio
 -- reissues a receipt of its past life.
 redis.call('PERSIST', seq_key)
 local tok = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
-redis.call('HSET', meta_key, 'tok', tok)
-redis.call('HSET', dlq_meta_key, 'tok', tok)
+redis.call('HSET', meta_key, 'tok', tok, 'v', 2)
+redis.call('HSET', dlq_meta_key, 'tok', tok, 'v', 2)
 return 1

@@ -7,7 +7,7 @@ with its backlog, and subscribing again starts it afresh.
 
 KEYS[1] subs      zset: subscription name -> expires-at (ms)
 KEYS[2] version   string: bumped when a subscription joins or leaves
-KEYS[3] seq       string: the topic's id counter (not touched here)
+KEYS[3] seq       string: the topic's id counter (read only)
 KEYS[4] meta      hash: the subscription's attributes and counters
 KEYS[5] dlq_meta  hash: its dead-letter queue's
 KEYS[6 + 12(i-1) ..] per expired candidate i: the 12 keys as in unsubscribe.lua
@@ -18,7 +18,8 @@ ARGV[7] ttl (ms)
 ARGV[8] the subscription's name
 ARGV[9..] expired candidates' names, in the order of their keys
 
-Reply: 1 when it joined now, 0 when it was refreshed.
+Reply: 1 when it joined now, 0 when it was refreshed, 2 when refreshed but made
+by rqueue 0.1 (the client then runs upgrade.lua).
 Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
         (before any reaping: an error changes nothing); RQ_BADARG.
 ]]
@@ -80,10 +81,18 @@ if not exists then
   -- receipt tokens count up from the clock in microseconds (create_queue.lua);
   -- ids come from the topic's seq, from 1, kept as long as the topic
   local tok = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
-  redis.call('HSET', meta_key, 'tok', tok)
-  redis.call('HSET', dlq_meta_key, 'tok', tok)
+  redis.call('HSET', meta_key, 'tok', tok, 'v', 2)
+  redis.call('HSET', dlq_meta_key, 'tok', tok, 'v', 2)
   joined = 1
   changed = true
+end
+if exists and not redis.call('HGET', meta_key, 'v') then
+  -- made by 0.1: tokens go on from past every one it issued (they came from the
+  -- topic's seq); the client runs upgrade.lua, which sets 'v'
+  local tok = math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]), tonumber(redis.call('GET', KEYS[3]) or '0') + 1)
+  redis.call('HSETNX', meta_key, 'tok', string.format('%d', tok))
+  redis.call('HSETNX', dlq_meta_key, 'tok', string.format('%d', tok))
+  joined = 2
 end
 redis.call('ZADD', subs_key, now + ttl, name)
 redis.call('HSET', meta_key, 'ttl', ttl)

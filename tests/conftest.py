@@ -164,11 +164,6 @@ def lib(server_url: str, prefix: str) -> Iterator[rqueue.Client]:
     r.close()
 
 
-def lasting_keys(raw: Any, prefix: str) -> list[str]:
-    """The keys under the test's prefix that do not expire."""
-    return [k for k in stored_keys(raw, prefix) if raw.pttl(k) == -1]
-
-
 def stored_keys(raw: Any, prefix: str, match: str | None = None) -> list[str]:
     """Every key under the test's prefix, or every one ``match`` (a pattern from rqueue._protocol.keys) matches."""
     return sorted(k.decode() for k in raw.scan_iter(match=match or prefix_pattern(prefix), count=1000))

@@ -279,7 +279,7 @@ def test_an_arrival_queues_its_jobs_and_says_how_long_to_long_poll() -> None:
     assert (arrival.pause, arrival.wait, arrival.notify) == (0.0, None, None)  # messages: receive again at once
     assert [j.message.id for j in ctl.work] == ["1", "2"] and ctl.ledger.free == 2
     assert woken.take() == ["slots", "jobs", "maint"]  # 2 slots unfilled; jobs; the first lease to watch
-    assert ctl.take() is ctl.ledger.jobs["1.1"] and ctl.ledger.jobs["1.1"].started
+    assert ctl.take() is ctl.ledger.jobs[0, "1.1"] and ctl.ledger.jobs[0, "1.1"].started
     for next_ms, wait in ((-1, WAIT_CHUNK), (200, 0.2), (0, None)):
         n, _ = ctl.go(1)
         assert ctl.arrived(1, n, ([], next_ms, None), 100.0).wait == wait

@@ -52,7 +52,7 @@ def _make_legacy(raw: Any, k: QueueKeys, mid: str, state: bytes, hidden_for_ms: 
     t = raw.time()
     now = t[0] * 1000 + t[1] // 1000
     raw.zadd(k.vis, {mid: now + hidden_for_ms})
-    raw.hdel(k.meta, "tok")
+    raw.hdel(k.meta, "tok", "v")
 
 
 def test_create_queue_upgrades_a_queue_of_the_layout_before(client: Any, raw: Any) -> None:
@@ -112,7 +112,19 @@ def test_upgrade_refuses_bad_cursors_and_changes_nothing(raw: Any, prefix: str, 
     raw.hset(k.state, "11", b"1:1:1")
     s = script("upgrade")
     with pytest.raises(Exception, match="RQ_BADARG cursor"):
-        raw.eval(s.source, 6, k.msgs, k.state, k.vis, k.dlq().msgs, k.dlq().state, k.dlq().vis, "0", bad)
+        raw.eval(
+            s.source,
+            8,
+            k.meta,
+            k.msgs,
+            k.state,
+            k.vis,
+            *(k.dlq().meta, k.dlq().msgs, k.dlq().state),
+            k.dlq().vis,
+            "0",
+            "0",
+            bad,
+        )
     assert raw.hgetall(k.state) == {b"11": b"1:1:1"}
 
 

@@ -213,9 +213,9 @@ def v_withdraw(argv: Argv, keys: Sequence[str]) -> list[str]:
 
 
 def v_upgrade(argv: Argv, keys: Sequence[str]) -> list[str]:
-    if len(argv) < 2:
+    if len(argv) < 3:
         return ["arity"]
-    return [] if all(c == b"-" or re.fullmatch(rb"[0-9]{1,19}", c) for c in argv[:2]) else ["cursor"]
+    return [] if all(c == b"-" or re.fullmatch(rb"[0-9]{1,19}", c) for c in argv[:3]) else ["cursor"]
 
 
 def v_none(argv: Argv, keys: Sequence[str]) -> list[str]:
@@ -288,6 +288,8 @@ def _check_meta(key: str, h: dict[bytes, bytes]) -> None:
             assert h[f] == b"1", f"{key} dlq = {h[f]!r}"
         elif f in _COUNTERS:
             num(f, 0, 10**15)
+        elif f == b"v":  # the storage layout
+            assert h[f] == b"2", f"{key} v = {h[f]!r}"
         elif f == b"tok":  # receipt tokens: from the clock in microseconds at creation, up
             assert re.fullmatch(rb"[1-9][0-9]{0,17}", h[f]), f"{key} tok = {h[f]!r}"
         else:
@@ -453,6 +455,7 @@ class World:
         run(_core.create_queue(lk, 30, 0, 3600, QUEUE_MAX_SIZE, None))
         legacy_ids = run(_core.send(lk, [enc("l1"), enc("l2")], None, _codec.REQUEST))
         self.raw.hset(lk.state, mapping={legacy_ids[0]: b"1764000000000001:1:1796000000000", legacy_ids[1]: b"7:2:5x"})
+        self.raw.hdel(lk.meta, "v")  # made by 0.1
         fresh = QueueKeys.for_queue(self.prefix, "fresh")
         s1 = tk.subscription("s1")
         manual_pairs = ["", "", ""] + [p for r in (r_plain, r_plain2, stale) for p in _core.split_receipt(r)]
@@ -492,8 +495,8 @@ class World:
                 "upgrade",
                 Call(
                     _core.script("upgrade"),
-                    [lk.msgs, lk.state, lk.vis, lk.dlq().msgs, lk.dlq().state, lk.dlq().vis],
-                    ["0", "0"],
+                    [lk.meta, lk.msgs, lk.state, lk.vis, lk.dlq().meta, lk.dlq().msgs, lk.dlq().state, lk.dlq().vis],
+                    ["0", "0", "0"],
                     list,
                     "x",
                 ),

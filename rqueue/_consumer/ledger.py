@@ -59,7 +59,8 @@ class Ledger:
         self.free = settings.concurrency
         #: A busy receiver waits (briefly) for this many free slots, so a round trip carries a batch.
         self.want = max(1, min(settings.batch_size, settings.concurrency) // 2)
-        self.jobs: dict[str, Job] = {}
+        #: Held jobs by (queue index, receipt): receipts are unique within a queue only.
+        self.jobs: dict[tuple[int, str], Job] = {}
         self.pending = Flush()
         self.pending_count = 0
         self.pending_since: float | None = None
@@ -84,7 +85,7 @@ class Ledger:
         """Hold freshly received messages (their slots were reserved)."""
         lease_end = now + self.leases[qi]
         jobs = [Job(m, qi, lease_end) for m in messages]
-        self.jobs.update((j.message.receipt, j) for j in jobs)
+        self.jobs.update(((qi, j.message.receipt), j) for j in jobs)
         if jobs:
             self.next_due = min(self.next_due, self._due(jobs[0]))
         return jobs
@@ -97,7 +98,7 @@ class Ledger:
 
     def finish(self, job: Job, reply: Any, error: BaseException | None, now: float) -> Decision:
         """Record a handler's outcome; free its slot; queue the ack, retry or dead letter."""
-        self.jobs.pop(job.message.receipt, None)
+        self.jobs.pop((job.queue, job.message.receipt), None)
         self.free += 1
         outcome: Outcome
         if error is None:
@@ -113,7 +114,7 @@ class Ledger:
 
     def forget(self, job: Job) -> None:
         """Drop a job whose worker crashed (its message comes back after its lease)."""
-        if self.jobs.pop(job.message.receipt, None) is not None:
+        if self.jobs.pop((job.queue, job.message.receipt), None) is not None:
             self.free += 1
 
     def _failed(self, qi: int, m: Message, error: BaseException) -> Outcome:
@@ -213,9 +214,9 @@ class Ledger:
 
     def heartbeat_failed(self, due: list[tuple[int, list[str]]], now: float) -> None:
         """Extension not sent: make those leases due again."""
-        for _qi, receipts in due:
+        for qi, receipts in due:
             for r in receipts:
-                j = self.jobs.get(r)
+                j = self.jobs.get((qi, r))
                 if j is not None:
                     j.lease_end = now
                     self.next_due = min(self.next_due, self._due(j))
@@ -225,9 +226,9 @@ class Ledger:
     def take_unstarted(self) -> Flush:
         """Drop every held message not started yet; the flush makes them visible now."""
         out = Flush()
-        for r, j in list(self.jobs.items()):
+        for key, j in list(self.jobs.items()):
             if not j.started:
-                del self.jobs[r]
+                del self.jobs[key]
                 self.free += 1
-                out.releases.setdefault(j.queue, []).append(r)
+                out.releases.setdefault(j.queue, []).append(key[1])
         return out

@@ -131,7 +131,7 @@ def create_queue(
     )
     args: list[bytes | str | int] = [vt, dl, ret, size, mrc, MAX_RETENTION * 1000]
     d = keys.dlq()
-    return Call(script("create_queue"), [keys.meta, d.meta, keys.seq, keys.state, d.state], args, int, keys.name)
+    return Call(script("create_queue"), [keys.meta, d.meta, keys.seq], args, int, keys.name)
 
 
 def create_queue_flow(
@@ -150,13 +150,17 @@ def create_queue_flow(
 
 
 def upgrade_flow(keys: QueueKeys) -> Generator[Op, Any, None]:
-    """Fold a queue's (and its dead-letter queue's) per-message state of the layout before
-    0.2 into its messages, one bounded script call at a time (lua/upgrade.lua)."""
+    """Rewrite a queue made by rqueue 0.1 (and its dead-letter queue) to this layout, one
+    bounded script call at a time (lua/upgrade.lua)."""
     d = keys.dlq()
-    cursors: list[bytes | str | int] = ["0", "0"]
-    while cursors != ["-", "-"]:
+    cursors: list[bytes | str | int] = ["0", "0", "0"]
+    while cursors != ["-", "-", "-"]:
         reply = yield Call(
-            script("upgrade"), [keys.msgs, keys.state, keys.vis, d.msgs, d.state, d.vis], cursors, list, keys.name
+            script("upgrade"),
+            [keys.meta, keys.msgs, keys.state, keys.vis, d.meta, d.msgs, d.state, d.vis],
+            cursors,
+            list,
+            keys.name,
         )
         cursors = [c.decode() for c in reply]
 

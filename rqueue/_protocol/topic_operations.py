@@ -145,16 +145,16 @@ def subscribe_flow(
     keys = [topic.subs, topic.version, topic.seq, sub.meta, sub.dlq().meta]
     for n in expired:
         keys += all_keys(topic.subscription(n))
-    joined = yield Call(
+    joined: int = yield Call(
         script("subscribe"),
         keys,
         [*created.args[:5], MAX_RETENTION * 1000, ttl_ms, sub.name.split("/", 1)[1], *expired],
-        bool,
+        int,
         sub.name,
     )
-    if not joined:  # it existed: it may hold state of the layout before 0.2
+    if joined == 2:  # made by rqueue 0.1
         yield from upgrade_flow(sub)
-    return bool(joined)
+    return joined == 1
 
 
 def subscriptions_flow(topic: TopicKeys) -> Generator[Op, Any, list[SubscriptionInfo]]:

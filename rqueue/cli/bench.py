@@ -70,7 +70,7 @@ def measure(
         t2 = time.perf_counter()
     finally:
         client.delete_queue(name)
-        # A deleted queue's id counter lasts a day (for a queue made again under its name);
-        # no queue will ever have this throwaway name again.
+        # A deleted queue keeps its id counter (for a queue made again under its name); no
+        # queue will ever have this throwaway name again.
         client.redis.delete(QueueKeys.for_queue(client.prefix, name).seq)
     return BenchResult(messages, batch, body_bytes, t1 - t0, t2 - t1)
