@@ -80,6 +80,8 @@ class QueueKeys:
 
     @property
     def state(self) -> str:
+        """Per-message receive state of the layout of rqueue 0.1: read only by the upgrade
+        (lua/upgrade.lua), deleted with the queue. Layout 0.2 keeps it in message headers."""
         return self.base + ":state"
 
     @property

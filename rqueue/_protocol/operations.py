@@ -6,9 +6,10 @@ request, in ``request_reply``) is a flow: a generator that yields calls and
 waits; ``Client`` and ``AsyncClient`` drive it, so the two differ only by ``await``.
 
 The call types (``calls``), the limits and checks (``limits``), receipts
-(``receipts``), sending (``sending``) and requests (``request_reply``) have
-modules of their own; their names are re-exported here, where the clients and
-the consumer have always found them.
+(``receipts``), sending (``sending``), requests (``request_reply``) and creating,
+upgrading and deleting queues (``queue_lifecycle``) have modules of their own;
+their names are re-exported here, where the clients and the consumer have always
+found them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from rqueue._protocol.limits import (
     shown,
 )
 from rqueue._protocol.models import DeadLetter, Message, QueueAttributes, QueueStats, make_message
+from rqueue._protocol.queue_lifecycle import create_queue, create_queue_flow, delete_queue, upgrade_flow
 from rqueue._protocol.receipts import (
     PLAIN_RECEIPTS,
     SUFFIX_OF_BYTE,
@@ -104,65 +106,6 @@ __all__ = [
 
 #: The old private name of ``flags`` (tests build calls with it).
 _flags = flags
-
-
-def create_queue(
-    keys: QueueKeys,
-    visibility_timeout: float,
-    delay: float,
-    retention: float,
-    max_message_size: int,
-    max_receive_count: int | None,
-) -> Call[int]:
-    """Create a queue and its DLQ; the reply: 1 new, 0 it existed alike, 2 so and it needs
-    ``upgrade_flow``."""
-    if keys.is_dlq:
-        raise InvalidParameter(f"{keys.name!r} names a dead-letter queue; create its source queue")
-    vt = seconds_ms("visibility_timeout", visibility_timeout, 0, MAX_VISIBILITY)
-    ret = seconds_ms("retention", retention, MIN_RETENTION, MAX_RETENTION)
-    dl = seconds_ms("delay", delay, 0, MAX_RETENTION)
-    if dl > ret:
-        raise InvalidParameter(f"delay must be from 0 to retention ({ret / 1000:g} seconds), got {delay!r}")
-    size = integer("max_message_size", max_message_size, 1, MAX_MESSAGE_SIZE_LIMIT)
-    mrc = (
-        ""
-        if max_receive_count is None
-        else str(integer("max_receive_count", max_receive_count, 1, MAX_RECEIVE_COUNT_LIMIT))
-    )
-    args: list[bytes | str | int] = [vt, dl, ret, size, mrc, MAX_RETENTION * 1000]
-    d = keys.dlq()
-    return Call(script("create_queue"), [keys.meta, d.meta, keys.seq], args, int, keys.name)
-
-
-def create_queue_flow(
-    keys: QueueKeys,
-    visibility_timeout: float,
-    delay: float,
-    retention: float,
-    max_message_size: int,
-    max_receive_count: int | None,
-) -> Generator[Op, Any, bool]:
-    """Create a queue, or upgrade in place one that holds state of the layout before 0.2."""
-    created: int = yield create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
-    if created == 2:
-        yield from upgrade_flow(keys)
-    return created == 1
-
-
-def upgrade_flow(keys: QueueKeys) -> Generator[Op, Any, None]:
-    """Rewrite a queue made by rqueue 0.1 (and its dead-letter queue) to this layout, one
-    bounded script call at a time (lua/upgrade.lua)."""
-    d = keys.dlq()
-    cursors: list[bytes | str | int] = ["0", "0", "0"]
-    while cursors != ["-", "-", "-"]:
-        reply = yield Call(
-            script("upgrade"),
-            [keys.meta, keys.msgs, keys.state, keys.vis, d.meta, d.msgs, d.state, d.vis],
-            cursors,
-            list,
-            keys.name,
-        )
-        cursors = [c.decode() for c in reply]
 
 
 _JSON = ord("j")
@@ -404,19 +347,5 @@ def redrive(keys: QueueKeys) -> Call[int]:
         [keys.meta, keys.msgs, keys.vis, keys.wake, d.meta, d.msgs, d.vis, d.why],
         [REDRIVE_CHUNK],
         int,
-        keys.name,
-    )
-
-
-def delete_queue(keys: QueueKeys) -> Call[bool]:
-    """Delete a queue, its DLQ and all their messages."""
-    if keys.is_dlq:
-        raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; delete its source queue")
-    d = keys.dlq()
-    return Call(
-        script("delete_queue"),
-        [keys.meta, d.meta, *keys.own()[1:], *d.own()[1:], keys.seq],
-        [],
-        bool,
         keys.name,
     )
