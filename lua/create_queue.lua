@@ -32,10 +32,13 @@ if cur[1] then
     if not redis.call('HGET', meta_key, 'v') then
       -- created by 0.1: receipt tokens go on from past every token it issued (they
       -- came from seq), and upgrade.lua rewrites its messages, then sets 'v'
+      -- (a receive before the upgrade may have started 'tok' from 1: never go back)
       local t = redis.call('TIME')
       local tok = math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]), tonumber(redis.call('GET', seq_key) or '0') + 1)
-      redis.call('HSETNX', meta_key, 'tok', string.format('%d', tok))
-      redis.call('HSETNX', dlq_meta_key, 'tok', string.format('%d', tok))
+      for _, key in ipairs({meta_key, dlq_meta_key}) do
+        local cur = tonumber(redis.call('HGET', key, 'tok') or '0')
+        redis.call('HSET', key, 'tok', string.format('%d', math.max(tok, cur)))
+      end
       return 2
     end
     return 0

@@ -89,9 +89,12 @@ end
 if exists and not redis.call('HGET', meta_key, 'v') then
   -- made by 0.1: tokens go on from past every one it issued (they came from the
   -- topic's seq); the client runs upgrade.lua, which sets 'v'
+  -- (a receive before the upgrade may have started 'tok' from 1: never go back)
   local tok = math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]), tonumber(redis.call('GET', KEYS[3]) or '0') + 1)
-  redis.call('HSETNX', meta_key, 'tok', string.format('%d', tok))
-  redis.call('HSETNX', dlq_meta_key, 'tok', string.format('%d', tok))
+  for _, key in ipairs({meta_key, dlq_meta_key}) do
+    local cur = tonumber(redis.call('HGET', key, 'tok') or '0')
+    redis.call('HSET', key, 'tok', string.format('%d', math.max(tok, cur)))
+  end
   joined = 2
 end
 redis.call('ZADD', subs_key, now + ttl, name)

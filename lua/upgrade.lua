@@ -52,14 +52,15 @@ end
 
 -- A message never received whose score is past its send was delayed: its
 -- retention starts at its score, which a 'D' header keeps (receive.lua).
-local function mark_delayed(msgs_key, vis_key, cursor)
+local function mark_delayed(msgs_key, state_key, vis_key, cursor)
   if cursor == '-' then return '-' end
   local page = redis.call('ZSCAN', vis_key, cursor, 'COUNT', 200)
   local flat = page[2]
   for i = 1, #flat, 2 do
     local id, score = flat[i], tonumber(flat[i + 1])
     if score == math.floor(score) then
-      local m = redis.call('HGET', msgs_key, id)
+      -- (one 0.1 received is fold's, whichever scan reaches it first)
+      local m = redis.call('HEXISTS', state_key, id) == 0 and redis.call('HGET', msgs_key, id)
       local sent = m and header_end(m) == 0 and tonumber(string.sub(m, 1, 13))
       if sent and score > sent then
         redis.call('HSET', msgs_key, id, string.format('D%d|', score) .. m)
@@ -76,7 +77,7 @@ for i = 1, 3 do
   end
 end
 local a = fold(KEYS[2], KEYS[3], KEYS[4], ARGV[1])
-local b = mark_delayed(KEYS[2], KEYS[4], ARGV[2])
+local b = mark_delayed(KEYS[2], KEYS[3], KEYS[4], ARGV[2])
 local c = fold(KEYS[6], KEYS[7], KEYS[8], ARGV[3])
 if a == '-' and b == '-' and c == '-' then
   for _, meta in ipairs({KEYS[1], KEYS[5]}) do
