@@ -49,12 +49,13 @@ def test_client_clock_hours_off_changes_nothing(client: Any, raw: Any, monkeypat
 
 
 def _drain(url: str, prefix: str, out: Any, use_asyncio: bool, start: Any) -> None:
-    start.wait(60)  # all four connected before any drains, so the work is shared
     if use_asyncio:
-        asyncio.run(_adrain(url, prefix, out))
+        asyncio.run(_adrain(url, prefix, out, start))
         return
     c = rqueue.connect(url, prefix=prefix)
     q = c.queue("orders")
+    q.stats()  # connected (on Cluster: the slots known) before the barrier
+    start.wait(60)  # all four connected before any drains, so the work is shared
     seen: list[str] = []
     while True:
         batch = q.receive(100, wait_time=0.5)
@@ -66,9 +67,11 @@ def _drain(url: str, prefix: str, out: Any, use_asyncio: bool, start: Any) -> No
     out.put(seen)
 
 
-async def _adrain(url: str, prefix: str, out: Any) -> None:
+async def _adrain(url: str, prefix: str, out: Any, start: Any) -> None:
     async with await rqa.connect(url, prefix=prefix) as c:
         q = c.queue("orders")
+        await q.stats()
+        await asyncio.to_thread(start.wait, 60)
         seen: list[str] = []
         while batch := await q.receive(100, wait_time=0.5):
             seen.extend(m.id for m in batch)
