@@ -41,6 +41,9 @@ dead-lettered here is stored without its flag and reported in the reply, so
 the client pushes the news to its sender's reply key (a key this script
 cannot know in advance).
 
+A paused queue (meta 'paused', see pause.lua) hands out nothing: next_ms -1,
+so waiting receivers wait for the wake-up its resume pushes.
+
 Waiting receivers sleep until the earliest hidden message becomes visible. A
 receive that hides messages earlier than that (or when none was hidden)
 pushes a wake-up so they look again; so does one that fills its batch while
@@ -69,9 +72,12 @@ local meta_key, msgs_key, vis_key, wake_key, why_key = KEYS[1], KEYS[2], KEYS[3]
 local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key =
   KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
-local cfg = redis.call('HMGET', meta_key, 'vt', 'retention', 'mrc', 'dlq')
+local cfg = redis.call('HMGET', meta_key, 'vt', 'retention', 'mrc', 'dlq', 'paused')
 if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
+end
+if cfg[5] == '1' then -- paused (pause.lua): nothing until a resume wakes the waiters
+  return {{}, {}, '', 0, {}, {}, -1, {}}
 end
 local vt = tonumber(ARGV[2] ~= '' and ARGV[2] or cfg[1])
 local mrc = tonumber(cfg[3])

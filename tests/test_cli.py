@@ -375,3 +375,17 @@ def test_repeating_request_stops_cleanly_and_withdraws(server_url: str, prefix: 
     assert "withdrawn" in err
     s = q.stats()
     assert (s.visible, s.in_flight) == (0, 0)
+
+
+def test_pause_and_resume(rq: Any, lib: rqueue.Client) -> None:
+    q = lib.create_queue("orders")
+    assert rq("pause", "orders").rc == 0
+    r = rq("stats", "orders", "--json")
+    assert r.rc == 0 and r.json()[0]["paused"] is True
+    assert "(paused)" in rq("stats", "orders").out
+    assert rq("send", "orders", "x").rc == 0
+    assert q.receive() == []
+    r = rq("resume", "orders", "--json")
+    assert r.rc == 0 and r.json() == {"name": "orders", "paused": False}
+    assert [m.body for m in q.receive()] == ["x"]
+    assert_user_error(rq("pause", "nope"), "does not exist")

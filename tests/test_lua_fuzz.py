@@ -218,6 +218,10 @@ def v_upgrade(argv: Argv, keys: Sequence[str]) -> list[str]:
     return [] if all(c == b"-" or re.fullmatch(rb"[0-9]{1,19}", c) for c in argv[:3]) else ["cursor"]
 
 
+def v_pause(argv: Argv, keys: Sequence[str]) -> list[str]:
+    return [] if argv and argv[0] in (b"1", b"0") else ["paused"]
+
+
 def v_none(argv: Argv, keys: Sequence[str]) -> list[str]:
     """Scripts without ARGV: extra arguments are ignored."""
     return []
@@ -243,6 +247,7 @@ CONTRACT: dict[str, Callable[[Argv, Sequence[str]], list[str]]] = {
     "topic_read": v_none,
     "topic_depths": v_none,
     "upgrade": v_upgrade,
+    "pause": v_pause,
 }
 
 
@@ -288,6 +293,8 @@ def _check_meta(key: str, h: dict[bytes, bytes]) -> None:
             assert h[f] == b"1", f"{key} dlq = {h[f]!r}"
         elif f in _COUNTERS:
             num(f, 0, 10**15)
+        elif f == b"paused":  # pause.lua: present only while paused
+            assert h[f] == b"1", f"{key} paused = {h[f]!r}"
         elif f == b"v":  # the storage layout
             assert h[f] == b"2", f"{key} v = {h[f]!r}"
         elif f == b"tok":  # receipt tokens: from the clock in microseconds at creation, up
@@ -481,6 +488,7 @@ class World:
             Case("change_visibility", _core.change_visibility(qk, [r_plain, r_evt, stale], 10)),
             Case("reject", _core.reject(qk, [r_req, r_evt, r_plain], "bad|input\nline 2")),
             Case("purge", _core.purge(qk)),
+            Case("pause", _core.set_paused(qk, True)),
             Case("stats", _core.stats(qk)),
             Case("peek", _peek.peek(dk, 10)),
             Case("redrive", _core.redrive(qk)),
@@ -762,6 +770,7 @@ CASES = [
     "subscribe",
     "unsubscribe",
     "upgrade",
+    "pause",
 ]
 
 

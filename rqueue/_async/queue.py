@@ -150,6 +150,15 @@ class AsyncQueue(QueueHandle):
         """The queue's stored attributes."""
         return await self.client.run(_core.attributes(self._keys))
 
+    async def pause(self) -> None:
+        """Stop handing out messages, on every host: receives return nothing (long polls keep
+        waiting) while sends are still accepted. ``stats().paused`` tells."""
+        await self.client.run(_core.set_paused(self._keys, True))
+
+    async def resume(self) -> None:
+        """Hand out messages again after ``pause()``; waiting receivers wake at once."""
+        await self.client.run(_core.set_paused(self._keys, False))
+
     async def purge(self) -> int:
         """Delete every message (not the dead letters); returns how many."""
         return await self.client.run(_core.purge(self._keys))

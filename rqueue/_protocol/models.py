@@ -56,7 +56,8 @@ class QueueStats:
 
     visible: receivable now; in_flight: received and hidden; delayed: hidden and
     never received; dead: in the dead-letter queue. oldest_age: seconds since
-    the oldest stored message was sent (0.0 when empty).
+    the oldest stored message was sent (0.0 when empty). paused: receives hand
+    out nothing until ``resume()``.
     """
 
     name: str
@@ -71,6 +72,7 @@ class QueueStats:
     expired_total: int
     oldest_age: float
     attributes: QueueAttributes
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

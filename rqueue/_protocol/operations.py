@@ -43,7 +43,7 @@ from rqueue._protocol.limits import (
     shown,
 )
 from rqueue._protocol.models import DeadLetter, Message, QueueAttributes, QueueStats, make_message
-from rqueue._protocol.queue_lifecycle import create_queue, create_queue_flow, delete_queue, upgrade_flow
+from rqueue._protocol.queue_lifecycle import create_queue, create_queue_flow, delete_queue, set_paused, upgrade_flow
 from rqueue._protocol.receipts import (
     PLAIN_RECEIPTS,
     SUFFIX_OF_BYTE,
@@ -99,6 +99,7 @@ __all__ = [
     "reply_value",
     "request_flow",
     "send",
+    "set_paused",
     "stats",
     "upgrade_flow",
     "withdraw",
@@ -326,6 +327,7 @@ def stats(keys: QueueKeys) -> Call[QueueStats]:
             counter(b"expired_total"),
             max(0, int(now) - int(oldest)) / 1000 if int(oldest) >= 0 else 0.0,
             parse_attributes(meta),
+            meta.get(b"paused") == b"1",
         )
 
     return Call(script("stats"), [keys.meta, keys.msgs, keys.vis, dlq_vis], [], parse, keys.name)

@@ -1,4 +1,4 @@
-"""Creating, upgrading and deleting queues, I/O-free (the calls and flows the clients drive).
+"""Creating, upgrading, pausing and deleting queues, I/O-free (the calls and flows the clients drive).
 
 A queue made by rqueue 0.1 (its meta has no 'v') is rewritten to the current storage layout
 by ``upgrade_flow``, which ``create_queue_flow`` (and a subscription's refresh) runs.
@@ -95,3 +95,9 @@ def delete_queue(keys: QueueKeys) -> Call[bool]:
         bool,
         keys.name,
     )
+
+
+def set_paused(keys: QueueKeys, paused: bool) -> Call[bool]:
+    """Pause (receives hand out nothing; sends go on) or resume a queue, for every host at
+    once; the reply says whether that changed anything. Resuming wakes waiting receivers."""
+    return Call(script("pause"), [keys.meta, keys.wake], ["1" if paused else "0"], bool, keys.name)

@@ -151,6 +151,15 @@ class Queue(QueueHandle):
         """The queue's stored attributes."""
         return self.client.run(_core.attributes(self._keys))
 
+    def pause(self) -> None:
+        """Stop handing out messages, on every host: receives return nothing (long polls keep
+        waiting) while sends are still accepted. ``stats().paused`` tells."""
+        self.client.run(_core.set_paused(self._keys, True))
+
+    def resume(self) -> None:
+        """Hand out messages again after ``pause()``; waiting receivers wake at once."""
+        self.client.run(_core.set_paused(self._keys, False))
+
     def purge(self) -> int:
         """Delete every message (not the dead letters); returns how many."""
         return self.client.run(_core.purge(self._keys))

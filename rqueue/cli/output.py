@@ -83,7 +83,7 @@ def stats_table(
     table.add_column("oldest", justify="right")
     for s in rows:
         cells: list[str | Text] = [
-            s.name,
+            Text(f"{s.name} (paused)", style="yellow") if s.paused else s.name,
             f"{s.visible:,}",
             f"{s.in_flight:,}",
             f"{s.delayed:,}",

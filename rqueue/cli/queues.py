@@ -245,6 +245,28 @@ def purge(name: str, yes: bool, url: str | None, prefix: str, as_json: bool) -> 
     emit(e, {"purged": n}, f"purged {n:,} message(s) from {name}")
 
 
+@cli.command()
+@click.argument("name", callback=lambda _c, _p, v: queue_name(v))
+@common
+def pause(name: str, url: str | None, prefix: str, as_json: bool) -> None:
+    """Pause queue NAME: receives hand out nothing (sends go on) until `rqueue resume`."""
+    e = env(url, prefix, as_json)
+    with session(e) as client:
+        client.queue(name).pause()
+    emit(e, {"name": name, "paused": True}, f"queue {name} paused: receives hand out nothing until resumed")
+
+
+@cli.command()
+@click.argument("name", callback=lambda _c, _p, v: queue_name(v))
+@common
+def resume(name: str, url: str | None, prefix: str, as_json: bool) -> None:
+    """Resume queue NAME after `rqueue pause`; waiting receivers wake at once."""
+    e = env(url, prefix, as_json)
+    with session(e) as client:
+        client.queue(name).resume()
+    emit(e, {"name": name, "paused": False}, f"queue {name} resumed")
+
+
 @cli.command(name="delete-queue")
 @click.argument("name", callback=lambda _c, _p, v: queue_name(v))
 @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
