@@ -41,8 +41,9 @@ dead-lettered here is stored without its flag and reported in the reply, so
 the client pushes the news to its sender's reply key (a key this script
 cannot know in advance).
 
-A paused queue (meta 'paused', see pause.lua) hands out nothing: next_ms -1,
-so waiting receivers wait for the wake-up its resume pushes.
+A paused queue (meta 'paused', see pause.lua) hands out nothing; next_ms is
+the time until its next hidden message becomes visible (or -1), so waiting
+receivers wake then or at the resume's wake-up.
 
 Waiting receivers sleep until the earliest hidden message becomes visible. A
 receive that hides messages earlier than that (or when none was hidden)
@@ -76,15 +77,20 @@ local cfg = redis.call('HMGET', meta_key, 'vt', 'retention', 'mrc', 'dlq', 'paus
 if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
-if cfg[5] == '1' then -- paused (pause.lua): nothing until a resume wakes the waiters
-  return {{}, {}, '', 0, {}, {}, -1, {}}
-end
 local vt = tonumber(ARGV[2] ~= '' and ARGV[2] or cfg[1])
 local mrc = tonumber(cfg[3])
 local is_dlq = cfg[4] == '1'
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if cfg[5] == '1' then
+  -- Paused (pause.lua): nothing, and waiters sleep until the resume's wake-up or until
+  -- the next hidden message becomes visible (so after a resume each one's timer is
+  -- right even if another took the wake-up); what is visible waits for the resume.
+  local head = redis.call('ZRANGE', vis_key, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+  local wait = #head > 0 and math.ceil(tonumber(head[2]) - now) or -1
+  return {{}, {}, '', now, {}, {}, wait, {}}
+end
 local cutoff = now - tonumber(cfg[2])
 
 local out_ids, out_msgs, out_whys, buried = {}, {}, {}, {}
