@@ -167,3 +167,22 @@ def lib(server_url: str, prefix: str) -> Iterator[rqueue.Client]:
 def stored_keys(raw: Any, prefix: str, match: str | None = None) -> list[str]:
     """Every key under the test's prefix, or every one ``match`` (a pattern from rqueue._protocol.keys) matches."""
     return sorted(k.decode() for k in raw.scan_iter(match=match or prefix_pattern(prefix), count=1000))
+
+
+@pytest.fixture
+def r(server_url: str) -> Iterator[Any]:
+    """A raw client on the standalone server that ``lib`` uses."""
+    c = redis.Redis.from_url(server_url)
+    yield c
+    c.close()
+
+
+def keys_of(q: Any) -> QueueKeys:
+    """The keys of a queue handle (sync or asyncio), to look at what it stores."""
+    return q._keys  # type: ignore[no-any-return]
+
+
+def server_ms(r: Any) -> int:
+    """The server's clock in ms, as the scripts read it."""
+    t = r.time()
+    return int(t[0]) * 1000 + int(t[1]) // 1000

@@ -10,32 +10,15 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 import rqueue
 from rqueue._protocol import codec as _codec
 from rqueue._protocol.keys import QueueKeys
 
-
-@pytest.fixture
-def r(server_url: str) -> Iterator[Any]:
-    """A raw client on the standalone server that ``lib`` uses."""
-    c = redis.Redis.from_url(server_url)
-    yield c
-    c.close()
-
-
-def keys_of(q: Any) -> QueueKeys:
-    return q._keys  # type: ignore[no-any-return]
-
-
-def server_ms(r: Any) -> int:
-    t = r.time()
-    return int(t[0]) * 1000 + int(t[1]) // 1000
+from .conftest import keys_of, server_ms
 
 
 def align_tokens(r: Any, behind: Any, ahead: Any) -> None:

@@ -12,9 +12,7 @@ import rqueue
 from rqueue._protocol import codec as _codec
 from rqueue._protocol.keys import QueueKeys
 
-
-def keys_of(q: Any) -> QueueKeys:
-    return q._keys  # type: ignore[no-any-return]
+from .conftest import keys_of
 
 
 def test_ids_are_short_and_sort_in_send_order(client: Any, raw: Any) -> None:
