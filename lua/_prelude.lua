@@ -38,27 +38,108 @@ local function message_size(m)
   return nil
 end
 
--- The error for queue attributes (create_queue's and subscribe's ARGV[1..6])
--- outside the ranges rqueue/_core.py create_queue allows; nil when all fit.
-local function bad_attributes(vt, delay, retention, max_size, mrc, dlq_retention)
-  if not arg_int(vt, 0, 43200000) then
-    return bad_arg('visibility_timeout', 'an integer from 0 to 43200000 (ms)')
-  end
-  local ret = arg_int(retention, 60000, 1209600000)
-  if not ret then return bad_arg('retention', 'an integer from 60000 to 1209600000 (ms)') end
-  if not arg_int(delay, 0, ret) then return bad_arg('delay', 'an integer from 0 to the retention (ms)') end
-  if not arg_int(max_size, 1, 16777216) then
-    return bad_arg('max_message_size', 'an integer from 1 to 16777216 (bytes)')
-  end
-  if mrc ~= '' and not arg_int(mrc, 1, 1000) then
-    return bad_arg('max_receive_count', "'' (none) or an integer from 1 to 1000")
-  end
-  if not arg_int(dlq_retention, 60000, 1209600000) then
-    return bad_arg('dlq_retention', 'an integer from 60000 to 1209600000 (ms)')
+-- A queue's attributes, as create_queue, subscribe and set_attributes take them
+-- (in this order) and as meta stores them: '' (absent from meta) is none/off.
+-- vt, delay, retention and dw in ms; rl a decimal number of messages a second.
+-- A queue made before an attribute existed reads its default (ATTR_DEFAULT).
+local ATTR_FIELDS = {'vt', 'delay', 'retention', 'max_size', 'mrc', 'dw', 'fifo', 'cbd', 'rl', 'mif'}
+local ATTR_DEFAULT = {dw = '300000'}
+
+-- A decimal number > 0 and <= hi as rqueue writes it ('2', '0.5', '1e-05' is
+-- refused): digits, an optional fraction; else nil.
+local function arg_rate(v, hi)
+  if v and #v <= 24 and string.find(v, '^%d+%.?%d*$') then
+    local x = tonumber(v)
+    if x and x > 0 and x <= hi then return x end
   end
   return nil
 end
 
+-- The error for attributes a (field -> value string, see ATTR_FIELDS) outside
+-- the ranges rqueue/_protocol/attributes.py allows; nil when all fit.
+local function attributes_refusal(a)
+  if not arg_int(a.vt, 0, 43200000) then
+    return bad_arg('visibility_timeout', 'an integer from 0 to 43200000 (ms)')
+  end
+  local ret = arg_int(a.retention, 60000, 1209600000)
+  if not ret then return bad_arg('retention', 'an integer from 60000 to 1209600000 (ms)') end
+  local delay = arg_int(a.delay, 0, 1209600000)
+  if not delay then return bad_arg('delay', 'an integer from 0 to the retention (ms)') end
+  if delay > ret then return redis.error_reply(string.format('RQ_BADDELAY %d %d', delay, ret)) end
+  if not arg_int(a.max_size, 1, 16777216) then
+    return bad_arg('max_message_size', 'an integer from 1 to 16777216 (bytes)')
+  end
+  if a.mrc ~= '' and not arg_int(a.mrc, 1, 1000) then
+    return bad_arg('max_receive_count', "'' (none) or an integer from 1 to 1000")
+  end
+  if not arg_int(a.dw, 1000, 604800000) then
+    return bad_arg('deduplication_window', 'an integer from 1000 to 604800000 (ms)')
+  end
+  if a.fifo ~= '' and a.fifo ~= '1' then return bad_arg('fifo', "'' or '1'") end
+  if a.cbd ~= '' and a.cbd ~= '1' then return bad_arg('content_based_deduplication', "'' or '1'") end
+  if a.rl ~= '' and not arg_rate(a.rl, 1000000) then
+    return bad_arg('rate_limit', "'' (none) or a decimal number > 0 and <= 1000000")
+  end
+  if a.mif ~= '' and not arg_int(a.mif, 1, 1000000000) then
+    return bad_arg('max_in_flight', "'' (none) or an integer from 1 to 1000000000")
+  end
+  return nil
+end
+
+-- Attributes from ARGV[first ..] in ATTR_FIELDS order (nil entries stay nil).
+local function attributes_from_argv(first)
+  local a = {}
+  for i, f in ipairs(ATTR_FIELDS) do a[f] = ARGV[first + i - 1] end
+  return a
+end
+
+-- The attributes stored in meta_key (defaults filled in), or nil without a queue.
+local function attributes_stored(meta_key)
+  local cur = redis.call('HMGET', meta_key, unpack(ATTR_FIELDS))
+  if not cur[1] then return nil end
+  local a = {}
+  for i, f in ipairs(ATTR_FIELDS) do a[f] = cur[i] or ATTR_DEFAULT[f] or '' end
+  return a
+end
+
+-- nil when a and b agree, else the RQ_EXISTS error showing b as the Python
+-- API names it ('visibility_timeout=30 ... max_in_flight=None').
+local ATTR_SHOWN = {vt = 'visibility_timeout', delay = 'delay', retention = 'retention',
+  max_size = 'max_message_size', mrc = 'max_receive_count', dw = 'deduplication_window',
+  fifo = 'fifo', cbd = 'content_based_deduplication', rl = 'rate_limit', mif = 'max_in_flight'}
+local ATTR_SECONDS = {vt = true, delay = true, retention = true, dw = true}
+local function attributes_exist_error(a, b)
+  local same, shown = true, {}
+  for i, f in ipairs(ATTR_FIELDS) do
+    if a[f] ~= b[f] then same = false end
+    local v = b[f]
+    if f == 'fifo' or f == 'cbd' then
+      v = v == '1' and 'True' or 'False'
+    elseif v == '' then
+      v = 'None'
+    elseif ATTR_SECONDS[f] then
+      v = string.format('%.15g', tonumber(v) / 1000)
+    end
+    shown[i] = ATTR_SHOWN[f] .. '=' .. v
+  end
+  if same then return nil end
+  return redis.error_reply('RQ_EXISTS ' .. table.concat(shown, ' '))
+end
+
+-- Store attributes a in meta_key: set fields are written, '' ones removed.
+local function attributes_write(meta_key, a)
+  local set, unset = {}, {}
+  for _, f in ipairs(ATTR_FIELDS) do
+    if a[f] == '' then
+      unset[#unset + 1] = f
+    else
+      set[#set + 1] = f
+      set[#set + 1] = a[f]
+    end
+  end
+  redis.call('HSET', meta_key, unpack(set))
+  if #unset > 0 then redis.call('HDEL', meta_key, unpack(unset)) end
+end
 
 -- A message id from its number: the digits behind their count ('1'..'8',
 -- then '90'..'99' for 9 to 18 digits), so ids sort as strings in the order

@@ -5,30 +5,30 @@ KEYS[1] meta      hash: the queue's attributes and counters
 KEYS[2] dlq_meta  hash: the dead-letter queue's attributes and counters
 KEYS[3] seq       string: the id counter shared by the queue and its DLQ
 
-ARGV[1] visibility_timeout (ms)
-ARGV[2] delay (ms)
-ARGV[3] retention (ms)
-ARGV[4] max_message_size (bytes)
-ARGV[5] max_receive_count ('' = none)
-ARGV[6] dlq retention (ms)
+ARGV[1..10] the attributes in ATTR_FIELDS order (see _prelude.lua): vt, delay,
+            retention (ms), max_size (bytes), mrc, dw (ms), fifo, cbd, rl, mif
+            ('' = none)
+ARGV[11] dlq retention (ms)
 
 Reply: 1 when created, 0 when it existed with the same attributes, 2 when it
 existed so but was created by rqueue 0.1 (meta has no 'v'): the client then
 runs upgrade.lua until it is done.
-Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
-        when it exists with other attributes; RQ_BADARG (see _prelude.lua).
+Errors: RQ_EXISTS <name=value of each stored attribute> when it exists with
+        other attributes; RQ_BADARG (see _prelude.lua).
 ]]
 local meta_key, dlq_meta_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
-local vt, delay, retention, max_size, mrc, dlq_retention =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local refused = bad_attributes(vt, delay, retention, max_size, mrc, dlq_retention)
+local want = attributes_from_argv(1)
+local dlq_retention = ARGV[11]
+local refused = attributes_refusal(want)
 if refused then return refused end
+if not arg_int(dlq_retention, 60000, 1209600000) then
+  return bad_arg('dlq_retention', 'an integer from 60000 to 1209600000 (ms)')
+end
 
-local cur = redis.call('HMGET', meta_key, 'vt', 'delay', 'retention', 'max_size', 'mrc')
-if cur[1] then
-  local cur_mrc = cur[5] or ''
-  if cur[1] == vt and cur[2] == delay and cur[3] == retention and cur[4] == max_size
-      and cur_mrc == mrc then
+local cur = attributes_stored(meta_key)
+if cur then
+  local differs = attributes_exist_error(want, cur)
+  if not differs then
     if not redis.call('HGET', meta_key, 'v') then
       -- created by 0.1: receipt tokens go on from past every token it issued (they
       -- came from seq), and upgrade.lua rewrites its messages, then sets 'v'
@@ -43,19 +43,15 @@ if cur[1] then
     end
     return 0
   end
-  return redis.error_reply(string.format('RQ_EXISTS %s %s %s %s %s',
-    cur[1], cur[2], cur[3], cur[4], cur_mrc == '' and '-' or cur_mrc))
+  return differs
 end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', meta_key, 'vt', vt, 'delay', delay, 'retention', retention,
-  'max_size', max_size, 'created_at', now)
-if mrc ~= '' then
-  redis.call('HSET', meta_key, 'mrc', mrc)
-end
-redis.call('HSET', dlq_meta_key, 'vt', vt, 'delay', 0, 'retention', dlq_retention,
-  'max_size', max_size, 'created_at', now, 'dlq', 1)
+attributes_write(meta_key, want)
+redis.call('HSET', meta_key, 'created_at', now)
+redis.call('HSET', dlq_meta_key, 'vt', want.vt, 'delay', 0, 'retention', dlq_retention,
+  'max_size', want.max_size, 'created_at', now, 'dlq', 1)
 -- Ids count from 1 in seq; one delete_queue kept for a day carries on. Receipt
 -- tokens count from the server's clock in microseconds (one per receive call
 -- that delivers, far slower than the clock), so a queue created again never

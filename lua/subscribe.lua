@@ -12,28 +12,33 @@ KEYS[4] meta      hash: the subscription's attributes and counters
 KEYS[5] dlq_meta  hash: its dead-letter queue's
 KEYS[6 + 12(i-1) ..] per expired candidate i: the 12 keys as in unsubscribe.lua
 
-ARGV[1..6] visibility_timeout, delay, retention, max_message_size (ms,
-           bytes), max_receive_count ('' = none), dlq retention
-ARGV[7] ttl (ms)
-ARGV[8] the subscription's name
-ARGV[9..] expired candidates' names, in the order of their keys
+ARGV[1..10] the attributes in ATTR_FIELDS order (see _prelude.lua)
+ARGV[11] dlq retention (ms)
+ARGV[12] ttl (ms)
+ARGV[13] the subscription's name
+ARGV[14..] expired candidates' names, in the order of their keys
 
 Reply: 1 when it joined now, 0 when it was refreshed, 2 when refreshed but made
 by rqueue 0.1 (the client then runs upgrade.lua).
-Errors: RQ_EXISTS <vt> <delay> <retention> <max_size> <max_receive_count>
+Errors: RQ_EXISTS <the 10 stored attributes> (as create_queue.lua)
         (before any reaping: an error changes nothing); RQ_BADARG.
 ]]
 local subs_key, version_key, meta_key, dlq_meta_key = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
-local vt, delay, retention, max_size, mrc, dlq_retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local name = ARGV[8]
-local refused = bad_attributes(vt, delay, retention, max_size, mrc, dlq_retention)
+local want = attributes_from_argv(1)
+local dlq_retention = ARGV[11]
+local name = ARGV[13]
+local refused = attributes_refusal(want)
 if refused then return refused end
-local ttl = arg_int(ARGV[7], 50, 2592000000)
+if want.fifo ~= '' then return bad_arg('fifo', "'' (a subscription is not a FIFO queue)") end
+if not arg_int(dlq_retention, 60000, 1209600000) then
+  return bad_arg('dlq_retention', 'an integer from 60000 to 1209600000 (ms)')
+end
+local ttl = arg_int(ARGV[12], 50, 2592000000)
 if not ttl then return bad_arg('ttl', 'an integer from 50 to 2592000000 (ms)') end
 if not (name and #name <= 80 and string.find(name, '^[A-Za-z0-9_%-]+$')) then
   return bad_arg('name', '1 to 80 characters of A-Z, a-z, 0-9, _ and -')
 end
-if #KEYS ~= 5 + 12 * (#ARGV - 8) then
+if #KEYS ~= 5 + 12 * (#ARGV - 13) then
   return bad_arg('expired', 'one name per 12 subscription keys')
 end
 local t = redis.call('TIME')
@@ -41,28 +46,24 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Other attributes are refused before any reaping: an error changes nothing.
 -- This subscription counts as existing unless it is reaped below.
-local cur = redis.call('HMGET', meta_key, 'vt', 'delay', 'retention', 'max_size', 'mrc')
+local cur = attributes_stored(meta_key)
 local score = redis.call('ZSCORE', subs_key, name)
-local exists = cur[1] and score
+local exists = cur and score
 if exists and tonumber(score) <= now then
-  for i = 9, #ARGV do
+  for i = 14, #ARGV do
     if ARGV[i] == name then exists = false end
   end
 end
 if exists then
-  local cur_mrc = cur[5] or ''
-  if not (cur[1] == vt and cur[2] == delay and cur[3] == retention and cur[4] == max_size
-      and cur_mrc == mrc) then
-    return redis.error_reply(string.format('RQ_EXISTS %s %s %s %s %s',
-      cur[1], cur[2], cur[3], cur[4], cur_mrc == '' and '-' or cur_mrc))
-  end
+  local differs = attributes_exist_error(want, cur)
+  if differs then return differs end
 end
 
 local changed = false
-for i = 9, #ARGV do
+for i = 14, #ARGV do
   local s = redis.call('ZSCORE', subs_key, ARGV[i])
   if s and tonumber(s) <= now then
-    local base = 6 + 12 * (i - 9)
+    local base = 6 + 12 * (i - 14)
     redis.call('ZREM', subs_key, ARGV[i])
     redis.call('UNLINK', unpack(KEYS, base, base + 11))
     changed = true
@@ -73,11 +74,10 @@ local joined = 0
 if not exists then
   -- new, or left over without its membership: start afresh
   redis.call('DEL', meta_key, dlq_meta_key)
-  redis.call('HSET', meta_key, 'vt', vt, 'delay', delay, 'retention', retention,
-    'max_size', max_size, 'created_at', now)
-  if mrc ~= '' then redis.call('HSET', meta_key, 'mrc', mrc) end
-  redis.call('HSET', dlq_meta_key, 'vt', vt, 'delay', 0, 'retention', dlq_retention,
-    'max_size', max_size, 'created_at', now, 'dlq', 1)
+  attributes_write(meta_key, want)
+  redis.call('HSET', meta_key, 'created_at', now)
+  redis.call('HSET', dlq_meta_key, 'vt', want.vt, 'delay', 0, 'retention', dlq_retention,
+    'max_size', want.max_size, 'created_at', now, 'dlq', 1)
   -- receipt tokens count up from the clock in microseconds (create_queue.lua);
   -- ids come from the topic's seq, from 1, kept as long as the topic
   local tok = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))

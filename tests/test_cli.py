@@ -389,3 +389,22 @@ def test_pause_and_resume(rq: Any, lib: rqueue.Client) -> None:
     assert r.rc == 0 and r.json() == {"name": "orders", "paused": False}
     assert [m.body for m in q.receive()] == ["x"]
     assert_user_error(rq("pause", "nope"), "does not exist")
+
+
+def test_create_with_the_new_attributes_and_set_them_live(rq: Any, lib: rqueue.Client) -> None:
+    r = rq("create", "orders", "--fifo", "--rate-limit", "2.5", "--max-in-flight", "4", "--deduplication-window", "60")
+    assert r.rc == 0, r.err
+    assert "FIFO" in r.out and "at most 2.5/s" in r.out and "at most 4 in flight" in r.out
+    a = lib.queue("orders").attributes()
+    assert (a.fifo, a.rate_limit, a.max_in_flight, a.deduplication_window) == (True, 2.5, 4, 60.0)
+    r = rq("set", "orders", "rate_limit=none", "max-in-flight=10", "visibility_timeout=5", "--json")
+    assert r.rc == 0, r.err
+    assert (r.json()["rate_limit"], r.json()["max_in_flight"], r.json()["visibility_timeout"]) == (None, 10, 5.0)
+    a = lib.queue("orders").attributes()
+    assert (a.rate_limit, a.max_in_flight, a.visibility_timeout, a.fifo) == (None, 10, 5.0, True)
+    assert_user_error(rq("set", "orders", "fifo=false"), "fifo cannot change")
+    assert_user_error(rq("set", "orders", "max_in_flight=0"), "max_in_flight must be an integer from 1")
+    assert_user_error(rq("set", "orders", "colour=red"), "expected key=value")
+    assert_user_error(rq("set", "orders", "rate_limit=fast"), "is not a value for rate_limit")
+    assert_user_error(rq("set", "nope", "rate_limit=1"), "does not exist")
+    assert lib.queue("orders").attributes() == a

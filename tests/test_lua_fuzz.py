@@ -83,9 +83,12 @@ def message_ok(m: bytes) -> bool:
     return bool(head) and int(head.group(1)) <= len(m) - head.end()  # type: ignore[union-attr]
 
 
+_RATE = re.compile(rb"[0-9]+\.?[0-9]*")
+
+
 def _attributes(argv: Argv) -> list[str]:
-    """create_queue's and subscribe's ARGV[1..6]."""
-    vt, delay, ret, size, mrc, dret = argv[:6]
+    """create_queue's and subscribe's ARGV[1..11]: the 10 attributes (ATTR_FIELDS), the DLQ's retention."""
+    vt, delay, ret, size, mrc, dw, fifo, cbd, rl, mif, dret = argv[:11]
     bad = []
     if not _int(vt, 0, MS_12H):
         bad.append("visibility_timeout")
@@ -97,13 +100,52 @@ def _attributes(argv: Argv) -> list[str]:
         bad.append("max_message_size")
     if mrc != b"" and not _int(mrc, 1, 1000):
         bad.append("max_receive_count")
+    bad += _new_attributes(dw, fifo, cbd, rl, mif)
     if not _int(dret, 60_000, MS_14D):
         bad.append("dlq retention")
     return bad
 
 
+def _new_attributes(dw: bytes, fifo: bytes, cbd: bytes, rl: bytes, mif: bytes) -> list[str]:
+    bad = []
+    if not _int(dw, 1000, 7 * 86_400_000):
+        bad.append("deduplication_window")
+    if fifo not in (b"", b"1"):
+        bad.append("fifo")
+    if cbd not in (b"", b"1"):
+        bad.append("content_based_deduplication")
+    if rl != b"" and not (len(rl) <= 24 and _RATE.fullmatch(rl) and 0 < float(rl) <= 1_000_000):
+        bad.append("rate_limit")
+    if mif != b"" and not _int(mif, 1, 1_000_000_000):
+        bad.append("max_in_flight")
+    return bad
+
+
 def v_create_queue(argv: Argv, keys: Sequence[str]) -> list[str]:
-    return ["arity"] if len(argv) < 6 else _attributes(argv)
+    return ["arity"] if len(argv) < 11 else _attributes(argv)
+
+
+_FIELDS = (b"vt", b"delay", b"retention", b"max_size", b"mrc", b"dw", b"fifo", b"cbd", b"rl", b"mif")
+
+
+def v_set_attributes(argv: Argv, keys: Sequence[str]) -> list[str]:
+    """Pairs of field and value, merged into the stored attributes of queue 'q' (see _populate)."""
+    if not argv or len(argv) % 2:
+        return ["arity"]
+    merged = dict(
+        zip(
+            _FIELDS,
+            [b"3600000", b"0", b"3600000", b"%d" % QUEUE_MAX_SIZE, b"2", b"300000", b"", b"", b"", b""],
+            strict=True,
+        )
+    )
+    for f, v in zip(argv[::2], argv[1::2], strict=True):
+        if f not in merged:
+            return ["field"]
+        if f == b"fifo" and v != merged[f]:
+            return ["fifo"]
+        merged[f] = v
+    return _attributes([*merged.values(), b"60000"])
 
 
 def v_send(argv: Argv, keys: Sequence[str]) -> list[str]:
@@ -192,12 +234,14 @@ def v_reject(argv: Argv, keys: Sequence[str]) -> list[str]:
 
 
 def v_subscribe(argv: Argv, keys: Sequence[str]) -> list[str]:
-    if len(argv) < 8 or len(keys) != 5 + 12 * (len(argv) - 8):
+    if len(argv) < 13 or len(keys) != 5 + 12 * (len(argv) - 13):
         return ["arity"]
     bad = _attributes(argv)
-    if not _int(argv[6], 50, MS_30D):
+    if argv[6] != b"":
+        bad.append("fifo")
+    if not _int(argv[11], 50, MS_30D):
         bad.append("ttl")
-    if not _NAME.fullmatch(argv[7]):
+    if not _NAME.fullmatch(argv[12]):
         bad.append("name")
     return bad
 
@@ -248,6 +292,7 @@ CONTRACT: dict[str, Callable[[Argv, Sequence[str]], list[str]]] = {
     "topic_depths": v_none,
     "upgrade": v_upgrade,
     "pause": v_pause,
+    "set_attributes": v_set_attributes,
 }
 
 
@@ -299,6 +344,10 @@ def _check_meta(key: str, h: dict[bytes, bytes]) -> None:
             assert h[f] == b"2", f"{key} v = {h[f]!r}"
         elif f == b"tok":  # receipt tokens: from the clock in microseconds at creation, up
             assert re.fullmatch(rb"[1-9][0-9]{0,17}", h[f]), f"{key} tok = {h[f]!r}"
+        elif f in (b"dw", b"fifo", b"cbd", b"rl", b"mif"):  # attributes of SPEC 10, absent when off
+            value = {b"dw": b"300000", b"fifo": b"", b"cbd": b"", b"rl": b"", b"mif": b""}
+            assert _new_attributes(*({**value, f: h[f]}).values()) == [], f"{key} {f!r} = {h[f]!r}"
+            assert f == b"dw" or h[f] != b"", f"{key} {f!r} stored empty"
         else:
             assert f in (b"vt", b"retention", b"delay", b"max_size", b"created_at"), f"{key} field {f!r}"
 
@@ -419,7 +468,18 @@ class World:
         qk = QueueKeys.for_queue(self.prefix, "q")
         dk = qk.dlq()
         enc = _codec.encode
-        run(_core.create_queue(qk, 3600, 0, 3600, QUEUE_MAX_SIZE, 2))
+        run(
+            _core.create_queue(
+                qk,
+                {
+                    "visibility_timeout": 3600,
+                    "delay": 0,
+                    "retention": 3600,
+                    "max_message_size": QUEUE_MAX_SIZE,
+                    "max_receive_count": 2,
+                },
+            )
+        )
         (evt_id,) = run(_core.send(qk, [enc("tracked")], None, _codec.EVENTS))
         (req_id,) = run(_core.send(qk, [enc({"request": 1})], None, _codec.REQUEST))
         run(_core.send(qk, [enc("p1"), enc(b"p2"), enc("p3", {"a": 1})], None))
@@ -442,9 +502,35 @@ class World:
         stale = r_plain.split(".")[0] + ".1"
 
         tk = TopicKeys.for_topic(self.prefix, "t")
-        client.drive(_topics.subscribe_flow(tk, "s1", 86400, 30, 0, 3600, QUEUE_MAX_SIZE, None))
+        client.drive(
+            _topics.subscribe_flow(
+                tk,
+                "s1",
+                86400,
+                **{
+                    "visibility_timeout": 30,
+                    "delay": 0,
+                    "retention": 3600,
+                    "max_message_size": QUEUE_MAX_SIZE,
+                    "max_receive_count": None,
+                },
+            )
+        )
         client.drive(_topics.publish_flow(tk, _topics.MemberCache(), ["a", "b"]))
-        client.drive(_topics.subscribe_flow(tk, "s2", 0.05, 30, 0, 3600, QUEUE_MAX_SIZE, 3))
+        client.drive(
+            _topics.subscribe_flow(
+                tk,
+                "s2",
+                0.05,
+                **{
+                    "visibility_timeout": 30,
+                    "delay": 0,
+                    "retention": 3600,
+                    "max_message_size": QUEUE_MAX_SIZE,
+                    "max_receive_count": 3,
+                },
+            )
+        )
         deadline = time.monotonic() + 10
         while not run(_topics.read(tk)).expired():
             assert time.monotonic() < deadline, "subscription s2 never expired"
@@ -459,7 +545,18 @@ class World:
 
         # A queue of the layout before 0.2: per-message state in a 'state' hash.
         lk = QueueKeys.for_queue(self.prefix, "legacy")
-        run(_core.create_queue(lk, 30, 0, 3600, QUEUE_MAX_SIZE, None))
+        run(
+            _core.create_queue(
+                lk,
+                {
+                    "visibility_timeout": 30,
+                    "delay": 0,
+                    "retention": 3600,
+                    "max_message_size": QUEUE_MAX_SIZE,
+                    "max_receive_count": None,
+                },
+            )
+        )
         legacy_ids = run(_core.send(lk, [enc("l1"), enc("l2")], None, _codec.REQUEST))
         self.raw.hset(lk.state, mapping={legacy_ids[0]: b"1764000000000001:1:1796000000000", legacy_ids[1]: b"7:2:5x"})
         self.raw.hdel(lk.meta, "v")  # made by 0.1
@@ -467,8 +564,32 @@ class World:
         s1 = tk.subscription("s1")
         manual_pairs = ["", "", ""] + [p for r in (r_plain, r_plain2, stale) for p in _core.split_receipt(r)]
         cases = [
-            Case("create_queue:new", _core.create_queue(fresh, 30, 0, 3600, QUEUE_MAX_SIZE, None)),
-            Case("create_queue:existing", _core.create_queue(qk, 3600, 0, 3600, QUEUE_MAX_SIZE, 2)),
+            Case(
+                "create_queue:new",
+                _core.create_queue(
+                    fresh,
+                    {
+                        "visibility_timeout": 30,
+                        "delay": 0,
+                        "retention": 3600,
+                        "max_message_size": QUEUE_MAX_SIZE,
+                        "max_receive_count": None,
+                    },
+                ),
+            ),
+            Case(
+                "create_queue:existing",
+                _core.create_queue(
+                    qk,
+                    {
+                        "visibility_timeout": 3600,
+                        "delay": 0,
+                        "retention": 3600,
+                        "max_message_size": QUEUE_MAX_SIZE,
+                        "max_receive_count": 2,
+                    },
+                ),
+            ),
             Case("send", _core.send(qk, [enc("x"), enc("y", {"k": "v"})], 5, "")),
             Case("receive", _core.receive(qk, 10, None)),
             Case("receive:dlq", _core.receive(dk, 10, 60)),
@@ -489,6 +610,7 @@ class World:
             Case("reject", _core.reject(qk, [r_req, r_evt, r_plain], "bad|input\nline 2")),
             Case("purge", _core.purge(qk)),
             Case("pause", _core.set_paused(qk, True)),
+            Case("set_attributes", _core.set_attributes(qk, {"rate_limit": 2.5, "max_in_flight": 7})),
             Case("stats", _core.stats(qk)),
             Case("peek", _peek.peek(dk, 10)),
             Case("redrive", _core.redrive(qk)),
@@ -497,7 +619,23 @@ class World:
             Case("topic_read", _topics.read(tk)),
             Case("topic_depths", Call(_core.script("topic_depths"), [s1.msgs], [], lambda r: [int(x) for x in r], "t")),
             Case("publish", pending(_topics.publish_flow(tk, _topics.MemberCache(), ["hello", b"bytes"]))),
-            Case("subscribe", pending(_topics.subscribe_flow(tk, "s1", 86400, 30, 0, 3600, QUEUE_MAX_SIZE, None))),
+            Case(
+                "subscribe",
+                pending(
+                    _topics.subscribe_flow(
+                        tk,
+                        "s1",
+                        86400,
+                        **{
+                            "visibility_timeout": 30,
+                            "delay": 0,
+                            "retention": 3600,
+                            "max_message_size": QUEUE_MAX_SIZE,
+                            "max_receive_count": None,
+                        },
+                    )
+                ),
+            ),
             Case("unsubscribe", _topics.unsubscribe(tk, ["s1", "s2"], only_expired=True)),
             Case(
                 "upgrade",
@@ -771,6 +909,7 @@ CASES = [
     "unsubscribe",
     "upgrade",
     "pause",
+    "set_attributes",
 ]
 
 
@@ -780,7 +919,7 @@ def _set(i: int, v: bytes) -> Callable[[Argv], Argv]:
 
 #: Defects the fuzz found, one ARGV edit each (applied to the case's base ARGV).
 DEFECTS: list[tuple[str, str, Callable[[Argv], Argv]]] = [
-    ("create_queue:new", "dlq-retention-missing-partial-write", lambda a: a[:5]),
+    ("create_queue:new", "dlq-retention-missing-partial-write", lambda a: a[:10]),
     ("create_queue:new", "vt-not-a-number-stored", _set(0, b"abc")),
     ("send", "delay-nan-partial-write", _set(0, b"nan")),
     ("send", "flag-garbage-corrupts-message", _set(1, b"abc")),

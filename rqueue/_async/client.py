@@ -323,15 +323,31 @@ class AsyncClient:
         retention: float = _core.DEFAULT_RETENTION,
         max_message_size: int = 256 * 1024,
         max_receive_count: int | None = None,
+        deduplication_window: float = 300,
+        fifo: bool = False,
+        content_based_deduplication: bool = False,
+        rate_limit: float | None = None,
+        max_in_flight: int | None = None,
     ) -> AsyncQueue:
         """Create a queue (and its dead-letter queue); a no-op if it exists alike.
 
-        Raises QueueAlreadyExists when it exists with other attributes.
+        Raises QueueAlreadyExists when it exists with other attributes. The attributes are
+        QueueAttributes' (seconds, bytes); ``q.set_attributes`` changes all but ``fifo``.
         """
         keys = QueueKeys.for_queue(self.prefix, name)
-        await self.drive(
-            _core.create_queue_flow(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
-        )
+        attributes = {
+            "visibility_timeout": visibility_timeout,
+            "delay": delay,
+            "retention": retention,
+            "max_message_size": max_message_size,
+            "max_receive_count": max_receive_count,
+            "deduplication_window": deduplication_window,
+            "fifo": fifo,
+            "content_based_deduplication": content_based_deduplication,
+            "rate_limit": rate_limit,
+            "max_in_flight": max_in_flight,
+        }
+        await self.drive(_core.create_queue_flow(keys, attributes))
         await self._registry_add(keys.name)
         return AsyncQueue(self, keys)
 

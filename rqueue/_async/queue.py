@@ -150,6 +150,12 @@ class AsyncQueue(QueueHandle):
         """The queue's stored attributes."""
         return await self.client.run(_core.attributes(self._keys))
 
+    async def set_attributes(self, **changes: Any) -> QueueAttributes:
+        """Change attributes (any of QueueAttributes' but ``fifo``) for every host at once and
+        return the new set. Raises InvalidParameter, changing nothing, on an unknown name or
+        a value out of range."""
+        return await self.client.run(_core.set_attributes(self._keys, changes))
+
     async def pause(self) -> None:
         """Stop handing out messages, on every host: receives return nothing (long polls keep
         waiting) while sends are still accepted. ``stats().paused`` tells."""

@@ -73,6 +73,10 @@ class AsyncTopic:
         retention: float = DEFAULT_RETENTION,
         max_message_size: int = 256 * 1024,
         max_receive_count: int | None = None,
+        deduplication_window: float = 300,
+        content_based_deduplication: bool = False,
+        rate_limit: float | None = None,
+        max_in_flight: int | None = None,
     ) -> AsyncSubscription:
         """Create the subscription ``name``, or refresh it (same attributes), for ``ttl`` seconds.
 
@@ -86,6 +90,10 @@ class AsyncTopic:
             "retention": retention,
             "max_message_size": max_message_size,
             "max_receive_count": max_receive_count,
+            "deduplication_window": deduplication_window,
+            "content_based_deduplication": content_based_deduplication,
+            "rate_limit": rate_limit,
+            "max_in_flight": max_in_flight,
         }
         await self.client.drive(_topics.subscribe_flow(self._keys, name, **options))
         return AsyncSubscription(self, self._keys.subscription(name), options)

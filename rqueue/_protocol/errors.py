@@ -114,11 +114,8 @@ def from_lua(message: str, queue: str) -> RQueueError | None:
         name, _, what = rest.partition(" ")
         return InvalidParameter(f"{name} must be {what}; nothing was changed (queue {queue!r})")
     if code == "RQ_EXISTS":
-        vt, delay, retention, size, mrc = args
         return QueueAlreadyExists(
-            f"queue {queue!r} already exists with other attributes (visibility_timeout="
-            f"{int(vt) / 1000:g}, delay={int(delay) / 1000:g}, retention={int(retention) / 1000:g}, "
-            f"max_message_size={size}, max_receive_count={None if mrc == '-' else int(mrc)}); "
-            "use client.queue() to use it, or delete_queue() first"
+            f"queue {queue!r} already exists with other attributes ({', '.join(args)}); "
+            "use client.queue() to use it, set_attributes() to change it, or delete_queue() first"
         )
     return None

@@ -41,13 +41,24 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class QueueAttributes:
-    """A queue's stored attributes (seconds and bytes)."""
+    """A queue's stored attributes (seconds and bytes); ``q.set_attributes`` changes them.
+
+    deduplication_window: how long a ``dedup_id`` is remembered; fifo: per-group order
+    (fixed at creation); content_based_deduplication: a send without ``dedup_id`` is
+    deduplicated by its content; rate_limit: messages handed out per second across every
+    consumer (None = off); max_in_flight: messages received and not yet finished, at most.
+    """
 
     visibility_timeout: float
     delay: float
     retention: float
     max_message_size: int
     max_receive_count: int | None
+    deduplication_window: float = 300.0
+    fifo: bool = False
+    content_based_deduplication: bool = False
+    rate_limit: float | None = None
+    max_in_flight: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from rqueue._protocol import attributes as _attributes
 from rqueue._protocol import codec as _codec
 from rqueue._protocol.calls import Call, Op, Pop, Wait, flags
 from rqueue._protocol.errors import InvalidParameter
@@ -43,7 +44,14 @@ from rqueue._protocol.limits import (
     shown,
 )
 from rqueue._protocol.models import DeadLetter, Message, QueueAttributes, QueueStats, make_message
-from rqueue._protocol.queue_lifecycle import create_queue, create_queue_flow, delete_queue, set_paused, upgrade_flow
+from rqueue._protocol.queue_lifecycle import (
+    create_queue,
+    create_queue_flow,
+    delete_queue,
+    set_attributes,
+    set_paused,
+    upgrade_flow,
+)
 from rqueue._protocol.receipts import (
     PLAIN_RECEIPTS,
     SUFFIX_OF_BYTE,
@@ -99,6 +107,7 @@ __all__ = [
     "reply_value",
     "request_flow",
     "send",
+    "set_attributes",
     "set_paused",
     "stats",
     "upgrade_flow",
@@ -293,14 +302,7 @@ def purge(keys: QueueKeys) -> Call[int]:
 
 
 def parse_attributes(meta: dict[bytes, bytes]) -> QueueAttributes:
-    mrc = meta.get(b"mrc")
-    return QueueAttributes(
-        int(meta[b"vt"]) / 1000,
-        int(meta[b"delay"]) / 1000,
-        int(meta[b"retention"]) / 1000,
-        int(meta[b"max_size"]),
-        int(mrc) if mrc else None,
-    )
+    return _attributes.decode({k.decode(): v.decode() for k, v in meta.items()})
 
 
 def stats(keys: QueueKeys) -> Call[QueueStats]:

@@ -1,4 +1,4 @@
-"""Creating, upgrading, pausing and deleting queues, I/O-free (the calls and flows the clients drive).
+"""Creating, changing, upgrading, pausing and deleting queues, I/O-free (the calls and flows the clients drive).
 
 A queue made by rqueue 0.1 (its meta has no 'v') is rewritten to the current storage layout
 by ``upgrade_flow``, which ``create_queue_flow`` (and a subscription's refresh) runs.
@@ -6,65 +6,41 @@ by ``upgrade_flow``, which ``create_queue_flow`` (and a subscription's refresh) 
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import Any
 
+from rqueue._protocol import attributes as _attributes
 from rqueue._protocol.calls import Call, Op
 from rqueue._protocol.errors import InvalidParameter
 from rqueue._protocol.keys import QueueKeys
-from rqueue._protocol.limits import (
-    MAX_MESSAGE_SIZE_LIMIT,
-    MAX_RECEIVE_COUNT_LIMIT,
-    MAX_RETENTION,
-    MAX_VISIBILITY,
-    MIN_RETENTION,
-    integer,
-    seconds_ms,
-)
+from rqueue._protocol.limits import MAX_RETENTION
+from rqueue._protocol.models import QueueAttributes
 from rqueue._protocol.scripts import script
 
 
-def create_queue(
-    keys: QueueKeys,
-    visibility_timeout: float,
-    delay: float,
-    retention: float,
-    max_message_size: int,
-    max_receive_count: int | None,
-) -> Call[int]:
+def create_queue(keys: QueueKeys, attributes: Mapping[str, Any]) -> Call[int]:
     """Create a queue and its DLQ; the reply: 1 new, 0 it existed alike, 2 so and it needs
-    ``upgrade_flow``."""
+    ``upgrade_flow``. ``attributes``: any of QueueAttributes' fields (defaults for the rest)."""
     if keys.is_dlq:
         raise InvalidParameter(f"{keys.name!r} names a dead-letter queue; create its source queue")
-    vt = seconds_ms("visibility_timeout", visibility_timeout, 0, MAX_VISIBILITY)
-    ret = seconds_ms("retention", retention, MIN_RETENTION, MAX_RETENTION)
-    dl = seconds_ms("delay", delay, 0, MAX_RETENTION)
-    if dl > ret:
-        raise InvalidParameter(f"delay must be from 0 to retention ({ret / 1000:g} seconds), got {delay!r}")
-    size = integer("max_message_size", max_message_size, 1, MAX_MESSAGE_SIZE_LIMIT)
-    mrc = (
-        ""
-        if max_receive_count is None
-        else str(integer("max_receive_count", max_receive_count, 1, MAX_RECEIVE_COUNT_LIMIT))
-    )
-    args: list[bytes | str | int] = [vt, dl, ret, size, mrc, MAX_RETENTION * 1000]
+    args: list[bytes | str | int] = [*_attributes.encode(attributes), MAX_RETENTION * 1000]
     d = keys.dlq()
     return Call(script("create_queue"), [keys.meta, d.meta, keys.seq], args, int, keys.name)
 
 
-def create_queue_flow(
-    keys: QueueKeys,
-    visibility_timeout: float,
-    delay: float,
-    retention: float,
-    max_message_size: int,
-    max_receive_count: int | None,
-) -> Generator[Op, Any, bool]:
+def create_queue_flow(keys: QueueKeys, attributes: Mapping[str, Any]) -> Generator[Op, Any, bool]:
     """Create a queue, or upgrade in place one that holds state of the layout before 0.2."""
-    created: int = yield create_queue(keys, visibility_timeout, delay, retention, max_message_size, max_receive_count)
+    created: int = yield create_queue(keys, attributes)
     if created == 2:
         yield from upgrade_flow(keys)
     return created == 1
+
+
+def set_attributes(keys: QueueKeys, changes: Mapping[str, Any]) -> Call[QueueAttributes]:
+    """Change attributes of a live queue for every host at once; the reply is the new set.
+    Waiting receivers wake, so a raised limit takes effect at once."""
+    args: list[bytes | str | int] = list(_attributes.encode_changes(changes, dead_letter_queue=keys.is_dlq))
+    return Call(script("set_attributes"), [keys.meta, keys.wake], args, _attributes.decode_list, keys.name)
 
 
 def upgrade_flow(keys: QueueKeys) -> Generator[Op, Any, None]:

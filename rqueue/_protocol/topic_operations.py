@@ -13,9 +13,10 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from rqueue._protocol.errors import InvalidParameter
 from rqueue._protocol.keys import QueueKeys, TopicKeys, check_name
 from rqueue._protocol.models import SubscriptionInfo
-from rqueue._protocol.operations import MAX_RETENTION, Call, Op, create_queue, encode_batch, seconds_ms, upgrade_flow
+from rqueue._protocol.operations import Call, Op, create_queue, encode_batch, seconds_ms, upgrade_flow
 from rqueue._protocol.scripts import script
 from rqueue._protocol.sending import ids_of
 
@@ -129,17 +130,16 @@ def subscribe_flow(
     topic: TopicKeys,
     name: str,
     ttl: float,
-    visibility_timeout: float,
-    delay: float,
-    retention: float,
-    max_message_size: int,
-    max_receive_count: int | None,
+    **attributes: Any,
 ) -> Generator[Op, Any, bool]:
-    """Create or refresh a subscription; True when it joined now."""
+    """Create or refresh a subscription; True when it joined now. ``attributes``: a queue's
+    (QueueAttributes' fields but ``fifo``)."""
     sub = topic.subscription(name)
     ttl_ms = seconds_ms("ttl", ttl, MIN_TTL, MAX_TTL)
+    if attributes.get("fifo"):
+        raise InvalidParameter("a subscription cannot be a FIFO queue (fifo must be False)")
     # Validation and the attribute arguments are the queue's own.
-    created = create_queue(sub, visibility_timeout, delay, retention, max_message_size, max_receive_count)
+    created = create_queue(sub, attributes)
     members: Members = yield read(topic)
     expired = members.expired()
     keys = [topic.subs, topic.version, topic.seq, sub.meta, sub.dlq().meta]
@@ -148,7 +148,7 @@ def subscribe_flow(
     joined: int = yield Call(
         script("subscribe"),
         keys,
-        [*created.args[:5], MAX_RETENTION * 1000, ttl_ms, sub.name.split("/", 1)[1], *expired],
+        [*created.args, ttl_ms, sub.name.split("/", 1)[1], *expired],
         int,
         sub.name,
     )

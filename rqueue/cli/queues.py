@@ -10,6 +10,7 @@ import click
 from rich.live import Live
 from rich.text import Text
 
+from rqueue._protocol.attributes import NAMES as ATTRIBUTE_NAMES
 from rqueue._protocol.errors import QueueDoesNotExist, RQueueError
 from rqueue._protocol.keys import QueueKeys
 from rqueue._protocol.peek import peek
@@ -41,29 +42,23 @@ from rqueue.cli.shared import (
 @click.option("--retention", type=float, default=4 * 86400, show_default=True, help="Seconds a message is kept.")
 @click.option("--max-message-size", type=int, default=256 * 1024, show_default=True, help="Bytes.")
 @click.option("--max-receive-count", type=int, default=None, help="Receives before dead-lettering. Default: never.")
+@click.option("--deduplication-window", type=float, default=300, show_default=True, help="Seconds a dedup id counts.")
+@click.option("--fifo", is_flag=True, help="Deliver each group's messages in order, one at a time.")
+@click.option("--content-based-deduplication", is_flag=True, help="Deduplicate sends without a dedup id by content.")
+@click.option("--rate-limit", type=float, default=None, help="Messages handed out per second, all consumers together.")
+@click.option("--max-in-flight", type=int, default=None, help="Messages in flight at once, all consumers together.")
 @common
 def create(
     name: str,
-    visibility_timeout: float,
-    delay: float,
-    retention: float,
-    max_message_size: int,
-    max_receive_count: int | None,
     url: str | None,
     prefix: str,
     as_json: bool,
+    **attributes: Any,
 ) -> None:
     """Create queue NAME (a no-op if it exists with the same attributes)."""
     e = env(url, prefix, as_json)
     with session(e) as client:
-        q = client.create_queue(
-            name,
-            visibility_timeout=visibility_timeout,
-            delay=delay,
-            retention=retention,
-            max_message_size=max_message_size,
-            max_receive_count=max_receive_count,
-        )
+        q = client.create_queue(name, **attributes)
         attrs = q.attributes()
     emit(e, {"name": name, **vars_of(attrs)}, f"queue {name} ready ({fmt_attrs(attrs)})")
 
@@ -74,10 +69,56 @@ def vars_of(obj: Any) -> dict[str, Any]:
 
 def fmt_attrs(a: Any) -> str:
     mrc = "never" if a.max_receive_count is None else str(a.max_receive_count)
-    return (
-        f"visibility {a.visibility_timeout:g}s, delay {a.delay:g}s, retention {out.duration(a.retention)}, "
-        f"max size {a.max_message_size:,} B, dead-letter after {mrc} receives"
+    text = (
+        f"{'FIFO, ' if a.fifo else ''}visibility {a.visibility_timeout:g}s, delay {a.delay:g}s, "
+        f"retention {out.duration(a.retention)}, max size {a.max_message_size:,} B, "
+        f"dead-letter after {mrc} receives, dedup window {out.duration(a.deduplication_window)}"
     )
+    if a.content_based_deduplication:
+        text += ", dedup by content"
+    if a.rate_limit is not None:
+        text += f", at most {a.rate_limit:g}/s"
+    if a.max_in_flight is not None:
+        text += f", at most {a.max_in_flight} in flight"
+    return text
+
+
+_NONE = ("none", "off", "")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``key=value`` of `rqueue set` as (attribute, value): none/off clear a limit."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or key not in ATTRIBUTE_NAMES:
+        raise click.BadParameter(f"{text!r}: expected key=value with key one of {', '.join(ATTRIBUTE_NAMES)}")
+    raw = raw.strip()
+    try:
+        if key in ("fifo", "content_based_deduplication"):
+            if raw.lower() not in _TRUE + _FALSE:
+                raise ValueError(raw)
+            return key, raw.lower() in _TRUE
+        if key in ("max_receive_count", "rate_limit", "max_in_flight") and raw.lower() in _NONE:
+            return key, None
+        if key in ("max_message_size", "max_receive_count", "max_in_flight"):
+            return key, int(raw)
+        return key, float(raw)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: {raw!r} is not a value for {key}") from None
+
+
+@cli.command(name="set")
+@click.argument("name", callback=lambda _c, _p, v: queue_name(v))
+@click.argument("settings", nargs=-1, required=True)
+@common
+def set_(name: str, settings: tuple[str, ...], url: str | None, prefix: str, as_json: bool) -> None:
+    """Change attributes of queue NAME live: `rqueue set orders rate_limit=50 max_in_flight=none`."""
+    changes = dict(parse_setting(s) for s in settings)
+    e = env(url, prefix, as_json)
+    with session(e) as client:
+        attrs = client.queue(name).set_attributes(**changes)
+    emit(e, {"name": name, **vars_of(attrs)}, f"queue {name} now: {fmt_attrs(attrs)}")
 
 
 @cli.command(name="list")

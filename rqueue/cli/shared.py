@@ -224,8 +224,8 @@ def one_line(err: BaseException) -> str:
     msg = err.format_message() if isinstance(err, click.ClickException) else str(err)
     msg = re.sub(r"create it with create_queue\('([^']*)'\)", r"create it with: rqueue create \1", msg)
     msg = re.sub(
-        r"use client\.queue\(\) to use it, or delete_queue\(\) first",
-        "use it as it is, or delete it first with: rqueue delete-queue NAME",
+        r"use client\.queue\(\) to use it, set_attributes\(\) to change it, or delete_queue\(\) first",
+        "use it as it is, change it with: rqueue set NAME key=value, or delete it first with: rqueue delete-queue NAME",
         msg,
     )
     return " ".join(msg.split())
