@@ -158,9 +158,75 @@ end
 -- receive call's (one per call, from seq), so '<id>.<token>' names one
 -- delivery, and the header is the only per-message state. Before its first
 -- receive, a message sent with a delay or redriven carries 'D<visible_since>|'
--- instead (when its retention starts). header_end gives where either ends.
+-- instead (when its retention starts). A FIFO queue's message always has a
+-- header, which ends in its group: 'G~<len>:<group>|' until its first receive
+-- (or 'D<since>~<len>:<group>|'), then 'R...~<len>:<group>|'; the group's byte
+-- length first, so a group may hold any byte ('|' too). header_end gives where
+-- a header ends (the '|'), 0 without one.
 local function header_end(m)
   local b = string.byte(m, 1)
-  if b ~= 82 and b ~= 68 then return 0 end -- 'R', 'D'
+  if b ~= 82 and b ~= 68 and b ~= 71 then return 0 end -- 'R', 'D', 'G'
+  local len, p = string.match(m, '^[RDG][%d:]*~(%d+):()')
+  if p then return p + tonumber(len) end
   return string.find(m, '|', 2, true) or 0
+end
+
+-- FIFO queues (see above): the parts of a stored message's header: its state
+-- ('G', 'D<since>' or 'R<token>:<rc>:<first>[:<since>]'), its group and the
+-- message behind the header; nil for a message without a group.
+local function fifo_parts(m)
+  local state, len, p = string.match(m, '^([RDG][%d:]*)~(%d+):()')
+  if not p then return nil end
+  local e = p + tonumber(len)
+  if string.byte(m, e) ~= 124 then return nil end
+  return state, string.sub(m, p, e - 1), string.sub(m, e + 1)
+end
+
+-- The group suffix of a FIFO header: '~<len>:<group>|'.
+local function fifo_tail(group)
+  return '~' .. #group .. ':' .. group .. '|'
+end
+
+-- A FIFO queue keeps its messages that wait for their turn in 'gm', a sorted
+-- set of equal scores ordered by member: '<len>:<group>' then the id, so one
+-- group's messages sit together in send order (ids sort as strings in the
+-- order they were issued). fifo_prefix gives a group's part; fifo_head up to n
+-- of its first members' ids, in order.
+local function fifo_prefix(group)
+  return #group .. ':' .. group
+end
+
+local function fifo_head(gm_key, group, n)
+  local p = fifo_prefix(group)
+  local members = redis.call('ZRANGE', gm_key, '[' .. p, '(' .. p .. ':', 'BYLEX', 'LIMIT', 0, n)
+  for i, member in ipairs(members) do members[i] = string.sub(member, #p + 1) end
+  return members
+end
+
+-- The number an id was made from (see id_of).
+local function id_number(id)
+  if string.byte(id, 1) == 57 then return tonumber(string.sub(id, 3)) end -- '9x...'
+  return tonumber(string.sub(id, 2))
+end
+
+-- After a group's state changed: it is ready ('gr', scored by the number of
+-- its first waiting message, so the oldest head goes first) when nothing of
+-- it is in flight ('gf': group -> messages in flight) and a message of it
+-- waits; else it is not in 'gr'. Returns true when it became ready.
+local function fifo_settle(gm_key, gr_key, gf_key, group)
+  if redis.call('HEXISTS', gf_key, group) == 1 then
+    redis.call('ZREM', gr_key, group)
+    return false
+  end
+  local head = fifo_head(gm_key, group, 1)
+  if #head == 0 then
+    redis.call('ZREM', gr_key, group)
+    return false
+  end
+  return redis.call('ZADD', gr_key, id_number(head[1]), group) == 1
+end
+
+-- A group's message in flight ended (deleted, rejected, or back in gm).
+local function fifo_release(gf_key, group)
+  if redis.call('HINCRBY', gf_key, group, -1) <= 0 then redis.call('HDEL', gf_key, group) end
 end

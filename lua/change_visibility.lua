@@ -9,6 +9,9 @@ KEYS[4] wake   list: wake-up token for waiting receivers
 ARGV[1] timeout in ms (0..12 h)
 ARGV[2..2n+1] id, token pairs taken from the receipts
 
+On a FIFO queue a receipt changes only a message still in flight (in vis):
+once its lease ended and a receive put it back in its group, it is stale.
+
 Wakes waiting receivers when a message becomes visible before the earliest
 hidden one (their computed sleep would otherwise overshoot).
 
@@ -21,9 +24,11 @@ if not timeout then return bad_arg('timeout', 'an integer from 0 to 43200000 (ms
 local n = (#ARGV - 1) / 2
 if n < 1 or n % 1 ~= 0 then return bad_arg('receipts', '1 or more id, token pairs') end
 
-if redis.call('EXISTS', meta_key) == 0 then
+local cfg = redis.call('HMGET', meta_key, 'vt', 'fifo')
+if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
+local fifo = cfg[2] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local visible_at = now + timeout
@@ -39,7 +44,8 @@ local out, z = {}, {}
 for i = 1, n do
   local m = msgs[i]
   local prefix = 'R' .. ARGV[2 * i + 1] .. ':'
-  if m and string.sub(m, 1, #prefix) == prefix then
+  if m and string.sub(m, 1, #prefix) == prefix
+      and not (fifo and not redis.call('ZSCORE', vis_key, ids[i])) then
     out[i] = 1
     z[#z + 1] = score
     z[#z + 1] = ids[i]

@@ -7,7 +7,11 @@ KEYS[2] msgs   hash: id -> stored message, behind 'R<token>:...|' once
                its sender gave up
 KEYS[3] vis    zset: id -> visible-at
 KEYS[4] why    hash: id -> dead-letter record (dead-letter queues)
-KEYS[5..] reply keys (lists), one per request receipt ('r' below), in order
+KEYS[5] wake   list: wake-up token for waiting receivers
+KEYS[6] gm     } a FIFO queue's waiting messages, ready groups and groups in
+KEYS[7] gr     } flight: deleting a group's last message in flight lets the
+KEYS[8] gf     } group go on (and wakes a receiver); untouched unless fifo
+KEYS[9..] reply keys (lists), one per request receipt ('r' below), in order
 
 ARGV[1] the queue's events channel ('' when no receipt is an events one)
 ARGV[2] reply key TTL in ms
@@ -62,14 +66,14 @@ elseif tracked or mode == '' then
     end
   end
   if tracked then
-    if requests ~= #KEYS - 4 then return bad_arg('receipts', 'one reply key per request receipt') end
+    if requests ~= #KEYS - 8 then return bad_arg('receipts', 'one reply key per request receipt') end
     if not arg_int(ttl, 1, 86400000) then return bad_arg('reply_ttl', 'an integer from 1 to 86400000 (ms)') end
   end
 else
   return bad_arg('mode', "'', '1' or 'j'")
 end
 
-local cfg = redis.call('HMGET', meta_key, 'vt', 'dlq')
+local cfg = redis.call('HMGET', meta_key, 'vt', 'dlq', 'fifo')
 if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
@@ -78,7 +82,7 @@ local n = #ids
 local msgs = redis.call('HMGET', msgs_key, unpack(ids))
 local out, hit, seen = {}, {}, {}
 local nhit = 0
-local k = 4
+local k = 8
 local token, prefix -- receipts of one receive share its token
 for i = 1, n do
   local m, id = msgs[i], ids[i]
@@ -112,7 +116,32 @@ for i = 1, n do
     end
   end
 end
-if nhit > 0 then
+if nhit > 0 and cfg[3] == '1' then
+  -- FIFO: one by one, as each frees its group (in flight: in vis) or leaves
+  -- its place in gm (its lease ended and a receive put it back)
+  local gm_key, gr_key, gf_key = KEYS[6], KEYS[7], KEYS[8]
+  local byid, removed, ready = {}, 0, false
+  for i = 1, n do
+    if out[i] == '1' then
+      if byid[ids[i]] then
+        out[i] = '0' -- the same receipt again: only its first counts
+      else
+        byid[ids[i]] = true
+        local _, group = fifo_parts(msgs[i])
+        if redis.call('ZREM', vis_key, ids[i]) == 1 then
+          if group then fifo_release(gf_key, group) end
+        elseif group then
+          redis.call('ZREM', gm_key, fifo_prefix(group) .. ids[i])
+        end
+        if group and fifo_settle(gm_key, gr_key, gf_key, group) then ready = true end
+        removed = removed + 1
+      end
+    end
+  end
+  redis.call('HDEL', msgs_key, unpack(hit))
+  redis.call('HINCRBY', meta_key, 'deleted_total', removed)
+  if ready and redis.call('LLEN', KEYS[5]) == 0 then redis.call('RPUSH', KEYS[5], 1) end
+elseif nhit > 0 then
   local removed = redis.call('ZREM', vis_key, unpack(hit))
   redis.call('HDEL', msgs_key, unpack(hit))
   if is_dlq then redis.call('HDEL', why_key, unpack(hit)) end

@@ -29,6 +29,9 @@ KEYS[7]  dlq_msgs  } for a dead-letter queue itself these are never touched
 KEYS[8]  dlq_vis   }
 KEYS[9]  dlq_why   }
 KEYS[10] dlq_wake  }
+KEYS[11] gm        } a FIFO queue's waiting messages, ready groups and groups
+KEYS[12] gr        } in flight (see fifo_settle in _prelude.lua); untouched
+KEYS[13] gf        } unless meta says fifo
 
 ARGV[1] max messages (1..1000)
 ARGV[2] visibility timeout in ms, or '' for the queue's
@@ -50,11 +53,21 @@ receive that hides messages earlier than that (or when none was hidden)
 pushes a wake-up so they look again; so does one that fills its batch while
 more is visible.
 
-Reply: {ids, messages, token, now, again, whys, next_ms, buried}. messages
+A FIFO queue (meta 'fifo') keeps in vis only what is in flight or delayed.
+First, entries of vis that are due (a lease ended, change_visibility 0, a
+delay passed; at most FIFO_BUDGET a call) go back to their group's place in
+gm. Then the oldest ready groups hand out their first messages in order, up
+to N in all: the messages of one group that a call delivers are consecutive,
+and hold the group (gf) until each is deleted or comes back. A message past
+its retention or max_receive_count is dead-lettered on the way, and its group
+moves on; its dead-letter record keeps its group ('<dead_at>~<len>:<group>|
+<reason>|<detail>') for redrive.
+
+Reply: {ids, messages, token, now, again, whys, next_ms, buried, groups}. messages
 are stored messages without their header; every one was received by this
 call with token (its receipt is '<id>.<token>'), for the first time at now
 unless again holds {index (from 1), receive_count, first_received_at, ...}
-for it. whys is empty unless this is a dead-letter queue ('' for an entry
+for it. groups (FIFO queues) gives each message's group, else is empty. whys is empty unless this is a dead-letter queue ('' for an entry
 without a record); buried is {id, '<reason>|<detail>', ...} for requests
 dead-lettered in this call. next_ms is -1 when nothing is hidden, 0 when a
 message is still visible (the scan budget ran out), else ms until the next
@@ -72,8 +85,9 @@ if not channel then return bad_arg('channel', "the queue's events channel ('' fo
 local meta_key, msgs_key, vis_key, wake_key, why_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key =
   KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local gm_key, gr_key, gf_key = KEYS[11], KEYS[12], KEYS[13]
 
-local cfg = redis.call('HMGET', meta_key, 'vt', 'retention', 'mrc', 'dlq', 'paused')
+local cfg = redis.call('HMGET', meta_key, 'vt', 'retention', 'mrc', 'dlq', 'paused', 'fifo')
 if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
@@ -89,14 +103,14 @@ if cfg[5] == '1' then
   -- right even if another took the wake-up); what is visible waits for the resume.
   local head = redis.call('ZRANGE', vis_key, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
   local wait = #head > 0 and math.ceil(tonumber(head[2]) - now) or -1
-  return {{}, {}, '', now, {}, {}, wait, {}}
+  return {{}, {}, '', now, {}, {}, wait, {}, {}}
 end
 local cutoff = now - tonumber(cfg[2])
 
 local out_ids, out_msgs, out_whys, buried = {}, {}, {}, {}
 local dead_n, expired_n, dropped_n = 0, 0, 0
 
-local function bury(id, msg, reason, detail)
+local function bury(id, msg, reason, detail, group)
   local flag = string.byte(msg, 14)
   if flag == 63 then -- a request: its sender hears of it through the client
     msg = string.sub(msg, 1, 13) .. string.sub(msg, 15)
@@ -111,7 +125,8 @@ local function bury(id, msg, reason, detail)
   end
   redis.call('HSET', dlq_msgs_key, id, msg)
   redis.call('ZADD', dlq_vis_key, now, id)
-  redis.call('HSET', dlq_why_key, id, string.format('%d|%s|%s', now, reason, detail))
+  local at = group and (string.format('%d', now) .. '~' .. #group .. ':' .. group) or string.format('%d', now)
+  redis.call('HSET', dlq_why_key, id, at .. '|' .. reason .. '|' .. detail)
 end
 
 -- One token per call that delivers (meta 'tok', counting up from the server's
@@ -145,6 +160,134 @@ local function deliver(id, msg, head, rc, why)
   elseif string.byte(msg, 14) == 33 then
     redis.call('PUBLISH', channel, 'received|' .. id .. '|' .. (rc + 1))
   end
+end
+
+if cfg[6] == '1' then
+  local gone = {}
+  -- 1. What is due in vis goes back to its group's place in gm: a lease ended
+  -- or change_visibility 0 ('R': it was in flight), or a delay passed.
+  local FIFO_BUDGET = 1000
+  local due = redis.call('ZRANGE', vis_key, '-inf', now, 'BYSCORE', 'LIMIT', 0, FIFO_BUDGET)
+  if #due > 0 then
+    local dm = redis.call('HMGET', msgs_key, unpack(due))
+    local z, touched, lost = {}, {}, {}
+    for i, id in ipairs(due) do
+      local state, group
+      if dm[i] then state, group = fifo_parts(dm[i]) end
+      if group then
+        z[#z + 1] = 0
+        z[#z + 1] = fifo_prefix(group) .. id
+        if string.byte(state, 1) == 82 then fifo_release(gf_key, group) end
+        touched[group] = true
+      elseif dm[i] then
+        lost[#lost + 1] = id -- a message without a group (not written by send.lua): drop it
+      end
+    end
+    redis.call('ZREM', vis_key, unpack(due))
+    if #lost > 0 then redis.call('HDEL', msgs_key, unpack(lost)) end
+    if #z > 0 then redis.call('ZADD', gm_key, unpack(z)) end
+    for group in pairs(touched) do fifo_settle(gm_key, gr_key, gf_key, group) end
+  end
+
+  -- 2. The oldest ready groups hand out their first messages, in order.
+  local out_groups = {}
+  local groups = redis.call('ZRANGE', gr_key, 0, max - 1)
+  for _, group in ipairs(groups) do
+    if n_out == max then break end
+    local ids = fifo_head(gm_key, group, max - n_out)
+    local msgs = #ids > 0 and redis.call('HMGET', msgs_key, unpack(ids)) or {}
+    local p = fifo_prefix(group)
+    local tail = fifo_tail(group)
+    local done, took, stop = {}, 0, false
+    for i, id in ipairs(ids) do
+      local state, _, msg
+      if msgs[i] then state, _, msg = fifo_parts(msgs[i]) end
+      if not state then
+        done[#done + 1] = p .. id -- an entry without its message: drop it
+        if msgs[i] then gone[#gone + 1] = id end
+      else
+        local rc, first, since = 0, nil, nil
+        local kind = string.byte(state, 1)
+        if kind == 82 then
+          local r, f, v = string.match(state, '^R%d+:(%d+):(%d+):?(%d*)$')
+          rc, first = tonumber(r) or 0, f
+          if v and v ~= '' then since = v end
+        elseif kind == 68 then
+          since = string.sub(state, 2)
+        end
+        local born = tonumber(since or string.sub(msg, 1, 13))
+        if not born then
+          done[#done + 1] = p .. id
+          gone[#gone + 1] = id
+        elseif born <= cutoff then
+          done[#done + 1] = p .. id
+          gone[#gone + 1] = id
+          expired_n = expired_n + 1
+          bury(id, msg, 'expired', rc, group)
+        elseif mrc and rc >= mrc then
+          done[#done + 1] = p .. id
+          gone[#gone + 1] = id
+          dead_n = dead_n + 1
+          bury(id, msg, 'max_receives', rc, group)
+        else
+          if not token then take_token() end
+          first = first or nows
+          if rc > 0 then
+            again[#again + 1] = n_out + 1
+            again[#again + 1] = rc + 1
+            again[#again + 1] = tonumber(first)
+          end
+          local head = 'R' .. token .. ':' .. string.format('%d', rc + 1) .. ':' .. first
+          if since then head = head .. ':' .. since end
+          done[#done + 1] = p .. id
+          deliver(id, msg, head .. tail, rc, nil)
+          out_groups[n_out] = group
+          took = took + 1
+        end
+      end
+    end
+    if #done > 0 then redis.call('ZREM', gm_key, unpack(done)) end
+    if took > 0 then
+      redis.call('HINCRBY', gf_key, group, took)
+      redis.call('ZREM', gr_key, group)
+    else
+      fifo_settle(gm_key, gr_key, gf_key, group) -- all dead-lettered: the group moves on
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', msgs_key, unpack(gone)) end
+
+  local wake = false
+  if n_out > 0 then
+    local first_hidden = redis.call('ZRANGE', vis_key, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+    wake = #first_hidden == 0 or score < tonumber(first_hidden[2])
+    redis.call('HSET', msgs_key, unpack(hs))
+    redis.call('ZADD', vis_key, unpack(zs))
+    redis.call('HINCRBY', meta_key, 'received_total', n_out)
+  end
+  if dead_n + expired_n > 0 then
+    if dead_n > 0 then redis.call('HINCRBY', meta_key, 'dead_lettered_total', dead_n) end
+    if expired_n > 0 then redis.call('HINCRBY', meta_key, 'expired_total', expired_n) end
+    redis.call('HINCRBY', dlq_meta_key, 'sent_total', dead_n + expired_n)
+    if redis.call('LLEN', dlq_wake_key) == 0 then redis.call('RPUSH', dlq_wake_key, 1) end
+  end
+  -- Ready groups left: another call delivers at once (0); else the next
+  -- hidden message's time, or -1.
+  local ready = redis.call('ZCARD', gr_key) > 0
+  local next_ms = -1
+  if n_out == 0 then
+    if ready or #due == FIFO_BUDGET then
+      next_ms = 0
+    else
+      local head = redis.call('ZRANGE', vis_key, 0, 0, 'WITHSCORES')
+      if #head > 0 then next_ms = math.max(0, math.ceil(tonumber(head[2]) - now)) end
+    end
+  elseif ready then
+    wake = true
+  end
+  if wake and redis.call('LLEN', wake_key) == 0 then
+    redis.call('RPUSH', wake_key, 1)
+  end
+  return {out_ids, out_msgs, token or '', now, again, out_whys, next_ms, buried, out_groups}
 end
 
 -- A message never received was born at its score (its send plus its delay,
@@ -300,4 +443,4 @@ end
 if wake and redis.call('LLEN', wake_key) == 0 then
   redis.call('RPUSH', wake_key, 1)
 end
-return {out_ids, out_msgs, token or '', now, again, out_whys, next_ms, buried}
+return {out_ids, out_msgs, token or '', now, again, out_whys, next_ms, buried, {}}

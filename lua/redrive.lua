@@ -9,6 +9,9 @@ KEYS[5]  dlq_meta   } its dead-letter queue (msgs: behind 'R<token>:...|'
 KEYS[6]  dlq_msgs   } once received there, see _prelude.lua)
 KEYS[7]  dlq_vis    }
 KEYS[8]  dlq_why    }
+KEYS[9]  gm         } a FIFO source's waiting messages, ready groups and
+KEYS[10] gr         } groups in flight: a dead letter goes back to its group
+KEYS[11] gf         } (from its record), in its place by its id (send order)
 
 ARGV[1] the most messages to move in this call, 1..1000 (the client calls
         again until a call moves fewer, so no single call blocks the server
@@ -22,9 +25,11 @@ local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key = KEYS[5], KEYS[6], K
 local chunk = arg_int(ARGV[1], 1, 1000)
 if not chunk then return bad_arg('chunk', 'an integer from 1 to 1000') end
 
-if redis.call('EXISTS', meta_key) == 0 then
+local cfg = redis.call('HMGET', meta_key, 'vt', 'fifo')
+if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
+local fifo = cfg[2] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ids = redis.call('ZRANGE', dlq_vis_key, '-inf', now, 'BYSCORE', 'LIMIT', 0, chunk)
@@ -34,6 +39,33 @@ end
 local msgs = redis.call('HMGET', dlq_msgs_key, unpack(ids))
 local h, z = {}, {}
 local since = string.format('D%d|', now) -- its retention starts again now (receive.lua)
+if fifo then
+  local whys = redis.call('HMGET', dlq_why_key, unpack(ids))
+  local w, groups = {}, {}
+  for i, id in ipairs(ids) do
+    if msgs[i] then
+      -- the group its record kept; a dead letter without one (sent to the
+      -- dead-letter queue by hand) becomes a group of its own
+      local len, p = string.match(whys[i] or '', '^%d+~(%d+):()')
+      local group = p and string.sub(whys[i], p, p + tonumber(len) - 1) or id
+      h[#h + 1] = id
+      h[#h + 1] = string.format('D%d', now) .. fifo_tail(group) .. string.sub(msgs[i], header_end(msgs[i]) + 1)
+      w[#w + 1] = 0
+      w[#w + 1] = fifo_prefix(group) .. id
+      groups[group] = true
+    end
+  end
+  redis.call('ZREM', dlq_vis_key, unpack(ids))
+  redis.call('HDEL', dlq_msgs_key, unpack(ids))
+  redis.call('HDEL', dlq_why_key, unpack(ids))
+  if #h > 0 then
+    redis.call('HSET', msgs_key, unpack(h))
+    redis.call('ZADD', KEYS[9], unpack(w))
+    for group in pairs(groups) do fifo_settle(KEYS[9], KEYS[10], KEYS[11], group) end
+    if redis.call('LLEN', wake_key) == 0 then redis.call('RPUSH', wake_key, 1) end
+  end
+  return #ids
+end
 for i, id in ipairs(ids) do
   if msgs[i] then
     h[#h + 1] = id

@@ -9,7 +9,11 @@ KEYS[5]  dlq_msgs   }
 KEYS[6]  dlq_vis    }
 KEYS[7]  dlq_why    }
 KEYS[8]  dlq_wake   }
-KEYS[9..] reply keys (lists), one per request receipt ('r' below), in order
+KEYS[9]  wake       } the queue's wake list, and a FIFO queue's waiting
+KEYS[10] gm         } messages, ready groups and groups in flight (untouched
+KEYS[11] gr         } unless meta says fifo): a rejected message frees its
+KEYS[12] gf         } group, and its dead-letter record keeps the group
+KEYS[13..] reply keys (lists), one per request receipt ('r' below), in order
 
 ARGV[1] the reason (free text, kept as the dead letter's detail)
 ARGV[2] the queue's events channel
@@ -39,16 +43,20 @@ for i = 1, n do
     return bad_arg('receipts', "tracked must be '', 'r' or 'e'")
   end
 end
-if requests ~= #KEYS - 8 then return bad_arg('receipts', 'one reply key per request receipt') end
+if requests ~= #KEYS - 12 then return bad_arg('receipts', 'one reply key per request receipt') end
 
-if redis.call('EXISTS', meta_key) == 0 then
+local cfg = redis.call('HMGET', meta_key, 'vt', 'fifo')
+if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
+local fifo = cfg[2] == '1'
+local gm_key, gr_key, gf_key = KEYS[10], KEYS[11], KEYS[12]
+local ready = false
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local msgs = redis.call('HMGET', msgs_key, unpack(ids))
 local out, hit, seen = {}, {}, {}
-local k = 8
+local k = 12
 for i = 1, n do
   local id, msg = ids[i], msgs[i]
   local prefix = 'R' .. ARGV[3 * i + 2] .. ':'
@@ -58,6 +66,17 @@ for i = 1, n do
     out[i] = 1
     seen[id] = true
     hit[#hit + 1] = id
+    local at = string.format('%d', now)
+    local _, group = fifo_parts(msg)
+    if fifo and group then
+      at = at .. '~' .. #group .. ':' .. group
+      if redis.call('ZREM', vis_key, id) == 1 then
+        fifo_release(gf_key, group)
+      else
+        redis.call('ZREM', gm_key, fifo_prefix(group) .. id)
+      end
+      if fifo_settle(gm_key, gr_key, gf_key, group) then ready = true end
+    end
     msg = string.sub(msg, header_end(msg) + 1) -- a dead letter starts unreceived
     if string.byte(msg, 14) == 63 then -- a request: drop the flag
       msg = string.sub(msg, 1, 13) .. string.sub(msg, 15)
@@ -71,7 +90,7 @@ for i = 1, n do
     end
     redis.call('HSET', dlq_msgs_key, id, msg)
     redis.call('ZADD', dlq_vis_key, now, id)
-    redis.call('HSET', dlq_why_key, id, string.format('%d|rejected|%s', now, reason))
+    redis.call('HSET', dlq_why_key, id, at .. '|rejected|' .. reason)
   else
     out[i] = 0
   end
@@ -83,4 +102,5 @@ if #hit > 0 then
   redis.call('HINCRBY', dlq_meta_key, 'sent_total', #hit)
   if redis.call('LLEN', dlq_wake_key) == 0 then redis.call('RPUSH', dlq_wake_key, 1) end
 end
+if ready and redis.call('LLEN', KEYS[9]) == 0 then redis.call('RPUSH', KEYS[9], 1) end
 return out

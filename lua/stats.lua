@@ -4,9 +4,12 @@ KEYS[1] meta   hash: attributes and counters
 KEYS[2] msgs   hash: id -> stored message, behind 'R<token>:...|' once received
 KEYS[3] vis    zset: id -> visible-at (received: - 0.5, see receive.lua)
 KEYS[4] dlq_vis zset: the dead-letter queue's index (its size is 'dead')
+KEYS[5..7] gm, gr, gf: a FIFO queue's waiting messages (visible), ready groups
+        and groups in flight
 
 Reply: {visible, in_flight, delayed, oldest_sent_at or -1, now,
-        {meta field, value, ...}, dead}
+        {meta field, value, ...}, dead, groups, groups_in_flight}
+(groups: a FIFO queue's groups with a message visible or in flight).
 In flight = hidden and received before; delayed = hidden, never received.
 Cost is O(log n + hidden messages): their scores are read.
 Errors: RQ_NOQUEUE.
@@ -29,7 +32,19 @@ end
 -- The oldest message is among the first by visible-at; ids grow with send
 -- time, so the smallest id there is the oldest one sent.
 local oldest = -1
+local groups, groups_in_flight = 0, 0
 local head = redis.call('ZRANGE', vis_key, 0, 9)
+local fifo = redis.call('HGET', meta_key, 'fifo') == '1'
+if fifo then
+  -- what waits in gm is visible; a ready group's head is the oldest of it
+  local waiting = redis.call('ZCARD', KEYS[5])
+  visible = visible + waiting
+  total = total + waiting
+  groups_in_flight = redis.call('HLEN', KEYS[7])
+  groups = redis.call('ZCARD', KEYS[6]) + groups_in_flight
+  local g = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+  if #g > 0 then head[#head + 1] = id_of(tonumber(g[2])) end
+end
 if #head > 0 then
   local msgs = redis.call('HMGET', msgs_key, unpack(head))
   for _, m in ipairs(msgs) do
@@ -41,4 +56,4 @@ if #head > 0 then
   end
 end
 return {visible, in_flight, total - visible - in_flight, oldest, now, meta,
-  redis.call('ZCARD', KEYS[4])}
+  redis.call('ZCARD', KEYS[4]), groups, groups_in_flight}

@@ -6,6 +6,9 @@ KEYS[2] msgs      hash: id -> stored message, behind 'R<token>:...|' once
 KEYS[3] vis       zset: id -> visible-at
 KEYS[4] reply     list: the request's reply key
 KEYS[5] dlq_why   hash: the dead-letter queue's records
+KEYS[6] gm        } a FIFO queue's waiting messages, ready groups and groups
+KEYS[7] gr        } in flight: a withdrawn message leaves its group's line
+KEYS[8] gf        }
 
 ARGV[1] the message id
 
@@ -36,6 +39,11 @@ local msg = redis.call('HGET', msgs_key, id)
 if msg then
   local h = header_end(msg)
   if string.byte(msg, 1) ~= 82 then -- never received ('R')
+    local _, group = fifo_parts(msg)
+    if group then
+      redis.call('ZREM', KEYS[6], fifo_prefix(group) .. id)
+      if redis.call('ZSCORE', KEYS[7], group) then fifo_settle(KEYS[6], KEYS[7], KEYS[8], group) end
+    end
     redis.call('ZREM', vis_key, id)
     redis.call('HDEL', msgs_key, id)
     redis.call('HINCRBY', meta_key, 'deleted_total', 1)

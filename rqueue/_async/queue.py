@@ -50,15 +50,18 @@ class AsyncQueue(QueueHandle):
         delay: float | None = None,
         attributes: Attributes | None = None,
         on_event: Callable[[Event], Any] | None = None,
+        group: str | None = None,
     ) -> str:
         """Store one message; returns its id. ``delay`` None uses the queue's.
 
         With ``on_event``, the message is tracked: ``on_event(Event)`` runs in
         the client's listener for each of its events (see ``send_tracked``).
+        A FIFO queue needs ``group`` (1-128 characters) and takes no ``delay``.
         """
         if on_event is not None:
-            return (await self.send_tracked(body, delay=delay, attributes=attributes, on_event=on_event)).message_id
-        return (await self.send_batch([body], delay=delay, attributes=attributes))[0]
+            tracker = await self.send_tracked(body, delay=delay, attributes=attributes, on_event=on_event, group=group)
+            return tracker.message_id
+        return (await self.send_batch([body], delay=delay, attributes=attributes, group=group))[0]
 
     async def send_tracked(
         self,
@@ -67,6 +70,7 @@ class AsyncQueue(QueueHandle):
         delay: float | None = None,
         attributes: Attributes | None = None,
         on_event: Callable[[Event], Any] | None = None,
+        group: str | None = None,
     ) -> AsyncTracker:
         """Store one message whose events (received, processed with the reply,
         dead_lettered, expired) are published; returns its tracker.
@@ -80,17 +84,23 @@ class AsyncQueue(QueueHandle):
         encoded = _core.encode_batch([body], attributes)
         listener = self.client.listener()
         generation = await listener.ensure(keys.events)
-        (message_id,) = await self.client.run(_core.send(keys, encoded, delay, _codec.EVENTS))
+        (message_id,) = await self.client.run(_core.send(keys, encoded, delay, _codec.EVENTS, group))
         tracker = AsyncTracker(message_id, on_event)
         for sink, event in listener.router.register(keys.events, message_id, tracker._deliver, generation):
             sink(event)
         return tracker
 
     async def send_batch(
-        self, bodies: Iterable[Any], *, delay: float | None = None, attributes: Attributes | None = None
+        self,
+        bodies: Iterable[Any],
+        *,
+        delay: float | None = None,
+        attributes: Attributes | None = None,
+        group: str | Sequence[str] | None = None,
     ) -> list[str]:
-        """Store 1-1000 messages atomically (all or nothing); returns their ids."""
-        return await self.client.run(_core.send(self._keys, _core.encode_batch(bodies, attributes), delay))
+        """Store 1-1000 messages atomically (all or nothing); returns their ids. A FIFO queue
+        needs ``group``: one for the batch, or a list of one per body."""
+        return await self.client.run(_core.send(self._keys, _core.encode_batch(bodies, attributes), delay, "", group))
 
     async def receive(
         self, max_messages: int = 1, *, visibility_timeout: float | None = None, wait_time: float = 0
@@ -117,6 +127,7 @@ class AsyncQueue(QueueHandle):
         timeout: float,
         attributes: Attributes | None = None,
         delay: float | None = None,
+        group: str | None = None,
     ) -> Any:
         """Send ``body`` and block until a consumer deletes it; return its reply.
 
@@ -124,7 +135,7 @@ class AsyncQueue(QueueHandle):
         withdrawn the message if no consumer had received it yet, and
         MessageDeadLettered if it was dead-lettered meanwhile.
         """
-        return await self.client.drive(_core.request_flow(self._keys, body, attributes, delay, timeout))
+        return await self.client.drive(_core.request_flow(self._keys, body, attributes, delay, timeout, group))
 
     async def change_visibility(self, receipt: str, seconds: float) -> bool:
         """Hide for ``seconds`` from now (0: visible now); False if the receipt is stale."""

@@ -202,3 +202,19 @@ def decode_body(encoded: bytes) -> Any:
     if kind == b"s":
         return payload.decode()
     return bytes(payload)
+
+
+_WHY_GROUP = re.compile(rb"(\d+)~(\d+):")
+
+
+def split_why(why: bytes) -> tuple[bytes, str | None, bytes]:
+    """A dead-letter record '<dead_at>[~<len>:<group>]|<reason>|<detail>' as (dead_at, the
+    FIFO group or None, '<reason>|<detail>'); (b'', None, b'') for one it cannot read."""
+    m = _WHY_GROUP.match(why)
+    if m:
+        end = m.end() + int(m.group(2))
+        if why[end : end + 1] != b"|":
+            return b"", None, b""
+        return m.group(1), why[m.end() : end].decode(errors="replace"), why[end + 1 :]
+    dead_at, _, rest = why.partition(b"|")
+    return dead_at, None, rest

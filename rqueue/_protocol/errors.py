@@ -97,6 +97,16 @@ def from_lua(message: str, queue: str) -> RQueueError | None:
     args = rest.split()
     if code == "RQ_NOQUEUE":
         return QueueDoesNotExist(f"queue {queue!r} does not exist: create it with create_queue({queue!r})")
+    if code == "RQ_NEEDGROUP":
+        return InvalidParameter(
+            f"queue {queue!r} is a FIFO queue: every send needs a group (send(..., group='...')) and takes "
+            "no per-message delay; nothing was stored"
+        )
+    if code == "RQ_NOTFIFO":
+        return InvalidParameter(
+            f"group is only for FIFO queues and queue {queue!r} is not one "
+            "(create_queue(..., fifo=True)); nothing was stored"
+        )
     if code == "RQ_TOOLARGE":
         index, size, limit = args
         return MessageTooLarge(

@@ -94,6 +94,25 @@ class QueueKeys:
         return self.base + ":why"
 
     @property
+    def fifo_waiting(self) -> str:
+        """FIFO queues: sorted set of the messages waiting their turn, '<len>:<group><id>' by lex order."""
+        return self.base + ":gm"
+
+    @property
+    def fifo_ready(self) -> str:
+        """FIFO queues: sorted set of the groups that may deliver now, scored by their head's number."""
+        return self.base + ":gr"
+
+    @property
+    def fifo_busy(self) -> str:
+        """FIFO queues: hash of group -> its messages in flight."""
+        return self.base + ":gf"
+
+    def fifo(self) -> list[str]:
+        """The three keys of a FIFO queue's groups (touched by scripts only when meta says fifo)."""
+        return [self.fifo_waiting, self.fifo_ready, self.fifo_busy]
+
+    @property
     def seq(self) -> str:
         """The id counter, shared by a queue and its DLQ so receipts never collide."""
         if self.shared_seq:

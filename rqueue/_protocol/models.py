@@ -37,6 +37,8 @@ class Message:
     first_received_at: int
     queue: str
     dead_letter: DeadLetter | None = field(default=None)
+    #: A FIFO queue's message group (and a dead letter's from one); None elsewhere.
+    group: str | None = field(default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,9 @@ class QueueStats:
     oldest_age: float
     attributes: QueueAttributes
     paused: bool = False
+    #: FIFO queues: groups with a message visible or in flight, and those with one in flight.
+    groups: int = 0
+    groups_in_flight: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +136,7 @@ _set_id, _set_body, _set_attributes, _set_receipt, _set_receive_count, _set_sent
         "dead_letter",
     )
 )
+_set_group = Message.__dict__["group"].__set__
 
 
 def make_message(
@@ -143,6 +149,7 @@ def make_message(
     first_received_at: int,
     queue: str,
     dead_letter: DeadLetter | None,
+    group: str | None = None,
 ) -> Message:
     """A ``Message`` equal to ``Message(...)``, built through its slots.
 
@@ -159,4 +166,5 @@ def make_message(
     _set_first(m, first_received_at)
     _set_queue(m, queue)
     _set_dl(m, dead_letter)
+    _set_group(m, group)
     return m

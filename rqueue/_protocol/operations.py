@@ -125,7 +125,7 @@ _loads = orjson.loads
 def _dead_letter(why: bytes, source: str, sent_at: int) -> DeadLetter:
     """The record of why a dead letter died; reason 'unknown' (dead at its send) when it has none,
     so one odd entry never fails a receive that already hid the whole batch."""
-    dead_at, _, rest = why.partition(b"|")
+    dead_at, _, rest = _codec.split_why(why)
     reason, sep, detail = rest.partition(b"|")
     if not sep or not dead_at.isdigit():
         return DeadLetter("unknown", "", sent_at, source)
@@ -150,28 +150,40 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
     name = keys.name
 
     def parse(reply: list[Any]) -> Received:
-        ids, stored, token, now, again, whys, next_ms, buried = reply
+        ids, stored, token, now, again, whys, next_ms, buried, groups = reply
         tok = "." + token.decode()
         out: list[Message] = []
         append = out.append
         for i, raw_id in enumerate(ids):
             raw = stored[i]
             mid = raw_id.decode()
-            if raw[13] == _JSON and not whys:  # the common case: JSON, untracked, no attributes
+            if raw[13] == _JSON and not whys and not groups:  # the common case: JSON, untracked, no attributes
                 append(make_message(mid, _loads(raw[14:]), {}, mid + tok, 1, int(raw[:13]), now, name, None))
                 continue
             sent_at, body, attrs = _codec.decode(raw)
-            dead = None
+            dead = group = None
             if whys:
                 dead, receipt = _dead_letter(whys[i], source, sent_at), mid + tok
+                group = _codec.split_why(whys[i])[1]
             else:
                 receipt = mid + tok + SUFFIX_OF_BYTE.get(raw[13], "")
-            append(make_message(mid, body, attrs, receipt, 1, sent_at, now, name, dead))
+                if groups:
+                    group = groups[i].decode(errors="surrogateescape")
+            append(make_message(mid, body, attrs, receipt, 1, sent_at, now, name, dead, group))
         if again:  # received before: (index from 1, receive_count, first_received_at), ...
             for k in range(0, len(again), 3):
                 m = out[again[k] - 1]
                 out[again[k] - 1] = make_message(
-                    m.id, m.body, m.attributes, m.receipt, again[k + 1], m.sent_at, again[k + 2], name, m.dead_letter
+                    m.id,
+                    m.body,
+                    m.attributes,
+                    m.receipt,
+                    again[k + 1],
+                    m.sent_at,
+                    again[k + 2],
+                    name,
+                    m.dead_letter,
+                    m.group,
                 )
         return Received(out, int(next_ms), notify_dead(keys, buried) if buried else None)
 
@@ -195,6 +207,7 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
             dlq.vis,
             dlq.why,
             dlq.wake,
+            *keys.fifo(),
         ],
         [n, vt, "" if keys.is_dlq else keys.events],
         parse,
@@ -237,7 +250,7 @@ def delete(keys: QueueKeys, receipts: Iterable[str], replies: Sequence[Any] | No
             raise InvalidParameter(f"replies must be a list aligned with receipts, got {type(replies).__name__}")
         if len(replies) != len(receipts):
             raise InvalidParameter(f"replies must hold one value per receipt ({len(receipts)}), got {len(replies)}")
-    key_list = [keys.meta, keys.msgs, keys.vis, keys.why]
+    key_list = [keys.meta, keys.msgs, keys.vis, keys.why, keys.wake, *keys.fifo()]
     joined = " ".join(receipts) if all(isinstance(r, str) for r in receipts) else ""
     if PLAIN_RECEIPTS.fullmatch(joined):  # the common case, checked and sent as one string
         return Call(script("delete"), key_list, ["", "", "j", joined], flags, keys.name)
@@ -286,7 +299,7 @@ def reject(keys: QueueKeys, receipts: Iterable[str], reason: str) -> Call[list[b
             f"reason must be valid Unicode text (no lone surrogates) of at most 4096 characters, got {reason!r:.80}"
         )
     d = keys.dlq()
-    key_list = [keys.meta, keys.msgs, keys.vis, d.meta, d.msgs, d.vis, d.why, d.wake]
+    key_list = [keys.meta, keys.msgs, keys.vis, d.meta, d.msgs, d.vis, d.why, d.wake, keys.wake, *keys.fifo()]
     args: list[bytes | str | int] = [reason, keys.events, REPLY_TTL_MS]
     for r in batch("receipts", receipts):
         mid, token, tracked = parse_receipt(r)
@@ -298,7 +311,9 @@ def reject(keys: QueueKeys, receipts: Iterable[str], reason: str) -> Call[list[b
 
 def purge(keys: QueueKeys) -> Call[int]:
     """Delete every message of the queue."""
-    return Call(script("purge"), [keys.meta, keys.msgs, keys.vis, keys.state, keys.why], [], int, keys.name)
+    return Call(
+        script("purge"), [keys.meta, keys.msgs, keys.vis, keys.state, keys.why, *keys.fifo()], [], int, keys.name
+    )
 
 
 def parse_attributes(meta: dict[bytes, bytes]) -> QueueAttributes:
@@ -310,7 +325,7 @@ def stats(keys: QueueKeys) -> Call[QueueStats]:
     dlq_vis = keys.dead_letter_target().vis
 
     def parse(reply: list[Any]) -> QueueStats:
-        visible, in_flight, delayed, oldest, now, flat, dead = reply
+        visible, in_flight, delayed, oldest, now, flat, dead, groups, groups_in_flight = reply
         meta = dict(zip(flat[::2], flat[1::2], strict=True))
 
         def counter(field: bytes) -> int:
@@ -330,9 +345,11 @@ def stats(keys: QueueKeys) -> Call[QueueStats]:
             max(0, int(now) - int(oldest)) / 1000 if int(oldest) >= 0 else 0.0,
             parse_attributes(meta),
             meta.get(b"paused") == b"1",
+            int(groups),
+            int(groups_in_flight),
         )
 
-    return Call(script("stats"), [keys.meta, keys.msgs, keys.vis, dlq_vis], [], parse, keys.name)
+    return Call(script("stats"), [keys.meta, keys.msgs, keys.vis, dlq_vis, *keys.fifo()], [], parse, keys.name)
 
 
 def attributes(keys: QueueKeys) -> Call[QueueAttributes]:
@@ -348,7 +365,7 @@ def redrive(keys: QueueKeys) -> Call[int]:
     d = keys.dlq()
     return Call(
         script("redrive"),
-        [keys.meta, keys.msgs, keys.vis, keys.wake, d.meta, d.msgs, d.vis, d.why],
+        [keys.meta, keys.msgs, keys.vis, keys.wake, d.meta, d.msgs, d.vis, d.why, *keys.fifo()],
         [REDRIVE_CHUNK],
         int,
         keys.name,

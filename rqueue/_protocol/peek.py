@@ -49,8 +49,9 @@ def peek(keys: QueueKeys, max_messages: int) -> Call[list[Peeked]]:
             visible_at = math.ceil(float(scores[i]))  # a received message: half a ms early
             why = None
             if whys[i]:
-                dead_at, reason, detail = whys[i].decode().split("|", 2)
-                why = DeadLetter(reason, detail, int(dead_at), source)
+                dead_at, _, rest = _codec.split_why(whys[i])
+                reason, _, detail = rest.decode(errors="replace").partition("|")
+                why = DeadLetter(reason, detail, int(dead_at or b"0"), source)
             in_flight = receive_count > 0 and visible_at > int(now)
             out.append(Peeked(raw_id.decode(), body, attrs, sent_at, receive_count, visible_at, in_flight, why))
         return out

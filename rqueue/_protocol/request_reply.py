@@ -57,7 +57,7 @@ def withdraw(keys: QueueKeys, message_id: str, timeout: float) -> Call[Any]:
         if outcome == "reply":
             return reply_value(reply[1], message_id, name)
         if outcome == "dead":
-            _, reason, detail = reply[1].decode().split("|", 2)
+            reason, _, detail = _codec.split_why(reply[1])[2].decode(errors="replace").partition("|")
             return reply_value(f"d{reason}|{detail}".encode(), message_id, name)
         if outcome == "gone":
             raise RequestFailed(
@@ -79,7 +79,7 @@ def withdraw(keys: QueueKeys, message_id: str, timeout: float) -> Call[Any]:
 
     return Call(
         script("withdraw"),
-        [keys.meta, keys.msgs, keys.vis, keys.reply(message_id), keys.dlq().why],
+        [keys.meta, keys.msgs, keys.vis, keys.reply(message_id), keys.dlq().why, *keys.fifo()],
         [message_id],
         parse,
         name,
@@ -88,7 +88,12 @@ def withdraw(keys: QueueKeys, message_id: str, timeout: float) -> Call[Any]:
 
 
 def request_flow(
-    keys: QueueKeys, body: Any, attributes: _codec.Attributes | None, delay: float | None, timeout: float
+    keys: QueueKeys,
+    body: Any,
+    attributes: _codec.Attributes | None,
+    delay: float | None,
+    timeout: float,
+    group: str | None = None,
 ) -> Generator[Op, Any, Any]:
     """Send a request, block on its reply key until ``timeout``, then withdraw it.
 
@@ -103,7 +108,7 @@ def request_flow(
     def give_up(ids: list[str]) -> list[Call[Any]]:
         return [withdraw(keys, ids[0], timeout)]
 
-    (message_id,) = yield replace(send(keys, encoded, delay, _codec.REQUEST), settle=give_up)
+    (message_id,) = yield replace(send(keys, encoded, delay, _codec.REQUEST, group), settle=give_up)
     key = keys.reply(message_id)
     settle = withdraw(keys, message_id, timeout)
     while (remaining := deadline - time.monotonic()) > 0:

@@ -2,31 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rqueue._protocol import codec as _codec
 from rqueue._protocol.calls import Call
 from rqueue._protocol.errors import InvalidParameter
 from rqueue._protocol.keys import QueueKeys
-from rqueue._protocol.limits import MAX_RETENTION, batch, seconds_ms
+from rqueue._protocol.limits import MAX_RETENTION, batch, seconds_ms, shown
 from rqueue._protocol.scripts import script
 
 
-def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str = "") -> Call[list[str]]:
+def send(
+    keys: QueueKeys,
+    encoded: list[bytes],
+    delay: float | None,
+    flag: str = "",
+    group: str | Sequence[str] | None = None,
+) -> Call[list[str]]:
     """Store a batch (all or nothing); the reply gives the ids.
 
-    ``flag``: '' untracked, ``_codec.REQUEST`` or ``_codec.EVENTS``. A dead-letter
-    queue takes no sends: its entries come from its source, each with why it died.
+    ``flag``: '' untracked, ``_codec.REQUEST`` or ``_codec.EVENTS``. ``group``: a FIFO
+    queue's message group, one for the batch or one per message (a FIFO queue takes no
+    per-message delay). A dead-letter queue takes no sends: its entries come from its
+    source, each with why it died.
     """
     if keys.is_dlq:
         raise InvalidParameter(f"{keys.name!r} is a dead-letter queue; send to its source queue {keys.source().name!r}")
-    dl = "" if delay is None else seconds_ms("delay", delay, 0, MAX_RETENTION)
     n = len(encoded)
 
     def parse(reply: list[Any]) -> list[str]:
         return ids_of(int(reply[0]), n)
 
+    if group is not None:
+        if delay is not None:
+            raise InvalidParameter(
+                "delay must be None with a group: a FIFO queue's messages take the queue's delay only"
+            )
+        groups = check_groups(group, n)
+        pairs: list[bytes | str | int] = ["g", flag]
+        for g, m in zip(groups, encoded, strict=True):
+            pairs += (g, m)
+        return Call(
+            script("send"), [keys.meta, keys.msgs, keys.vis, keys.seq, keys.wake, *keys.fifo()], pairs, parse, keys.name
+        )
+    dl = "" if delay is None else seconds_ms("delay", delay, 0, MAX_RETENTION)
     return Call(
         script("send"),
         [keys.meta, keys.msgs, keys.vis, keys.seq, keys.wake],
@@ -34,6 +54,24 @@ def send(keys: QueueKeys, encoded: list[bytes], delay: float | None, flag: str =
         parse,
         keys.name,
     )
+
+
+MAX_GROUP_LENGTH = 128
+
+
+def check_groups(group: str | Sequence[str], n: int) -> list[str]:
+    """One FIFO group per message: ``group`` for all of them or a list of ``n``; each a str
+    of 1-128 characters."""
+    groups = [group] * n if isinstance(group, str) else list(group) if isinstance(group, Sequence) else None
+    if groups is None:
+        raise InvalidParameter(f"group must be a str or a list of str, got {type(group).__name__}")
+    if len(groups) != n:
+        raise InvalidParameter(f"group must be one str or a list of one per body ({n}), got {len(groups)}")
+    for i, g in enumerate(groups):
+        if not isinstance(g, str) or not 1 <= len(g) <= MAX_GROUP_LENGTH or (not g.isprintable() and _unencodable(g)):
+            where = "group" if isinstance(group, str) else f"group[{i}]"
+            raise InvalidParameter(f"{where} must be a str of 1 to {MAX_GROUP_LENGTH} characters, got {shown(g)}")
+    return groups
 
 
 #: id_of in lua/_prelude.lua: a message id is its number's digits behind their count.
@@ -61,3 +99,11 @@ def encode_batch(bodies: Iterable[Any], attributes: _codec.Attributes | None) ->
             for i, b in enumerate(items):
                 _codec.encode(b, attributes, f"bodies[{i}]")
         raise
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False

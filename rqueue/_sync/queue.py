@@ -51,15 +51,18 @@ class Queue(QueueHandle):
         delay: float | None = None,
         attributes: Attributes | None = None,
         on_event: Callable[[Event], Any] | None = None,
+        group: str | None = None,
     ) -> str:
         """Store one message; returns its id. ``delay`` None uses the queue's.
 
         With ``on_event``, the message is tracked: ``on_event(Event)`` runs in
         the client's listener for each of its events (see ``send_tracked``).
+        A FIFO queue needs ``group`` (1-128 characters) and takes no ``delay``.
         """
         if on_event is not None:
-            return (self.send_tracked(body, delay=delay, attributes=attributes, on_event=on_event)).message_id
-        return (self.send_batch([body], delay=delay, attributes=attributes))[0]
+            tracker = self.send_tracked(body, delay=delay, attributes=attributes, on_event=on_event, group=group)
+            return tracker.message_id
+        return (self.send_batch([body], delay=delay, attributes=attributes, group=group))[0]
 
     def send_tracked(
         self,
@@ -68,6 +71,7 @@ class Queue(QueueHandle):
         delay: float | None = None,
         attributes: Attributes | None = None,
         on_event: Callable[[Event], Any] | None = None,
+        group: str | None = None,
     ) -> Tracker:
         """Store one message whose events (received, processed with the reply,
         dead_lettered, expired) are published; returns its tracker.
@@ -81,17 +85,23 @@ class Queue(QueueHandle):
         encoded = _core.encode_batch([body], attributes)
         listener = self.client.listener()
         generation = listener.ensure(keys.events)
-        (message_id,) = self.client.run(_core.send(keys, encoded, delay, _codec.EVENTS))
+        (message_id,) = self.client.run(_core.send(keys, encoded, delay, _codec.EVENTS, group))
         tracker = Tracker(message_id, on_event)
         for sink, event in listener.router.register(keys.events, message_id, tracker._deliver, generation):
             sink(event)
         return tracker
 
     def send_batch(
-        self, bodies: Iterable[Any], *, delay: float | None = None, attributes: Attributes | None = None
+        self,
+        bodies: Iterable[Any],
+        *,
+        delay: float | None = None,
+        attributes: Attributes | None = None,
+        group: str | Sequence[str] | None = None,
     ) -> list[str]:
-        """Store 1-1000 messages atomically (all or nothing); returns their ids."""
-        return self.client.run(_core.send(self._keys, _core.encode_batch(bodies, attributes), delay))
+        """Store 1-1000 messages atomically (all or nothing); returns their ids. A FIFO queue
+        needs ``group``: one for the batch, or a list of one per body."""
+        return self.client.run(_core.send(self._keys, _core.encode_batch(bodies, attributes), delay, "", group))
 
     def receive(
         self, max_messages: int = 1, *, visibility_timeout: float | None = None, wait_time: float = 0
@@ -118,6 +128,7 @@ class Queue(QueueHandle):
         timeout: float,
         attributes: Attributes | None = None,
         delay: float | None = None,
+        group: str | None = None,
     ) -> Any:
         """Send ``body`` and block until a consumer deletes it; return its reply.
 
@@ -125,7 +136,7 @@ class Queue(QueueHandle):
         withdrawn the message if no consumer had received it yet, and
         MessageDeadLettered if it was dead-lettered meanwhile.
         """
-        return self.client.drive(_core.request_flow(self._keys, body, attributes, delay, timeout))
+        return self.client.drive(_core.request_flow(self._keys, body, attributes, delay, timeout, group))
 
     def change_visibility(self, receipt: str, seconds: float) -> bool:
         """Hide for ``seconds`` from now (0: visible now); False if the receipt is stale."""
