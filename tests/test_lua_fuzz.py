@@ -152,10 +152,17 @@ def v_send(argv: Argv, keys: Sequence[str]) -> list[str]:
     if len(argv) < 3:
         return ["arity"]
     bad = []
-    if argv[0] != b"" and not _int(argv[0], 0, MS_14D):
-        bad.append("delay")
     if argv[1] not in (b"", b"?", b"!"):
         bad.append("flag")
+    if argv[0] == b"g":  # a FIFO queue: group, message pairs
+        pairs = argv[2:]
+        if len(pairs) % 2:
+            return ["arity"]
+        bad += [f"group {i}" for i, g in enumerate(pairs[::2]) if not 1 <= len(g) <= 512]
+        bad += [f"message {i}" for i, m in enumerate(pairs[1::2]) if not message_ok(m)]
+        return bad
+    if argv[0] != b"" and not _int(argv[0], 0, MS_14D):
+        bad.append("delay")
     bad += [f"message {i}" for i, m in enumerate(argv[2:]) if not message_ok(m)]
     return bad
 
@@ -193,7 +200,7 @@ def v_delete(argv: Argv, keys: Sequence[str]) -> list[str]:
     tracked = argv[5::3]
     if any(x[:1] not in (b"r", b"e") for x in tracked if x):
         bad.append("tracked")
-    elif sum(x[:1] == b"r" for x in tracked) != len(keys) - 4:
+    elif sum(x[:1] == b"r" for x in tracked) != len(keys) - 8:
         bad.append("reply keys")
     return bad
 
@@ -228,7 +235,7 @@ def v_reject(argv: Argv, keys: Sequence[str]) -> list[str]:
     tracked = argv[5::3]
     if any(x not in (b"", b"r", b"e") for x in tracked):
         bad.append("tracked")
-    elif tracked.count(b"r") != len(keys) - 8:
+    elif tracked.count(b"r") != len(keys) - 12:
         bad.append("reply keys")
     return bad
 
@@ -315,7 +322,7 @@ _ID = re.compile(r"[1-9][0-9]{0,19}")
 #: A stored message's head: a receive's header or a delay's, then sent_at and the flag.
 _STORED = re.compile(rb"(?:R[0-9]+:[0-9]+:[0-9]+(?::[0-9]+)?\||D[0-9]+\|)?[0-9]{13}[?!]?", re.S)
 _STATE = re.compile(rb"[0-9]+:[0-9]+:[0-9]+(?::[0-9]+)?x?")
-_WHY = re.compile(rb"[0-9]+\|(expired|max_receives|rejected)\|.*", re.S)
+_WHY = re.compile(rb"[0-9]+(?:~[0-9]{1,3}:.+)?\|(expired|max_receives|rejected)\|.*", re.S)
 _COUNTERS = {b"sent_total", b"received_total", b"deleted_total", b"dead_lettered_total", b"expired_total"}
 
 
@@ -352,9 +359,26 @@ def _check_meta(key: str, h: dict[bytes, bytes]) -> None:
             assert f in (b"vt", b"retention", b"delay", b"max_size", b"created_at"), f"{key} field {f!r}"
 
 
+_FIFO_HEAD = re.compile(rb"(?:R[0-9]+:[0-9]+:[0-9]+(?::[0-9]+)?|D[0-9]+|G)~([0-9]{1,3}):")
+
+
+def fifo_split(v: bytes) -> tuple[bytes, bytes] | None:
+    """A FIFO queue's stored message as (group, the rest behind the header), or None."""
+    m = _FIFO_HEAD.match(v)
+    if not m:
+        return None
+    end = m.end() + int(m.group(1))
+    if v[end : end + 1] != b"|" or not 1 <= int(m.group(1)) <= 512:
+        return None
+    return v[m.end() : end], v[end + 1 :]
+
+
 def _check_msgs(key: str, value: Any) -> None:
     for f, v in value.items():
         assert _ID.fullmatch(f.decode("latin-1")), f"{key} field {f!r}"
+        fifo = fifo_split(v)
+        if fifo:
+            v = fifo[1]
         head = _STORED.match(v)
         assert head and message_ok(v[head.end() :]), f"{key}[{f!r}] = {v[:60]!r} is not a stored message"
 
@@ -371,6 +395,15 @@ def _check_scores(key: str, value: Any, part: str) -> None:
         assert math.isfinite(score) and whole and score >= 0, f"{key}[{member!r}] = {score}"
         if part == "vis":
             assert score <= now + MS_14D + MS_12H + 60_000, f"{key}[{member!r}] = {score}, too far ahead"
+
+
+def _check_waiting(key: str, value: Any) -> None:
+    """A FIFO queue's gm: '<len>:<group><id>' at score 0."""
+    for member, score in value:
+        m = re.match(rb"([0-9]{1,3}):", member)
+        assert m and score == 0, f"{key}[{member!r}] = {score}"
+        rest = member[m.end() + int(m.group(1)) :]
+        assert _ID.fullmatch(rest.decode("latin-1")), f"{key} member {member!r}"
 
 
 def _check_fields(key: str, value: Any, pattern: re.Pattern[bytes]) -> None:
@@ -390,6 +423,9 @@ _PARTS: dict[str, tuple[str, Any]] = {
     "state": ("hash", lambda k, v, t: _check_fields(k, v, _STATE)),
     "why": ("hash", lambda k, v, t: _check_fields(k, v, _WHY)),
     "vis": ("zset", lambda k, v, t: _check_scores(k, v, "vis")),
+    "gm": ("zset", lambda k, v, t: _check_waiting(k, v)),
+    "gr": ("zset", lambda k, v, t: _expect(all(s == int(s) and s >= 1 for _, s in v), f"{k} = {v!r}")),
+    "gf": ("hash", lambda k, v, t: _check_fields(k, v, re.compile(rb"[1-9][0-9]{0,5}"))),
     "subs": ("zset", lambda k, v, t: _check_scores(k, v, "subs")),
     "wake": ("list", lambda k, v, t: _expect(v in ([], [b"1"]), f"{k} = {v!r}")),
     "reply": ("list", _check_reply),
@@ -402,12 +438,37 @@ def _expect(ok: object, why: str) -> None:
     assert ok, why
 
 
+def _check_groups(base: str, parts: dict[str, Any], waiting: dict[bytes, bytes]) -> None:
+    """FIFO invariants (fifo_settle in lua/_prelude.lua): a group is ready iff nothing of it
+    is in flight and a message of it waits, scored by its first waiting message's number;
+    gf counts the group's received messages in vis."""
+    msgs = parts.get("msgs", {})
+    busy: dict[bytes, int] = {}
+    for mid, _ in parts.get("vis", []):
+        split = fifo_split(msgs[mid])
+        assert split, f"{base}: {mid!r} in vis has no group"
+        if msgs[mid][:1] == b"R":
+            busy[split[0]] = busy.get(split[0], 0) + 1
+    for mid, group in waiting.items():
+        split = fifo_split(msgs[mid])
+        assert split and split[0] == group, f"{base}: {mid!r} waits in group {group!r} but says {split!r}"
+    gf = {g: int(n) for g, n in parts.get("gf", {}).items()}
+    assert gf == busy, f"{base}: gf {gf} but in flight {busy}"
+    heads: dict[bytes, int] = {}
+    for mid, group in waiting.items():
+        number = int(mid[1:] if mid[:1] != b"9" else mid[2:])
+        heads[group] = min(heads.get(group, number), number)
+    ready = {g: int(s) for g, s in parts.get("gr", [])}
+    expect = {g: n for g, n in heads.items() if g not in gf}
+    assert ready == expect, f"{base}: ready groups {ready} but expected {expect}"
+
+
 def check_stored(snap: Snapshot, prefix: str) -> None:
     """Every key still has the shape the scripts and the client rely on."""
     groups: dict[str, dict[str, Any]] = {}
     for key, (kind, value, has_ttl) in snap.items():
         rest = key[len(prefix) + 1 :]
-        m = re.fullmatch(r"(.+):(meta|msgs|vis|state|wake|why|seq|subs|ver|reply:(.+))", rest, re.S)
+        m = re.fullmatch(r"(.+):(meta|msgs|vis|state|wake|why|seq|subs|ver|gm|gr|gf|reply:(.+))", rest, re.S)
         assert m, f"unexpected key {key!r}"
         part = m.group(2) if not m.group(3) else "reply"
         groups.setdefault(m.group(1), {})[part] = value
@@ -417,7 +478,16 @@ def check_stored(snap: Snapshot, prefix: str) -> None:
     for base, parts in groups.items():
         msgs = set(parts.get("msgs", {}))
         vis = {m for m, _ in parts.get("vis", [])}
-        assert msgs == vis, f"{base}: messages {sorted(msgs)} but index {sorted(vis)}"
+        waiting = {}  # a FIFO queue's gm: id -> group
+        for member, _ in parts.get("gm", []):
+            m = re.match(rb"([0-9]{1,3}):", member)
+            assert m
+            end = m.end() + int(m.group(1))
+            waiting[member[end:]] = member[m.end() : end]
+        assert not vis & set(waiting), f"{base}: in both vis and gm: {sorted(vis & set(waiting))}"
+        assert msgs == vis | set(waiting), f"{base}: messages {sorted(msgs)} but index {sorted(vis | set(waiting))}"
+        if "gm" in parts or "gr" in parts or "gf" in parts:
+            _check_groups(base, parts, waiting)
         for part in ("state", "why"):
             assert set(parts.get(part, {})) <= msgs, f"{base}:{part} names messages that are not stored"
 
@@ -560,6 +630,34 @@ class World:
         legacy_ids = run(_core.send(lk, [enc("l1"), enc("l2")], None, _codec.REQUEST))
         self.raw.hset(lk.state, mapping={legacy_ids[0]: b"1764000000000001:1:1796000000000", legacy_ids[1]: b"7:2:5x"})
         self.raw.hdel(lk.meta, "v")  # made by 0.1
+        # A FIFO queue: group A with a1 in flight, a2 dead (rejected), a3 waiting; group
+        # 'B|x~1:' (a group holding the header's own characters) with b1 in flight, b2
+        # waiting; a request waiting alone in group C.
+        fk = QueueKeys.for_queue(self.prefix, "fq")
+        run(
+            _core.create_queue(
+                fk, {"fifo": True, "max_receive_count": 2, "retention": 3600, "max_message_size": QUEUE_MAX_SIZE}
+            )
+        )
+        run(_core.send(fk, [enc("a1"), enc("a2"), enc("a3")], None, "", "A"))
+        run(_core.send(fk, [enc("b1"), enc("b2", {"k": "v"})], None, "", "B|x~1:"))
+        (fifo_req,) = run(_core.send(fk, [enc("c1")], None, _codec.REQUEST, "C"))
+        a1, a2 = run(_core.receive(fk, 2, None)).messages
+        (b1,) = run(_core.receive(fk, 1, None)).messages
+        assert (a1.group, a2.group, b1.group) == ("A", "A", "B|x~1:")
+        run(_core.reject(fk, [a2.receipt], "bad"))
+        fifo_stale = a1.receipt.split(".")[0] + ".1"
+        fifo_cases = [
+            Case("send:fifo", _core.send(fk, [enc("x"), enc("y")], None, "", ["A", "Z"])),
+            Case("receive:fifo", _core.receive(fk, 10, None)),
+            Case("delete:fifo", _core.delete(fk, [a1.receipt, b1.receipt, fifo_stale])),
+            Case("change_visibility:fifo", _core.change_visibility(fk, [a1.receipt, b1.receipt], 0)),
+            Case("reject:fifo", _core.reject(fk, [b1.receipt, fifo_stale], "no")),
+            Case("redrive:fifo", _core.redrive(fk)),
+            Case("withdraw:fifo", _core.withdraw(fk, fifo_req, 1.0)),
+            Case("stats:fifo", _core.stats(fk)),
+            Case("purge:fifo", _core.purge(fk)),
+        ]
         fresh = QueueKeys.for_queue(self.prefix, "fresh")
         s1 = tk.subscription("s1")
         manual_pairs = ["", "", ""] + [p for r in (r_plain, r_plain2, stale) for p in _core.split_receipt(r)]
@@ -611,6 +709,7 @@ class World:
             Case("purge", _core.purge(qk)),
             Case("pause", _core.set_paused(qk, True)),
             Case("set_attributes", _core.set_attributes(qk, {"rate_limit": 2.5, "max_in_flight": 7})),
+            *fifo_cases,
             Case("stats", _core.stats(qk)),
             Case("peek", _peek.peek(dk, 10)),
             Case("redrive", _core.redrive(qk)),
@@ -910,6 +1009,15 @@ CASES = [
     "upgrade",
     "pause",
     "set_attributes",
+    "send:fifo",
+    "receive:fifo",
+    "delete:fifo",
+    "change_visibility:fifo",
+    "reject:fifo",
+    "redrive:fifo",
+    "withdraw:fifo",
+    "stats:fifo",
+    "purge:fifo",
 ]
 
 
