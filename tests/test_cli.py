@@ -408,3 +408,17 @@ def test_create_with_the_new_attributes_and_set_them_live(rq: Any, lib: rqueue.C
     assert_user_error(rq("set", "orders", "rate_limit=fast"), "is not a value for rate_limit")
     assert_user_error(rq("set", "nope", "rate_limit=1"), "does not exist")
     assert lib.queue("orders").attributes() == a
+
+
+def test_fifo_queue_from_the_command_line(rq: Any, lib: rqueue.Client) -> None:
+    assert rq("create", "orders", "--fifo").rc == 0
+    for body, group in (("a1", "alice"), ("b1", "bob"), ("a2", "alice")):
+        assert rq("send", "orders", body, "--group", group).rc == 0
+    assert_user_error(rq("send", "orders", "nogroup"), "every send needs a group")
+    r = rq("stats", "orders")
+    assert r.rc == 0 and "groups (in flight)" in r.out and "2 (0)" in r.out
+    r = rq("receive", "orders", "--max", "10", "--json")
+    assert r.rc == 0, r.err
+    assert [(m["body"], m["group"]) for m in r.json()] == [("a1", "alice"), ("a2", "alice"), ("b1", "bob")]
+    s = lib.queue("orders").stats()
+    assert (s.groups, s.groups_in_flight, s.in_flight) == (2, 2, 3)

@@ -73,6 +73,8 @@ def stats_table(
     rows: Iterable[QueueStats], rates: Mapping[str, tuple[float | None, float | None]] | None = None
 ) -> Table:
     """One row per queue; with ``rates`` (queue -> sent/s, deleted/s) two more columns."""
+    rows = list(rows)
+    fifo = any(s.attributes.fifo for s in rows)
     table = Table(title="rqueue stats", title_justify="left", expand=False)
     table.add_column("queue", style="bold", no_wrap=True)
     for col in ("visible", "in flight", "delayed", "dead", "sent", "received", "deleted", "dead-lettered"):
@@ -81,6 +83,8 @@ def stats_table(
         table.add_column("sent/s", justify="right")
         table.add_column("deleted/s", justify="right")
     table.add_column("oldest", justify="right")
+    if fifo:
+        table.add_column("groups (in flight)", justify="right")
     for s in rows:
         cells: list[str | Text] = [
             Text(f"{s.name} (paused)", style="yellow") if s.paused else s.name,
@@ -97,6 +101,8 @@ def stats_table(
             sent_rate, deleted_rate = rates.get(s.name, (None, None))
             cells += [rate(sent_rate), rate(deleted_rate)]
         cells.append(duration(s.oldest_age) if s.oldest_age else "-")
+        if fifo:
+            cells.append(f"{s.groups:,} ({s.groups_in_flight:,})" if s.attributes.fifo else "")
         table.add_row(*cells)
     return table
 
@@ -114,6 +120,8 @@ def message_dict(m: Message) -> dict[str, Any]:
     }
     if m.dead_letter is not None:
         out["dead_letter"] = asdict(m.dead_letter)
+    if m.group is not None:
+        out["group"] = m.group
     return out
 
 
@@ -122,6 +130,9 @@ def messages_table(messages: list[Message], *, deleted: bool) -> Table:
     table.add_column("id", no_wrap=True)
     if not deleted:
         table.add_column("receipt", no_wrap=True)
+    fifo = any(m.group is not None for m in messages)
+    if fifo:
+        table.add_column("group")
     table.add_column("receives", justify="right")
     table.add_column("sent", justify="right")
     table.add_column("attributes")
@@ -130,6 +141,8 @@ def messages_table(messages: list[Message], *, deleted: bool) -> Table:
         cells = [m.id]
         if not deleted:
             cells.append(m.receipt)
+        if fifo:
+            cells.append(m.group or "")
         attrs = " ".join(f"{k}={preview(v, 20)}" for k, v in m.attributes.items())
         cells += [str(m.receive_count), age(m.sent_at) + " ago", attrs, preview(m.body)]
         table.add_row(*cells)

@@ -206,6 +206,7 @@ def _watch(e: Env, client: Client, names: list[str], rows: list[Any], interval: 
 @BODY_FORMAT
 @click.option("--delay", type=float, default=None, help="Seconds before it shows. Default: the queue's.")
 @click.option("--attribute", "-a", "attributes", multiple=True, callback=parse_attribute, help="key=value; repeat.")
+@click.option("--group", default=None, help="The message group (FIFO queues need one).")
 @common
 def send(
     name: str,
@@ -213,6 +214,7 @@ def send(
     body_format: str,
     delay: float | None,
     attributes: dict[str, str],
+    group: str | None,
     url: str | None,
     prefix: str,
     as_json: bool,
@@ -221,7 +223,7 @@ def send(
     e = env(url, prefix, as_json)
     value = read_body(body, body_format)
     with session(e) as client:
-        mid = client.queue(name).send(value, delay=delay, attributes=attributes or None)
+        mid = client.queue(name).send(value, delay=delay, attributes=attributes or None, group=group)
     emit(e, {"id": mid}, mid)
 
 
