@@ -226,7 +226,8 @@ local function fifo_settle(gm_key, gr_key, gf_key, group)
   return redis.call('ZADD', gr_key, id_number(head[1]), group) == 1
 end
 
--- A group's message in flight ended (deleted, rejected, or back in gm).
-local function fifo_release(gf_key, group)
-  if redis.call('HINCRBY', gf_key, group, -1) <= 0 then redis.call('HDEL', gf_key, group) end
+-- k (default 1) of a group's messages in flight ended (deleted, rejected, or
+-- back in gm).
+local function fifo_release(gf_key, group, k)
+  if redis.call('HINCRBY', gf_key, group, -(k or 1)) <= 0 then redis.call('HDEL', gf_key, group) end
 end

@@ -120,7 +120,7 @@ if nhit > 0 and cfg[3] == '1' then
   -- FIFO: one by one, as each frees its group (in flight: in vis) or leaves
   -- its place in gm (its lease ended and a receive put it back)
   local gm_key, gr_key, gf_key = KEYS[6], KEYS[7], KEYS[8]
-  local byid, removed, ready = {}, 0, false
+  local byid, removed, ready, touched = {}, 0, false, {}
   for i = 1, n do
     if out[i] == '1' then
       if byid[ids[i]] then
@@ -129,14 +129,18 @@ if nhit > 0 and cfg[3] == '1' then
         byid[ids[i]] = true
         local _, group = fifo_parts(msgs[i])
         if redis.call('ZREM', vis_key, ids[i]) == 1 then
-          if group then fifo_release(gf_key, group) end
+          if group then touched[group] = (touched[group] or 0) + 1 end
         elseif group then
           redis.call('ZREM', gm_key, fifo_prefix(group) .. ids[i])
+          touched[group] = touched[group] or 0
         end
-        if group and fifo_settle(gm_key, gr_key, gf_key, group) then ready = true end
         removed = removed + 1
       end
     end
+  end
+  for group, k in pairs(touched) do
+    if k > 0 then fifo_release(gf_key, group, k) end
+    if fifo_settle(gm_key, gr_key, gf_key, group) then ready = true end
   end
   redis.call('HDEL', msgs_key, unpack(hit))
   redis.call('HINCRBY', meta_key, 'deleted_total', removed)

@@ -189,22 +189,33 @@ if cfg[6] == '1' then
     for group in pairs(touched) do fifo_settle(gm_key, gr_key, gf_key, group) end
   end
 
-  -- 2. The oldest ready groups hand out their first messages, in order.
+  -- 2. The oldest ready groups hand out their first messages, in order: their
+  -- ids first (up to N in all), then every message in one HMGET.
   local out_groups = {}
   local groups = redis.call('ZRANGE', gr_key, 0, max - 1)
+  local picks, all_ids = {}, {}
+  local want = max
   for _, group in ipairs(groups) do
-    if n_out == max then break end
-    local ids = fifo_head(gm_key, group, max - n_out)
-    local msgs = #ids > 0 and redis.call('HMGET', msgs_key, unpack(ids)) or {}
+    if want <= 0 then break end
+    local ids = fifo_head(gm_key, group, want)
+    picks[#picks + 1] = {group, #all_ids, #ids}
+    for _, id in ipairs(ids) do all_ids[#all_ids + 1] = id end
+    want = want - #ids
+  end
+  local all_msgs = #all_ids > 0 and redis.call('HMGET', msgs_key, unpack(all_ids)) or {}
+  local done, busy = {}, {}
+  for _, pick in ipairs(picks) do
+    local group, before, count = pick[1], pick[2], pick[3]
     local p = fifo_prefix(group)
     local tail = fifo_tail(group)
-    local done, took, stop = {}, 0, false
-    for i, id in ipairs(ids) do
+    local took = 0
+    for i = before + 1, before + count do
+      local id, stored = all_ids[i], all_msgs[i]
       local state, _, msg
-      if msgs[i] then state, _, msg = fifo_parts(msgs[i]) end
+      if stored then state, _, msg = fifo_parts(stored) end
+      done[#done + 1] = p .. id
       if not state then
-        done[#done + 1] = p .. id -- an entry without its message: drop it
-        if msgs[i] then gone[#gone + 1] = id end
+        if stored then gone[#gone + 1] = id end -- an entry without its message, or unreadable: drop it
       else
         local rc, first, since = 0, nil, nil
         local kind = string.byte(state, 1)
@@ -217,15 +228,12 @@ if cfg[6] == '1' then
         end
         local born = tonumber(since or string.sub(msg, 1, 13))
         if not born then
-          done[#done + 1] = p .. id
           gone[#gone + 1] = id
         elseif born <= cutoff then
-          done[#done + 1] = p .. id
           gone[#gone + 1] = id
           expired_n = expired_n + 1
           bury(id, msg, 'expired', rc, group)
         elseif mrc and rc >= mrc then
-          done[#done + 1] = p .. id
           gone[#gone + 1] = id
           dead_n = dead_n + 1
           bury(id, msg, 'max_receives', rc, group)
@@ -239,21 +247,29 @@ if cfg[6] == '1' then
           end
           local head = 'R' .. token .. ':' .. string.format('%d', rc + 1) .. ':' .. first
           if since then head = head .. ':' .. since end
-          done[#done + 1] = p .. id
           deliver(id, msg, head .. tail, rc, nil)
           out_groups[n_out] = group
           took = took + 1
         end
       end
     end
-    if #done > 0 then redis.call('ZREM', gm_key, unpack(done)) end
     if took > 0 then
       redis.call('HINCRBY', gf_key, group, took)
-      redis.call('ZREM', gr_key, group)
+      busy[#busy + 1] = group
     else
-      fifo_settle(gm_key, gr_key, gf_key, group) -- all dead-lettered: the group moves on
+      busy[#busy + 1] = false
     end
   end
+  if #done > 0 then redis.call('ZREM', gm_key, unpack(done)) end
+  local held = {}
+  for k, pick in ipairs(picks) do
+    if busy[k] then
+      held[#held + 1] = pick[1]
+    else
+      fifo_settle(gm_key, gr_key, gf_key, pick[1]) -- all dead-lettered: the group moves on
+    end
+  end
+  if #held > 0 then redis.call('ZREM', gr_key, unpack(held)) end
   if #gone > 0 then redis.call('HDEL', msgs_key, unpack(gone)) end
 
   local wake = false

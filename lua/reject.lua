@@ -51,7 +51,7 @@ if not cfg[1] then
 end
 local fifo = cfg[2] == '1'
 local gm_key, gr_key, gf_key = KEYS[10], KEYS[11], KEYS[12]
-local ready = false
+local ready, touched = false, {}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local msgs = redis.call('HMGET', msgs_key, unpack(ids))
@@ -75,7 +75,7 @@ for i = 1, n do
       else
         redis.call('ZREM', gm_key, fifo_prefix(group) .. id)
       end
-      if fifo_settle(gm_key, gr_key, gf_key, group) then ready = true end
+      touched[group] = true
     end
     msg = string.sub(msg, header_end(msg) + 1) -- a dead letter starts unreceived
     if string.byte(msg, 14) == 63 then -- a request: drop the flag
@@ -94,6 +94,9 @@ for i = 1, n do
   else
     out[i] = 0
   end
+end
+for group in pairs(touched) do
+  if fifo_settle(gm_key, gr_key, gf_key, group) then ready = true end
 end
 if #hit > 0 then
   redis.call('ZREM', vis_key, unpack(hit))
