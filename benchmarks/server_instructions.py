@@ -9,6 +9,7 @@ interleaved (the cycle a consumer runs), per message.
     python benchmarks/server_instructions.py                 # rqueue of this checkout
     python benchmarks/server_instructions.py --floor         # minimal_lua's scripts
     python benchmarks/server_instructions.py --n 3000 --batch 100
+    python benchmarks/server_instructions.py --fifo 100          # a FIFO queue, 100 groups
 
 Needs ``valgrind`` (Debian: apt install valgrind); about 20 s per run.
 """
@@ -80,15 +81,21 @@ class Callgrind:
         self.proc.wait(30)
 
 
-def measure_rqueue(cg: Callgrind, n: int, batch: int) -> dict[str, float]:
+def measure_rqueue(cg: Callgrind, n: int, batch: int, groups: int = 0) -> dict[str, float]:
+    """Standard queue, or with ``groups`` a FIFO queue whose messages go round ``groups`` groups."""
     c = rqueue.connect(f"redis://127.0.0.1:{cg.port}/0")
-    q = c.create_queue("bench")
-    q.send_batch([1])
+    q = c.create_queue("bench", fifo=groups > 0)
+    g = {"group": "warm"} if groups else {}
+    q.send_batch([1], **g)
     q.delete(q.receive()[0].receipt)  # scripts loaded, structures created
     bodies = [payload(i) for i in range(n)]
     cg.zero()
     for i in range(0, n, batch):
-        q.send_batch(bodies[i : i + batch])
+        chunk = bodies[i : i + batch]
+        if groups:
+            q.send_batch(chunk, group=[f"customer-{(i + k) % groups:06d}" for k in range(len(chunk))])
+        else:
+            q.send_batch(chunk)
     send = cg.count()
     cg.zero()
     while got := q.receive(batch):
@@ -124,13 +131,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--floor", action="store_true", help="measure minimal_lua's scripts instead")
+    ap.add_argument("--fifo", type=int, default=0, metavar="GROUPS", help="a FIFO queue, messages round GROUPS groups")
     a = ap.parse_args()
     cg = Callgrind()
     try:
-        res = (measure_floor if a.floor else measure_rqueue)(cg, a.n, a.batch)
+        res = measure_floor(cg, a.n, a.batch) if a.floor else measure_rqueue(cg, a.n, a.batch, a.fifo)
     finally:
         cg.close()
-    who = "minimal_lua" if a.floor else "rqueue"
+    who = "minimal_lua" if a.floor else f"rqueue FIFO, {a.fifo} groups" if a.fifo else "rqueue"
     print(
         f"{who}: server instructions per message, batch {a.batch}, {a.n} messages: "
         f"send {res['send']:,.0f}, receive+delete {res['receive_delete']:,.0f}"

@@ -121,6 +121,11 @@ if nhit > 0 and cfg[3] == '1' then
   -- its place in gm (its lease ended and a receive put it back)
   local gm_key, gr_key, gf_key = KEYS[6], KEYS[7], KEYS[8]
   local byid, removed, ready, touched = {}, 0, false, {}
+  local scores = redis.call('ZMSCORE', vis_key, unpack(hit))
+  local in_vis, waiting = {}, {}
+  for j, id in ipairs(hit) do
+    if scores[j] then in_vis[id] = true end
+  end
   for i = 1, n do
     if out[i] == '1' then
       if byid[ids[i]] then
@@ -128,16 +133,18 @@ if nhit > 0 and cfg[3] == '1' then
       else
         byid[ids[i]] = true
         local _, group = fifo_parts(msgs[i])
-        if redis.call('ZREM', vis_key, ids[i]) == 1 then
-          if group then touched[group] = (touched[group] or 0) + 1 end
+        if group and in_vis[ids[i]] then
+          touched[group] = (touched[group] or 0) + 1
         elseif group then
-          redis.call('ZREM', gm_key, fifo_prefix(group) .. ids[i])
+          waiting[#waiting + 1] = fifo_prefix(group) .. ids[i]
           touched[group] = touched[group] or 0
         end
         removed = removed + 1
       end
     end
   end
+  redis.call('ZREM', vis_key, unpack(hit))
+  if #waiting > 0 then redis.call('ZREM', gm_key, unpack(waiting)) end
   for group, k in pairs(touched) do
     if k > 0 then fifo_release(gf_key, group, k) end
     if fifo_settle(gm_key, gr_key, gf_key, group) then ready = true end
