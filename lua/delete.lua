@@ -11,6 +11,8 @@ KEYS[5] wake   list: wake-up token for waiting receivers
 KEYS[6] gm     } a FIFO queue's waiting messages, ready groups and groups in
 KEYS[7] gr     } flight: deleting a group's last message in flight lets the
 KEYS[8] gf     } group go on (and wakes a receiver); untouched unless fifo
+               (for a dead-letter queue, gm is its FIFO source's index of
+               its dead letters by id: a deleted one leaves it)
 KEYS[9..] reply keys (lists), one per request receipt ('r' below), in order
 
 ARGV[1] the queue's events channel ('' when no receipt is an events one)
@@ -155,7 +157,10 @@ if nhit > 0 and cfg[3] == '1' then
 elseif nhit > 0 then
   local removed = redis.call('ZREM', vis_key, unpack(hit))
   redis.call('HDEL', msgs_key, unpack(hit))
-  if is_dlq then redis.call('HDEL', why_key, unpack(hit)) end
+  if is_dlq then
+    redis.call('HDEL', why_key, unpack(hit))
+    redis.call('ZREM', KEYS[6], unpack(hit)) -- a FIFO source's index of its dead letters
+  end
   redis.call('HINCRBY', meta_key, 'deleted_total', removed)
   if removed < nhit then -- the same receipt more than once: only its first counts
     for i = 1, n do

@@ -6,7 +6,7 @@ KEYS[2] msgs   hash: id -> message
 KEYS[3] vis    zset: id -> visible-at
 KEYS[4] state  hash: receipt state
 KEYS[5] why    hash: dead-letter records
-KEYS[6..8] gm, gr, gf: a FIFO queue's groups
+KEYS[6..9] gm, gr, gf, gd: a FIFO queue's groups
 
 Reply: the number of messages deleted.
 Errors: RQ_NOQUEUE.
@@ -15,5 +15,5 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('RQ_NOQUEUE')
 end
 local n = redis.call('HLEN', KEYS[2])
-redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
 return n

@@ -32,6 +32,8 @@ KEYS[10] dlq_wake  }
 KEYS[11] gm        } a FIFO queue's waiting messages, ready groups and groups
 KEYS[12] gr        } in flight (see fifo_settle in _prelude.lua); untouched
 KEYS[13] gf        } unless meta says fifo
+KEYS[14] gd        } hash: group -> when its latest delayed message is visible
+KEYS[15] dlq_index  zset: the dead-letter queue's FIFO dead letters by id (redrive.lua)
 
 ARGV[1] max messages (1..1000)
 ARGV[2] visibility timeout in ms, or '' for the queue's
@@ -85,7 +87,7 @@ if not channel then return bad_arg('channel', "the queue's events channel ('' fo
 local meta_key, msgs_key, vis_key, wake_key, why_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local dlq_meta_key, dlq_msgs_key, dlq_vis_key, dlq_why_key, dlq_wake_key =
   KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local gm_key, gr_key, gf_key = KEYS[11], KEYS[12], KEYS[13]
+local gm_key, gr_key, gf_key, gd_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
 
 local cfg = redis.call('HMGET', meta_key, 'vt', 'retention', 'mrc', 'dlq', 'paused', 'fifo')
 if not cfg[1] then
@@ -125,7 +127,11 @@ local function bury(id, msg, reason, detail, group)
   end
   redis.call('HSET', dlq_msgs_key, id, msg)
   redis.call('ZADD', dlq_vis_key, now, id)
-  local at = group and (string.format('%d', now) .. '~' .. #group .. ':' .. group) or string.format('%d', now)
+  local at = string.format('%d', now)
+  if group then
+    at = at .. '~' .. #group .. ':' .. group
+    redis.call('ZADD', KEYS[15], 0, id)
+  end
   redis.call('HSET', dlq_why_key, id, at .. '|' .. reason .. '|' .. detail)
 end
 
@@ -177,7 +183,14 @@ if cfg[6] == '1' then
       if group then
         z[#z + 1] = 0
         z[#z + 1] = fifo_prefix(group) .. id
-        if string.byte(state, 1) == 82 then fifo_release(gf_key, group) end
+        local kind = string.byte(state, 1)
+        if kind == 82 then
+          fifo_release(gf_key, group)
+        elseif kind == 68 and not touched[group] then
+          -- its group's latest delay may be over: forget it then (send.lua)
+          local at = redis.call('HGET', gd_key, group)
+          if at and tonumber(at) <= now then redis.call('HDEL', gd_key, group) end
+        end
         touched[group] = true
       elseif dm[i] then
         lost[#lost + 1] = id -- a message without a group (not written by send.lua): drop it

@@ -13,7 +13,8 @@ KEYS[9]  wake       } the queue's wake list, and a FIFO queue's waiting
 KEYS[10] gm         } messages, ready groups and groups in flight (untouched
 KEYS[11] gr         } unless meta says fifo): a rejected message frees its
 KEYS[12] gf         } group, and its dead-letter record keeps the group
-KEYS[13..] reply keys (lists), one per request receipt ('r' below), in order
+KEYS[13] dlq_index  zset: the dead-letter queue's FIFO dead letters by id
+KEYS[14..] reply keys (lists), one per request receipt ('r' below), in order
 
 ARGV[1] the reason (free text, kept as the dead letter's detail)
 ARGV[2] the queue's events channel
@@ -43,7 +44,7 @@ for i = 1, n do
     return bad_arg('receipts', "tracked must be '', 'r' or 'e'")
   end
 end
-if requests ~= #KEYS - 12 then return bad_arg('receipts', 'one reply key per request receipt') end
+if requests ~= #KEYS - 13 then return bad_arg('receipts', 'one reply key per request receipt') end
 
 local cfg = redis.call('HMGET', meta_key, 'vt', 'fifo')
 if not cfg[1] then
@@ -56,7 +57,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local msgs = redis.call('HMGET', msgs_key, unpack(ids))
 local out, hit, seen = {}, {}, {}
-local k = 12
+local k = 13
 for i = 1, n do
   local id, msg = ids[i], msgs[i]
   local prefix = 'R' .. ARGV[3 * i + 2] .. ':'
@@ -70,6 +71,7 @@ for i = 1, n do
     local _, group = fifo_parts(msg)
     if fifo and group then
       at = at .. '~' .. #group .. ':' .. group
+      redis.call('ZADD', KEYS[13], 0, id)
       if redis.call('ZREM', vis_key, id) == 1 then
         fifo_release(gf_key, group)
       else

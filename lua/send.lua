@@ -9,6 +9,7 @@ KEYS[5] wake   list: wake-up token for waiting receivers
 KEYS[6] gm     } a FIFO queue's waiting messages, ready groups and groups in
 KEYS[7] gr     } flight (see fifo_settle in _prelude.lua); only for 'g'
 KEYS[8] gf     }
+KEYS[9] gd     } hash: group -> when its latest delayed message is visible
 
 ARGV[1] delay in ms, or '' for the queue's default; 'g' on a FIFO queue: the
         queue's delay, and ARGV[3..] are pairs of group (1..512 bytes) and
@@ -22,7 +23,9 @@ Every size is checked against max_size before anything is written.
 Reply: {last, sent_at}; the batch's ids are id_of(last-n+1) .. id_of(last)
 (see _prelude.lua).
 A FIFO queue's message waits in gm behind the earlier ones of its group (or
-in vis while its delay runs; receive.lua moves it to gm then).
+in vis while its delay runs; receive.lua moves it to gm then). It becomes
+visible no earlier than the message of its group sent before it (gd), so a
+lowered delay never lets a later message overtake an earlier one.
 Errors: RQ_NOQUEUE; RQ_NOTFIFO ('g' on a standard queue); RQ_NEEDGROUP (no 'g'
         on a FIFO queue); RQ_TOOLARGE <index> <size> <max_size> (index from 0);
         RQ_BADDELAY <delay> <retention> when the delay exceeds the retention;
@@ -78,25 +81,39 @@ if delay > 0 then -- its retention starts when it becomes visible (receive.lua)
 end
 local last = redis.call('INCRBY', seq_key, n)
 if fifo then
-  local gm_key, gr_key, gf_key = KEYS[6], KEYS[7], KEYS[8]
-  local state = delay > 0 and string.format('D%d', visible_at) or 'G'
+  local gm_key, gr_key, gf_key, gd_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
   local stamp = string.format('%013d', now) .. flag
-  local h, z, heads = {}, {}, {}
+  -- when each group's latest delayed message becomes visible (none when the
+  -- queue never delayed, or that time has passed)
+  local latest = {}
+  local delays = delay > 0 or redis.call('EXISTS', gd_key) == 1
+  local h, z, w, heads = {}, {}, {}, {}
   for i = 1, n do
     local id, g = id_of(last - n + i), ARGV[1 + 2 * i]
+    local at = visible_at
+    if delays then
+      if latest[g] == nil then latest[g] = tonumber(redis.call('HGET', gd_key, g) or '0') end
+      if latest[g] > at then at = latest[g] end
+    end
     h[2 * i - 1] = id
-    h[2 * i] = state .. fifo_tail(g) .. stamp .. ARGV[2 + 2 * i]
-    if delay > 0 then
-      z[2 * i - 1] = visible_at
-      z[2 * i] = id
+    if at > now then
+      h[2 * i] = string.format('D%d', at) .. fifo_tail(g) .. stamp .. ARGV[2 + 2 * i]
+      z[#z + 1] = at
+      z[#z + 1] = id
+      latest[g] = at
     else
-      z[2 * i - 1] = 0
-      z[2 * i] = fifo_prefix(g) .. id
+      h[2 * i] = 'G' .. fifo_tail(g) .. stamp .. ARGV[2 + 2 * i]
+      w[#w + 1] = 0
+      w[#w + 1] = fifo_prefix(g) .. id
       if not heads[g] then heads[g] = last - n + i end
     end
   end
   redis.call('HSET', msgs_key, unpack(h))
-  redis.call('ZADD', delay > 0 and vis_key or gm_key, unpack(z))
+  if #z > 0 then redis.call('ZADD', vis_key, unpack(z)) end
+  if #w > 0 then redis.call('ZADD', gm_key, unpack(w)) end
+  for g, at in pairs(latest) do
+    if at > now then redis.call('HSET', gd_key, g, at) elseif at > 0 then redis.call('HDEL', gd_key, g) end
+  end
   -- A group with nothing in flight is ready; one already ready keeps its
   -- (older) head.
   for g, number in pairs(heads) do

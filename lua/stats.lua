@@ -44,6 +44,13 @@ if fifo then
   groups = redis.call('ZCARD', KEYS[6]) + groups_in_flight
   local g = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
   if #g > 0 then head[#head + 1] = id_of(tonumber(g[2])) end
+  -- and the first waiting message of (up to about 100) groups held by one in
+  -- flight, which may be older than every ready group's
+  local scan = redis.call('HSCAN', KEYS[7], 0, 'COUNT', 100)[2]
+  for i = 1, #scan, 2 do
+    local first = fifo_head(KEYS[5], scan[i], 1)
+    if #first > 0 then head[#head + 1] = first[1] end
+  end
 end
 if #head > 0 then
   local msgs = redis.call('HMGET', msgs_key, unpack(head))

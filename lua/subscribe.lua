@@ -16,7 +16,9 @@ ARGV[1..10] the attributes in ATTR_FIELDS order (see _prelude.lua)
 ARGV[11] dlq retention (ms)
 ARGV[12] ttl (ms)
 ARGV[13] the subscription's name
-ARGV[14..] expired candidates' names, in the order of their keys
+ARGV[14] 'r' for a refresh: an existing subscription's stored attributes stand
+         (set_attributes may have changed them); '' compares them
+ARGV[15..] expired candidates' names, in the order of their keys
 
 Reply: 1 when it joined now, 0 when it was refreshed, 2 when refreshed but made
 by rqueue 0.1 (the client then runs upgrade.lua).
@@ -38,7 +40,7 @@ if not ttl then return bad_arg('ttl', 'an integer from 50 to 2592000000 (ms)') e
 if not (name and #name <= 80 and string.find(name, '^[A-Za-z0-9_%-]+$')) then
   return bad_arg('name', '1 to 80 characters of A-Z, a-z, 0-9, _ and -')
 end
-if #KEYS ~= 5 + 12 * (#ARGV - 13) then
+if #KEYS ~= 5 + 12 * (#ARGV - 14) then
   return bad_arg('expired', 'one name per 12 subscription keys')
 end
 local t = redis.call('TIME')
@@ -50,20 +52,22 @@ local cur = attributes_stored(meta_key)
 local score = redis.call('ZSCORE', subs_key, name)
 local exists = cur and score
 if exists and tonumber(score) <= now then
-  for i = 14, #ARGV do
+  for i = 15, #ARGV do
     if ARGV[i] == name then exists = false end
   end
 end
-if exists then
+local refresh = ARGV[14]
+if refresh ~= '' and refresh ~= 'r' then return bad_arg('mode', "'' or 'r' (refresh)") end
+if exists and refresh == '' then
   local differs = attributes_exist_error(want, cur)
   if differs then return differs end
 end
 
 local changed = false
-for i = 14, #ARGV do
+for i = 15, #ARGV do
   local s = redis.call('ZSCORE', subs_key, ARGV[i])
   if s and tonumber(s) <= now then
-    local base = 6 + 12 * (i - 14)
+    local base = 6 + 12 * (i - 15)
     redis.call('ZREM', subs_key, ARGV[i])
     redis.call('UNLINK', unpack(KEYS, base, base + 11))
     changed = true

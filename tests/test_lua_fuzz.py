@@ -217,6 +217,14 @@ def v_count(argv: Argv, keys: Sequence[str]) -> list[str]:
     return [] if argv and _int(argv[0], 1, 1000) else ["count"]
 
 
+def v_redrive(argv: Argv, keys: Sequence[str]) -> list[str]:
+    """ARGV[1] a count from 1 to 1000, ARGV[2] a FIFO source's cursor: absent, '' or an id."""
+    bad = v_count(argv, keys)
+    if len(argv) > 1 and argv[1] != b"" and not re.fullmatch(rb"[0-9]{1,20}", argv[1]):
+        bad.append("cursor")
+    return bad
+
+
 def v_publish(argv: Argv, keys: Sequence[str]) -> list[str]:
     if len(argv) < 2 or not _int(argv[1], 0, 10**6):
         return ["subscriptions"]
@@ -235,13 +243,13 @@ def v_reject(argv: Argv, keys: Sequence[str]) -> list[str]:
     tracked = argv[5::3]
     if any(x not in (b"", b"r", b"e") for x in tracked):
         bad.append("tracked")
-    elif tracked.count(b"r") != len(keys) - 12:
+    elif tracked.count(b"r") != len(keys) - 13:
         bad.append("reply keys")
     return bad
 
 
 def v_subscribe(argv: Argv, keys: Sequence[str]) -> list[str]:
-    if len(argv) < 13 or len(keys) != 5 + 12 * (len(argv) - 13):
+    if len(argv) < 14 or len(keys) != 5 + 12 * (len(argv) - 14):
         return ["arity"]
     bad = _attributes(argv)
     if argv[6] != b"":
@@ -250,6 +258,8 @@ def v_subscribe(argv: Argv, keys: Sequence[str]) -> list[str]:
         bad.append("ttl")
     if not _NAME.fullmatch(argv[12]):
         bad.append("name")
+    if argv[13] not in (b"", b"r"):
+        bad.append("mode")
     return bad
 
 
@@ -286,7 +296,7 @@ CONTRACT: dict[str, Callable[[Argv, Sequence[str]], list[str]]] = {
     "delete": v_delete,
     "notify": v_notify,
     "peek": v_count,
-    "redrive": v_count,
+    "redrive": v_redrive,
     "publish": v_publish,
     "reject": v_reject,
     "subscribe": v_subscribe,
@@ -423,7 +433,7 @@ _PARTS: dict[str, tuple[str, Any]] = {
     "state": ("hash", lambda k, v, t: _check_fields(k, v, _STATE)),
     "why": ("hash", lambda k, v, t: _check_fields(k, v, _WHY)),
     "vis": ("zset", lambda k, v, t: _check_scores(k, v, "vis")),
-    "gm": ("zset", lambda k, v, t: _check_waiting(k, v)),
+    "gm": ("zset", lambda k, v, t: k.endswith(":dlq:gm") or _check_waiting(k, v)),
     "gr": ("zset", lambda k, v, t: _expect(all(s == int(s) and s >= 1 for _, s in v), f"{k} = {v!r}")),
     "gf": ("hash", lambda k, v, t: _check_fields(k, v, re.compile(rb"[1-9][0-9]{0,5}"))),
     "subs": ("zset", lambda k, v, t: _check_scores(k, v, "subs")),
@@ -431,6 +441,7 @@ _PARTS: dict[str, tuple[str, Any]] = {
     "reply": ("list", _check_reply),
     "seq": ("string", lambda k, v, t: _expect(re.fullmatch(rb"0|[1-9][0-9]{0,19}", v), f"{k} = {v!r}")),
     "ver": ("string", lambda k, v, t: _expect(re.fullmatch(rb"0|[1-9][0-9]{0,19}", v), f"{k} = {v!r}")),
+    "gd": ("hash", lambda k, v, t: _check_fields(k, v, re.compile(rb"[1-9][0-9]{12}"))),
 }
 
 
@@ -468,7 +479,7 @@ def check_stored(snap: Snapshot, prefix: str) -> None:
     groups: dict[str, dict[str, Any]] = {}
     for key, (kind, value, has_ttl) in snap.items():
         rest = key[len(prefix) + 1 :]
-        m = re.fullmatch(r"(.+):(meta|msgs|vis|state|wake|why|seq|subs|ver|gm|gr|gf|reply:(.+))", rest, re.S)
+        m = re.fullmatch(r"(.+):(meta|msgs|vis|state|wake|why|seq|subs|ver|gm|gr|gf|gd|reply:(.+))", rest, re.S)
         assert m, f"unexpected key {key!r}"
         part = m.group(2) if not m.group(3) else "reply"
         groups.setdefault(m.group(1), {})[part] = value
@@ -479,6 +490,9 @@ def check_stored(snap: Snapshot, prefix: str) -> None:
         msgs = set(parts.get("msgs", {}))
         vis = {m for m, _ in parts.get("vis", [])}
         waiting = {}  # a FIFO queue's gm: id -> group
+        if base.endswith(":dlq"):  # a dead-letter queue's gm: its FIFO source's index of its dead letters
+            index = parts.pop("gm", [])
+            assert all(_ID.fullmatch(m.decode("latin-1")) and sc == 0 for m, sc in index), f"{base}:gm = {index}"
         for member, _ in parts.get("gm", []):
             m = re.match(rb"([0-9]{1,3}):", member)
             assert m

@@ -187,8 +187,4 @@ class AsyncQueue(QueueHandle):
 
     async def redrive(self) -> int:
         """Move every dead letter not in flight back here; returns how many."""
-        moved = total = await self.client.run(_core.redrive(self._keys))
-        while moved == _core.REDRIVE_CHUNK:
-            moved = await self.client.run(_core.redrive(self._keys))
-            total += moved
-        return total
+        return await self.client.drive(_core.redrive_flow(self._keys))

@@ -42,7 +42,7 @@ class AsyncSubscription(AsyncQueue):
                 f"topic.subscribe({self.subscription_name!r}, ...) to refresh it"
             )
         return await self.client.drive(
-            _topics.subscribe_flow(self.topic._keys, self.subscription_name, **self._options)
+            _topics.subscribe_flow(self.topic._keys, self.subscription_name, refresh=True, **self._options)
         )
 
 

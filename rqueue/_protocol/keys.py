@@ -108,6 +108,12 @@ class QueueKeys:
         """FIFO queues: hash of group -> its messages in flight."""
         return self.base + ":gf"
 
+    @property
+    def fifo_delayed(self) -> str:
+        """FIFO queues: hash of group -> when its latest delayed message becomes visible (a later
+        message of the group becomes visible no earlier)."""
+        return self.base + ":gd"
+
     def fifo(self) -> list[str]:
         """The three keys of a FIFO queue's groups (touched by scripts only when meta says fifo)."""
         return [self.fifo_waiting, self.fifo_ready, self.fifo_busy]

@@ -103,6 +103,7 @@ __all__ = [
     "receive",
     "receive_flow",
     "redrive",
+    "redrive_flow",
     "reject",
     "reply_value",
     "request_flow",
@@ -208,6 +209,8 @@ def receive(keys: QueueKeys, max_messages: int, visibility_timeout: float | None
             dlq.why,
             dlq.wake,
             *keys.fifo(),
+            keys.fifo_delayed,
+            dlq.fifo_waiting,
         ],
         [n, vt, "" if keys.is_dlq else keys.events],
         parse,
@@ -299,7 +302,10 @@ def reject(keys: QueueKeys, receipts: Iterable[str], reason: str) -> Call[list[b
             f"reason must be valid Unicode text (no lone surrogates) of at most 4096 characters, got {reason!r:.80}"
         )
     d = keys.dlq()
-    key_list = [keys.meta, keys.msgs, keys.vis, d.meta, d.msgs, d.vis, d.why, d.wake, keys.wake, *keys.fifo()]
+    key_list = [
+        *(keys.meta, keys.msgs, keys.vis, d.meta, d.msgs, d.vis, d.why, d.wake),
+        *(keys.wake, *keys.fifo(), d.fifo_waiting),
+    ]
     args: list[bytes | str | int] = [reason, keys.events, REPLY_TTL_MS]
     for r in batch("receipts", receipts):
         mid, token, tracked = parse_receipt(r)
@@ -312,7 +318,11 @@ def reject(keys: QueueKeys, receipts: Iterable[str], reason: str) -> Call[list[b
 def purge(keys: QueueKeys) -> Call[int]:
     """Delete every message of the queue."""
     return Call(
-        script("purge"), [keys.meta, keys.msgs, keys.vis, keys.state, keys.why, *keys.fifo()], [], int, keys.name
+        script("purge"),
+        [keys.meta, keys.msgs, keys.vis, keys.state, keys.why, *keys.fifo(), keys.fifo_delayed],
+        [],
+        int,
+        keys.name,
     )
 
 
@@ -358,15 +368,40 @@ def attributes(keys: QueueKeys) -> Call[QueueAttributes]:
     return Call(stats_call.script, stats_call.keys, [], lambda r: stats_call.parse(r).attributes, keys.name)
 
 
-def redrive(keys: QueueKeys) -> Call[int]:
-    """Move up to REDRIVE_CHUNK dead letters back; call again while it returns the chunk size."""
+class RedriveStep(NamedTuple):
+    """One redrive call: how many it moved, how many it looked at (the next call is due while
+    that is the chunk size) and where the next one goes on (a FIFO source's cursor)."""
+
+    moved: int
+    looked_at: int
+    cursor: str
+
+
+def redrive(keys: QueueKeys, cursor: str = "") -> Call[RedriveStep]:
+    """Move up to REDRIVE_CHUNK dead letters back; call again (with the cursor) while it looked
+    at the chunk size. A FIFO source's dead letters go back in send order."""
     if keys.is_dlq:
         raise InvalidParameter(f"redrive() moves dead letters back to their source; call it on {keys.source().name!r}")
     d = keys.dlq()
+
+    def parse(reply: list[Any]) -> RedriveStep:
+        moved, looked_at, nxt = reply
+        return RedriveStep(int(moved), int(looked_at), nxt.decode() if isinstance(nxt, bytes) else str(nxt))
+
     return Call(
         script("redrive"),
-        [keys.meta, keys.msgs, keys.vis, keys.wake, d.meta, d.msgs, d.vis, d.why, *keys.fifo()],
-        [REDRIVE_CHUNK],
-        int,
+        [keys.meta, keys.msgs, keys.vis, keys.wake, d.meta, d.msgs, d.vis, d.why, *keys.fifo(), d.fifo_waiting],
+        [REDRIVE_CHUNK, cursor],
+        parse,
         keys.name,
     )
+
+
+def redrive_flow(keys: QueueKeys) -> Generator[Op, Any, int]:
+    """Move every dead letter not in flight back, one bounded call at a time; returns how many."""
+    step: RedriveStep = yield redrive(keys)
+    total = step.moved
+    while step.looked_at == REDRIVE_CHUNK:
+        step = yield redrive(keys, step.cursor)
+        total += step.moved
+    return total

@@ -66,7 +66,7 @@ def delete_queue(keys: QueueKeys) -> Call[bool]:
     d = keys.dlq()
     return Call(
         script("delete_queue"),
-        [keys.meta, d.meta, *keys.own()[1:], *keys.fifo(), *d.own()[1:], keys.seq],
+        [keys.meta, d.meta, *keys.own()[1:], *keys.fifo(), keys.fifo_delayed, *d.own()[1:], *d.fifo(), keys.seq],
         [],
         bool,
         keys.name,

@@ -44,7 +44,11 @@ def send(
         for g, m in zip(groups, encoded, strict=True):
             pairs += (g, m)
         return Call(
-            script("send"), [keys.meta, keys.msgs, keys.vis, keys.seq, keys.wake, *keys.fifo()], pairs, parse, keys.name
+            script("send"),
+            [keys.meta, keys.msgs, keys.vis, keys.seq, keys.wake, *keys.fifo(), keys.fifo_delayed],
+            pairs,
+            parse,
+            keys.name,
         )
     dl = "" if delay is None else seconds_ms("delay", delay, 0, MAX_RETENTION)
     return Call(

@@ -130,10 +130,13 @@ def subscribe_flow(
     topic: TopicKeys,
     name: str,
     ttl: float,
+    *,
+    refresh: bool = False,
     **attributes: Any,
 ) -> Generator[Op, Any, bool]:
     """Create or refresh a subscription; True when it joined now. ``attributes``: a queue's
-    (QueueAttributes' fields but ``fifo``)."""
+    (QueueAttributes' fields but ``fifo``). With ``refresh`` an existing subscription keeps its
+    stored attributes (``set_attributes`` may have changed them) and only its expiry moves."""
     sub = topic.subscription(name)
     ttl_ms = seconds_ms("ttl", ttl, MIN_TTL, MAX_TTL)
     if attributes.get("fifo"):
@@ -148,7 +151,7 @@ def subscribe_flow(
     joined: int = yield Call(
         script("subscribe"),
         keys,
-        [*created.args, ttl_ms, sub.name.split("/", 1)[1], *expired],
+        [*created.args, ttl_ms, sub.name.split("/", 1)[1], "r" if refresh else "", *expired],
         int,
         sub.name,
     )

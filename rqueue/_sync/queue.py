@@ -188,8 +188,4 @@ class Queue(QueueHandle):
 
     def redrive(self) -> int:
         """Move every dead letter not in flight back here; returns how many."""
-        moved = total = self.client.run(_core.redrive(self._keys))
-        while moved == _core.REDRIVE_CHUNK:
-            moved = self.client.run(_core.redrive(self._keys))
-            total += moved
-        return total
+        return self.client.drive(_core.redrive_flow(self._keys))

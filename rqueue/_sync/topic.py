@@ -43,7 +43,7 @@ class Subscription(Queue):
                 f"topic.subscribe({self.subscription_name!r}, ...) to refresh it"
             )
         return self.client.drive(
-            _topics.subscribe_flow(self.topic._keys, self.subscription_name, **self._options)
+            _topics.subscribe_flow(self.topic._keys, self.subscription_name, refresh=True, **self._options)
         )
 
 
