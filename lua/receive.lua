@@ -193,7 +193,16 @@ if cfg[6] == '1' then
         end
         touched[group] = true
       elseif dm[i] then
-        lost[#lost + 1] = id -- a message without a group (not written by send.lua): drop it
+        -- a message without a group (an older client's send): a group of its own
+        local rest = string.sub(dm[i], header_end(dm[i]) + 1)
+        if string.find(rest, '^%d%d%d%d%d%d%d%d%d%d%d%d%d') then
+          redis.call('HSET', msgs_key, id, 'G' .. fifo_tail(id) .. rest)
+          z[#z + 1] = 0
+          z[#z + 1] = fifo_prefix(id) .. id
+          touched[id] = true
+        else
+          lost[#lost + 1] = id -- not a stored message at all: drop it
+        end
       end
     end
     redis.call('ZREM', vis_key, unpack(due))

@@ -228,3 +228,17 @@ def test_stats_oldest_age_misses_a_message_waiting_behind_its_group(client: Any)
     s = q.stats()
     assert (s.visible, s.in_flight) == (1, 1)
     assert s.oldest_age >= 1.2
+
+
+def test_a_message_without_a_group_on_a_fifo_queue_becomes_a_group_of_its_own(lib: Any, r: Any) -> None:
+    """Found by review: a FIFO receive dropped a message in vis without a group (an older
+    client's send during a rolling upgrade), uncounted. Now it becomes a group of its own."""
+    q = lib.create_queue("orders", fifo=True)
+    keys = keys_of(q)
+    r.hset(keys.msgs, "99000000001", b"%013dsplain" % server_ms(r))
+    r.zadd(keys.vis, {"99000000001": 1})
+    (m,) = q.receive(10)
+    assert (m.body, m.group) == ("plain", "99000000001")
+    assert q.delete(m.receipt)
+    s = q.stats()
+    assert (s.visible, s.in_flight, s.groups) == (0, 0, 0)
