@@ -64,7 +64,13 @@ def test_bounded_demo_on_embedded_accounts_for_every_message(tmp_path: Path) -> 
     assert orders["dead_lettered"] <= summary["load"]["poison"]  # only poison orders die
     # Each worker and subscriber stopped gracefully on SIGTERM.
     assert summary["processes"] and set(summary["processes"].values()) == {0}, summary["processes"]
-    subs = {name: q for name, q in summary["queues"].items() if name != "demo-orders"}
+    # The FIFO queue of per-customer orders: every order ran, each customer's in order.
+    fifo = summary["fifo"]
+    customer_orders = summary["queues"]["demo-customer-orders"]
+    assert fifo["sent"] == customer_orders["sent"] > 0
+    assert fifo["checked"] == customer_orders["processed"] > 0
+    assert fifo["out_of_order"] == 0
+    subs = {name: q for name, q in summary["queues"].items() if name.startswith("demo-events/")}
     assert sorted(subs) == ["demo-events/audit", "demo-events/email"]
     assert all(q["sent"] == summary["load"]["published"] == orders["sent"] for q in subs.values())
     assert all(q["processed"] > 0 for q in subs.values())
@@ -73,7 +79,7 @@ def test_bounded_demo_on_embedded_accounts_for_every_message(tmp_path: Path) -> 
     assert load["replies"] + load["request_timeouts"] + load["request_errors"] == load["requests"]
     assert load["tracked"] > 0 and load["events"].get("processed", 0) > 0  # tracked sends saw events
     # No child process (worker, subscriber, server) outlives the demo.
-    assert len(seen) >= 4, seen  # the server and three workers at least
+    assert len(seen) >= 5, seen  # the server and four workers at least
     assert alive(seen) == []
     assert processes_with_env(mark) == []
     port = int(summary["server"].rsplit(":", 1)[1].split("/")[0])
@@ -87,17 +93,20 @@ def test_demo_in_a_terminal_shows_the_live_table_and_stops_on_ctrl_c() -> None:
     pane = Pane([sys.executable, "-m", "rqueue", "demo", "--seconds", "0", "--rate", "50"], demo_env(mark))
     try:
         pane.wait_for("Ctrl-C to stop")
-        screen = pane.wait_for("worker processes: 5 of 5 running", timeout=60)  # 3 consumers, 2 subscribers
+        # 3 consumers, 1 on the FIFO queue, 2 subscribers
+        screen = pane.wait_for("worker processes: 6 of 6 running", timeout=60)
         pane.wait_for("events: processed")  # tracked sends hear back
         screen = pane.wait_for("demo-events → email")
-        for needle in ("rqueue demo — running", "demo-orders", "processed", "dead-lettered", "sent/s", "replies"):
+        needles = ("rqueue demo — running", "demo-orders", "processed", "dead-lettered", "sent/s", "replies")
+        for needle in (*needles, "demo-customer-orders (FIFO)", "FIFO groups (customers)"):
             assert needle in screen, needle
         children = {c.pid for c in descendants_alive(pane.command_pid())}
-        assert len(children) >= 6  # its server and its worker and subscriber processes
+        assert len(children) >= 7  # its server and its worker and subscriber processes
         pane.send("C-c")
         assert pane.exit_status() == 0
         screen = pane.text()
         assert "every message accounted for" in screen and "MISMATCH" not in screen
+        assert "every customer's orders in order" in screen
         assert "Traceback" not in screen
         assert alive(children) == []
         assert processes_with_env(mark) == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -34,12 +35,17 @@ from rqueue._protocol.errors import QueueDoesNotExist
 from rqueue._sync.client import Client, Queue, connect
 from rqueue._transport.backends import mask_url
 from rqueue._transport.embedded import ServerProcess, die_with_parent, embedded
+from rqueue.cli.demo_handlers import order_check_keys
 from rqueue.cli.demo_view import Row, live_view, render_summary
 from rqueue.cli.loadgen import LoadCounts, LoadGenerator
 
 __all__ = ["Demo", "render_summary"]
 
 QUEUE = "demo-orders"
+#: A FIFO queue of per-customer orders: each customer's orders must run in order.
+FIFO_QUEUE = "demo-customer-orders"
+FIFO_HANDLER = "rqueue.demo_handlers:customer_order"
+CUSTOMERS = 20
 TOPIC = "demo-events"
 SUBSCRIPTIONS = {"audit": "rqueue.demo_handlers:audit", "email": "rqueue.demo_handlers:email"}
 HANDLER = "rqueue.demo_handlers:process_order"
@@ -85,6 +91,7 @@ class Demo:
         self.stop = threading.Event()
         self.hurry = threading.Event()
         self.load: LoadGenerator | None = None
+        self.fifo_sent = 0
 
     # -- signals: Ctrl-C asks for an orderly stop, a second one hurries it
 
@@ -111,6 +118,11 @@ class Demo:
             client.delete_queue(QUEUE)
         q = client.create_queue(QUEUE, visibility_timeout=10, max_receive_count=3)
         self.rows[QUEUE] = Row(QUEUE, q.stats())
+        with contextlib.suppress(QueueDoesNotExist):
+            client.delete_queue(FIFO_QUEUE)
+        fq = client.create_queue(FIFO_QUEUE, fifo=True, visibility_timeout=10, max_receive_count=3)
+        self.rows[FIFO_QUEUE] = Row(f"{FIFO_QUEUE} (FIFO)", fq.stats())
+        client.redis.delete(*order_check_keys(self.prefix))
         topic = client.topic(TOPIC)
         for name in SUBSCRIPTIONS:
             topic.unsubscribe(name)  # a fresh subscription: its counters start at zero
@@ -135,6 +147,7 @@ class Demo:
     def _spawn_all(self) -> None:
         for i in range(self.n_consumers):
             self._spawn(f"consumer-{i + 1}", ["worker", HANDLER, "--queue", QUEUE, "--concurrency", "8"])
+        self._spawn("consumer-fifo", ["worker", FIFO_HANDLER, "--queue", FIFO_QUEUE, "--concurrency", "8"])
         for name in self.subs:
             args = ["subscribe", TOPIC, name, SUBSCRIPTIONS[name], "--ttl", str(SUBSCRIPTION_TTL)]
             self._spawn(f"subscriber-{name}", args)
@@ -160,6 +173,7 @@ class Demo:
         assert self.client is not None
         with contextlib.suppress(Exception):  # an outage shows as stale numbers, not a crash
             self.rows[QUEUE].sample(self.client.queue(QUEUE).stats())
+            self.rows[FIFO_QUEUE].sample(self.client.queue(FIFO_QUEUE).stats())
             for sub in self.subs.values():
                 self.rows[sub.name].sample(sub.stats())
 
@@ -202,10 +216,12 @@ class Demo:
         )
         load_stop = threading.Event()
         producer = threading.Thread(target=self.load.produce, args=(load_stop, self.seconds), name="rqueue-demo-load")
+        fifo_producer = threading.Thread(target=self._produce_fifo, args=(load_stop,), name="rqueue-demo-fifo")
         live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
         self.started = time.monotonic()
         self.phase = "running"
         producer.start()
+        fifo_producer.start()
         with live if not self.quiet else contextlib.nullcontext():
             while not self.stop.is_set() and not self.load.stopped.is_set():
                 self.stop.wait(0.25)
@@ -215,8 +231,9 @@ class Demo:
             self.phase = "stopping the load generator"
             load_stop.set()
             live.update(self.render())
-            while producer.is_alive() and not self.hurry.is_set():
+            while (producer.is_alive() or fifo_producer.is_alive()) and not self.hurry.is_set():
                 producer.join(0.25)
+                fifo_producer.join(0.01)
             if not self.stop.is_set():
                 self.phase = "draining"
                 deadline = time.monotonic() + DRAIN_SECONDS
@@ -231,6 +248,42 @@ class Demo:
             self.phase = "stopped"
             live.update(self.render())
         return self.summary(interrupted=self.stop.is_set())
+
+    def _produce_fifo(self, stop: threading.Event) -> None:
+        """Per-customer orders to the FIFO queue, a batch a tick, each numbered per customer,
+        until ``stop`` or the load generator stops; the handler checks they run in order."""
+        assert self.client is not None
+        q = self.client.queue(FIFO_QUEUE)
+        seq = dict.fromkeys(range(CUSTOMERS), 0)
+        rng = random.Random(7)
+        tick = 0.05
+        per_tick = max(1, round(self.rate / 4 * tick))
+        nxt = time.monotonic()
+        while not stop.is_set() and not (self.load is not None and self.load.stopped.is_set()):
+            orders, groups = [], []
+            for _ in range(per_tick):
+                c = rng.randrange(CUSTOMERS)
+                seq[c] += 1
+                orders.append({"customer": f"customer-{c:02d}", "seq": seq[c]})
+                groups.append(f"customer-{c:02d}")
+            with contextlib.suppress(Exception):  # an outage shows in the counts
+                q.send_batch(orders, group=groups)
+                self.fifo_sent += len(orders)
+            nxt += tick
+            stop.wait(max(0.0, nxt - time.monotonic()))
+
+    def _fifo_check(self) -> dict[str, Any]:
+        assert self.client is not None
+        _last, skipped, checked = order_check_keys(self.prefix)
+        s = self.rows[FIFO_QUEUE].stats
+        return {
+            "customers": CUSTOMERS,
+            "sent": self.fifo_sent,
+            "checked": int(self.client.redis.get(checked) or 0),
+            "out_of_order": int(self.client.redis.get(skipped) or 0),
+            "groups": s.groups,
+            "groups_in_flight": s.groups_in_flight,
+        }
 
     def _drained(self) -> bool:
         return all(r.queued == 0 for r in self.rows.values())
@@ -296,6 +349,7 @@ class Demo:
                 "tracked": c.tracked,
                 "events": c.events,
             },
+            "fifo": self._fifo_check(),
             "processes": {name: p.returncode for name, p in self.children.items()},
             "notes": self.notes,
         }

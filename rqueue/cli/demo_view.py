@@ -68,7 +68,9 @@ def live_view(
 ) -> Group:
     """The live view: the queues' table, the load's lines, ``children`` (alive, started), the clock."""
     alive, started = children
-    lines = [requests_line(counts), tracked_line(counts), f"worker processes: {alive} of {started} running"]
+    lines = [requests_line(counts), tracked_line(counts)]
+    lines += [fifo_line(row) for row in rows.values() if row.stats.attributes.fifo]
+    lines.append(f"worker processes: {alive} of {started} running")
     lines += [f"note: {n}" for n in notes if "exited" in n]
     parts: list[Any] = [queue_table(phase, rows), Text("\n".join(line for line in lines if line))]
     hint = "Ctrl-C to stop" if phase == "running" else phase
@@ -103,6 +105,14 @@ def queue_table(phase: str, rows: Mapping[str, Row]) -> Table:
             f"{done_rate:,.0f}",
         )
     return table
+
+
+def fifo_line(row: Row) -> str:
+    s = row.stats
+    return (
+        f"FIFO groups (customers) with orders waiting or in flight: {s.groups:,}, "
+        f"{s.groups_in_flight:,} of them in flight (one order each at most; the rest wait their turn)"
+    )
 
 
 def requests_line(c: LoadCounts) -> str:
@@ -143,6 +153,15 @@ def render_summary(summary: dict[str, Any]) -> Group:
     events = ", ".join(f"{k} {v:,}" for k, v in sorted(load["events"].items())) or "none"
     out.append(Text(f"  tracked sends: {load['tracked']:,}; events: {events}"))
     out.append(Text(f"  poison orders sent (they end as dead letters): {load['poison']:,}"))
+    fifo = summary.get("fifo")
+    if fifo:
+        ok = fifo["out_of_order"] == 0
+        line = Text(
+            f"  FIFO: {fifo['sent']:,} orders of {fifo['customers']} customers, {fifo['checked']:,} run, "
+            f"{fifo['out_of_order']:,} out of order   "
+        )
+        line.append_text(Text("✓ every customer's orders in order", "green") if ok else Text("✗ ORDER BROKEN", "red"))
+        out.append(line)
     for note in summary["notes"]:
         out.append(Text(f"  note: {note}", style="yellow" if "exited" in note else "dim"))
     return Group(*out)
