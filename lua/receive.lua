@@ -234,7 +234,11 @@ if cfg[6] == '1' then
     for i = before + 1, before + count do
       local id, stored = all_ids[i], all_msgs[i]
       local state, _, msg
-      if stored then state, _, msg = fifo_parts(stored) end
+      if stored and string.byte(stored, 1) == 71 and string.find(stored, tail, 2, true) == 2 then
+        state, msg = 'G', string.sub(stored, #tail + 2) -- never received: 'G' .. tail, no parsing
+      elseif stored then
+        state, _, msg = fifo_parts(stored)
+      end
       done[#done + 1] = p .. id
       if not state then
         if stored then gone[#gone + 1] = id end -- an entry without its message, or unreadable: drop it
