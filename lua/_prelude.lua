@@ -182,6 +182,15 @@ local function fifo_parts(m)
   return state, string.sub(m, p, e - 1), string.sub(m, e + 1)
 end
 
+-- Only the group of a FIFO message (nil without one): no copy of the rest.
+local function fifo_group(m)
+  local len, p = string.match(m, '^[RDG][%d:]*~(%d+):()')
+  if not p then return nil end
+  local e = p + tonumber(len)
+  if string.byte(m, e) ~= 124 then return nil end
+  return string.sub(m, p, e - 1)
+end
+
 -- The group suffix of a FIFO header: '~<len>:<group>|'.
 local function fifo_tail(group)
   return '~' .. #group .. ':' .. group .. '|'
@@ -212,15 +221,18 @@ end
 -- After a group's state changed: it is ready ('gr', scored by the number of
 -- its first waiting message, so the oldest head goes first) when nothing of
 -- it is in flight ('gf': group -> messages in flight) and a message of it
--- waits; else it is not in 'gr'. Returns true when it became ready.
-local function fifo_settle(gm_key, gr_key, gf_key, group)
-  if redis.call('HEXISTS', gf_key, group) == 1 then
+-- waits; else it is not in 'gr'. Returns true when it became ready. free:
+-- true when the caller knows nothing of the group is in flight and that the
+-- group was not ready (its last message in flight just ended), which saves
+-- the reads.
+local function fifo_settle(gm_key, gr_key, gf_key, group, free)
+  if not free and redis.call('HEXISTS', gf_key, group) == 1 then
     redis.call('ZREM', gr_key, group)
     return false
   end
   local head = fifo_head(gm_key, group, 1)
   if #head == 0 then
-    redis.call('ZREM', gr_key, group)
+    if not free then redis.call('ZREM', gr_key, group) end
     return false
   end
   return redis.call('ZADD', gr_key, id_number(head[1]), group) == 1
@@ -228,6 +240,9 @@ end
 
 -- k (default 1) of a group's messages in flight ended (deleted, rejected, or
 -- back in gm).
+-- Returns how many are still in flight.
 local function fifo_release(gf_key, group, k)
-  if redis.call('HINCRBY', gf_key, group, -(k or 1)) <= 0 then redis.call('HDEL', gf_key, group) end
+  local left = redis.call('HINCRBY', gf_key, group, -(k or 1))
+  if left <= 0 then redis.call('HDEL', gf_key, group) end
+  return left
 end

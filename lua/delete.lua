@@ -134,7 +134,7 @@ if nhit > 0 and cfg[3] == '1' then
         out[i] = '0' -- the same receipt again: only its first counts
       else
         byid[ids[i]] = true
-        local _, group = fifo_parts(msgs[i])
+        local group = fifo_group(msgs[i])
         if group and in_vis[ids[i]] then
           touched[group] = (touched[group] or 0) + 1
         elseif group then
@@ -148,8 +148,12 @@ if nhit > 0 and cfg[3] == '1' then
   redis.call('ZREM', vis_key, unpack(hit))
   if #waiting > 0 then redis.call('ZREM', gm_key, unpack(waiting)) end
   for group, k in pairs(touched) do
-    if k > 0 then fifo_release(gf_key, group, k) end
-    if fifo_settle(gm_key, gr_key, gf_key, group) then ready = true end
+    if k == 0 then
+      if fifo_settle(gm_key, gr_key, gf_key, group) then ready = true end
+    elseif fifo_release(gf_key, group, k) <= 0 then
+      -- its last message in flight ended: a busy group was not ready
+      if fifo_settle(gm_key, gr_key, gf_key, group, true) then ready = true end
+    end
   end
   redis.call('HDEL', msgs_key, unpack(hit))
   redis.call('HINCRBY', meta_key, 'deleted_total', removed)
