@@ -469,7 +469,7 @@ def _msg(i: int, rc: int = 1) -> rqueue.Message:
 def test_tracker_slots_flush_by_count_and_unstarted_release() -> None:
     t = Ledger(_settings(), [30.0], [None])
     assert t.reserve() == 3 and t.free == 1
-    jobs = t.received(0, [_msg(1), _msg(2)], 0.0)
+    jobs = t.received(0, [_msg(1), _msg(2)], 0.0)[0]
     t.unreserve(1)
     assert t.free == 2
     jobs[0].started = True
@@ -479,7 +479,7 @@ def test_tracker_slots_flush_by_count_and_unstarted_release() -> None:
     assert release.releases == {0: ["2.2"]} and t.free == 4 and not t.jobs
     flush = t.take()
     assert flush.deletes == {0: [("1.1", "r")]} and t.flush_in(0.0) is None
-    more = t.received(0, [_msg(i) for i in range(3, 6)], 0.0)
+    more = t.received(0, [_msg(i) for i in range(3, 6)], 0.0)[0]
     decisions = [t.finish(j, None, None, 0.0)[1] for j in more]
     assert decisions == [True, False, True]  # the third reaches batch_size
     assert t.flush_in(0.0) == 0.0
@@ -487,7 +487,7 @@ def test_tracker_slots_flush_by_count_and_unstarted_release() -> None:
 
 def test_tracker_heartbeat_extends_leases_at_half_the_timeout() -> None:
     t = Ledger(_settings(), [10.0], [None])
-    (job,) = t.received(0, [_msg(1)], 100.0)
+    (job,) = t.received(0, [_msg(1)], 100.0)[0]
     assert t.heartbeat_in(100.0) == pytest.approx(5.0)
     assert t.heartbeat(104.0) == []
     assert t.heartbeat(105.0) == [(0, ["1.1"])]
