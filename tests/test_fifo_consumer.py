@@ -7,6 +7,7 @@ the decisions (``HeldGroups``, ``Ledger``, ``Control``) without a server.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from collections import Counter
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rqueue
 from rqueue._consumer.control import Control, Wakes
@@ -465,3 +468,100 @@ def test_a_queue_that_is_not_fifo_holds_plain_jobs_as_before() -> None:
     jobs, used, stale = ledger.received(0, [_gmsg(1, "A"), _gmsg(2, "A")], 0.0)
     assert [type(j).__name__ for j in jobs] == ["Job", "Job"] and (used, stale) == (2, [])
     assert Ledger(settings, [30.0], [None]).groups is None
+
+
+class _Sim:
+    """A FIFO queue as the consumer sees it, for driving ``Control`` without a server: groups
+    of numbered messages; a receive hands out consecutive messages of groups nothing of which
+    is in flight (or, for a lease that ended, again what the consumer holds of a group)."""
+
+    def __init__(self, groups: int) -> None:
+        self.next = dict.fromkeys((f"g{i}" for i in range(groups)), 0)  # group -> its first undeleted
+        self.out: dict[str, list[rqueue.Message]] = {}  # group -> in flight (latest delivery)
+        self.token = 0
+        self.ids = itertools.count(1)
+        self.number: dict[str, int] = {}
+
+    def deliver(self, group: str, k: int) -> list[rqueue.Message]:
+        self.token += 1
+        first = self.next[group]
+        msgs = [_gmsg(10_000 * (int(group[1:]) + 1) + first + i, group, self.token) for i in range(k)]
+        self.out[group] = msgs
+        return msgs
+
+
+def _check(ctl: Control, concurrency: int) -> None:
+    book = ctl.ledger
+    assert book.groups is not None
+    lines = book.groups.lines
+    held = {id(j) for line in lines.values() for j in line}
+    assert held == {id(j) for j in book.jobs.values()}, "every held job is in a line, and only those"
+    assert book.free + len(lines) == concurrency, (book.free, len(lines))
+    for line in lines.values():
+        assert line and all(not j.started for j in list(line)[1:]), "only the first of a line may have started"
+        ids = [int(j.message.id) for j in line]
+        assert ids == sorted(ids), "a line holds its group in order"
+    firsts = {id(line[0]) for line in lines.values()}
+    for j in ctl.work:
+        assert id(j) in firsts and not j.started, "only the first of a line waits for a worker"
+
+
+def _finish(ctl: Control, sim: _Sim, job: GroupJob, kind: str, done: dict[str, list[int]]) -> None:
+    g = str(job.message.group)
+    error = None if kind == "ok" else ValueError("x") if kind == "fail" else rqueue.Reject("r")
+    ctl.finished(job, None, error, 0.0)
+    current = g in sim.out and job.message.receipt in {m.receipt for m in sim.out[g]}  # else stale
+    if kind == "ok":
+        done.setdefault(g, []).append(int(job.message.id))
+        if current:
+            sim.next[g] += 1
+            if sim.out[g][-1].receipt == job.message.receipt:
+                del sim.out[g]
+    else:  # retried (it comes back first) or dead-lettered; the rest of its line given back
+        sim.out.pop(g, None)
+        if kind == "reject" and current:
+            sim.next[g] += 1
+
+
+@settings(max_examples=500, derandomize=True, database=None, deadline=None)
+@given(st.data())
+def test_the_decisions_keep_slots_lines_and_order_under_random_receives_finishes_and_stops(data: Any) -> None:
+    concurrency = data.draw(st.integers(1, 5), "concurrency")
+    ctl = _fifo_control(concurrency=concurrency, batch_size=data.draw(st.integers(1, 6), "batch"))
+    sim = _Sim(groups=4)
+    running: list[GroupJob] = []
+    done: dict[str, list[int]] = {}  # group -> ids that finished ok, in order
+    steps = ["receive"] * 3 + ["take"] * 4 + ["finish"] * 4 + ["stale", "stop"]
+    for _ in range(data.draw(st.integers(5, 60), "steps")):
+        step = data.draw(st.sampled_from(steps), "step")
+        if step == "receive" and not ctl.life.halted:
+            n, _flush = ctl.go(0)
+            ctl.receive_ended()
+            msgs: list[rqueue.Message] = []
+            for g in data.draw(st.permutations(sorted(sim.next)), "order"):
+                if len(msgs) < n and g not in sim.out:
+                    msgs += sim.deliver(g, data.draw(st.integers(1, n - len(msgs)), "k"))
+            ctl.arrived(0, n, (msgs, -1, None), 0.0)
+        elif step == "stale" and sim.out and not ctl.life.halted:
+            g = data.draw(st.sampled_from(sorted(sim.out)), "stale group")  # its lease ended: again
+            n, _flush = ctl.go(0)
+            ctl.receive_ended()
+            ctl.arrived(0, n, (sim.deliver(g, min(n, len(sim.out[g])) or 1), -1, None), 0.0)
+        elif step == "take" and (job := ctl.take()) is not None:
+            assert isinstance(job, GroupJob)
+            assert all(r.message.group != job.message.group for r in running), "two of a group at once"
+            job_group = str(job.message.group)
+            assert int(job.message.id) == 10_000 * (int(job_group[1:]) + 1) + sim.next[job_group], "out of order"
+            running.append(job)
+        elif step == "finish" and running:
+            job = running.pop(data.draw(st.integers(0, len(running) - 1), "which"))
+            _finish(ctl, sim, job, data.draw(st.sampled_from(["ok", "ok", "fail", "reject"]), "outcome"), done)
+        elif step == "stop" and not ctl.life.halted:
+            ctl.life.request_stop(outside=True)
+            flush = ctl.release()
+            for g, msgs in list(sim.out.items()):
+                if any(m.receipt in flush.releases.get(0, []) for m in msgs):
+                    del sim.out[g]  # what is not running went back (sim: the group is free once it finishes)
+        _check(ctl, concurrency)
+    for g, ids in done.items():
+        assert ids == sorted(ids), f"group {g} finished out of order: {ids}"
