@@ -258,6 +258,32 @@ def test_held_messages_keep_their_lease_behind_a_handler_longer_than_the_visibil
     assert q.stats().received_total == 3
 
 
+def test_when_held_leases_end_anyway_the_group_comes_again_and_waits_for_the_old_run(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No heartbeat reaches the server (as when it cannot be sent in time): a1 outlives the lease
+    of everything held, the consumer receives group A again, drops its stale a2 and a3 unrun,
+    and runs the new delivery only after a1 has returned."""
+    monkeypatch.setattr(Control, "heartbeat_calls", lambda self, due: [])
+    q = h.client.create_queue("fifo", fifo=True, visibility_timeout=0.5)  # a lease of 1 s (the floor)
+    q.send_batch(["a1", "a2", "a3"], group="A")
+    rec = Recorder()
+    runs: list[tuple[str, int]] = []
+
+    def handler(m: rqueue.Message) -> None:
+        rec.start("A", m.body)
+        runs.append((m.body, m.receive_count))
+        if m.receive_count == 1 and m.body == "a1":
+            until(lambda: q.stats().received_total == 6, what="group A received again")
+        rec.end("A")
+
+    h.consume("fifo", handler, concurrency=4, batch_size=10, blocking=True)
+    until(lambda: deleted(q, 3), what="3 acks")
+    assert rec.overlaps == []
+    assert runs == [("a1", 1), ("a1", 2), ("a2", 2), ("a3", 2)]
+    assert "2 held message(s) of FIFO queue 'fifo' lost their lease before they ran" in caplog.text
+
+
 def test_many_groups_with_concurrency_one_run_one_message_at_a_time_in_order(h: Harness) -> None:
     q = h.client.create_queue("fifo", fifo=True, visibility_timeout=30)
     groups = [f"g{i}" for i in range(15)]
@@ -275,6 +301,76 @@ def test_many_groups_with_concurrency_one_run_one_message_at_a_time_in_order(h: 
     ran = rec.runs["all"]
     assert sorted(ran) == sorted((g, n) for g in groups for n in range(3))
     assert all([n for g2, n in ran if g2 == g] == [0, 1, 2] for g in groups)
+
+
+def test_two_consumers_with_failing_handlers_one_stopped_mid_way_keep_every_group_in_order(h: Harness) -> None:
+    """Two consumers share a FIFO queue; some first attempts fail, some messages are rejected,
+    and the first consumer stops while the second goes on. Across both, a group never runs two
+    at once, finishes in send order (rejected ones in their place), and nothing is lost."""
+    q = h.client.create_queue("fifo", fifo=True, visibility_timeout=30)
+    groups, per_group = 8, 12
+    for n in range(per_group):
+        q.send_batch([{"g": g, "n": n} for g in range(groups)], group=[f"g{g}" for g in range(groups)])
+    rec = Recorder()
+    finished: dict[int, list[Any]] = {g: [] for g in range(groups)}
+    attempts: Counter[tuple[int, int]] = Counter()
+
+    def handler(body: dict[str, int]) -> None:
+        g, n = body["g"], body["n"]
+        rec.start(str(g), n)
+        with rec.lock:
+            attempts[g, n] += 1
+            flaky = (g * 7 + n) % 5 == 0 and attempts[g, n] == 1
+            rejected = (g * 3 + n) % 11 == 0
+        time.sleep(0.001)
+        with rec.lock:
+            if rejected or not flaky:
+                finished[g].append(("rejected", n) if rejected else n)
+        rec.end(str(g))
+        if rejected:
+            raise rqueue.Reject("no")
+        if flaky:
+            raise ValueError("flaky")
+
+    opts: dict[str, Any] = {"concurrency": 3, "batch_size": 5, "retry_base": 0.01, "retry_cap": 0.05}
+    h.consume("fifo", handler, blocking=True, **opts)
+    stop_first = h._stops.pop()
+    h.consume("fifo", handler, blocking=True, **opts)
+    until(lambda: q.stats().deleted_total >= groups * per_group // 3, what="a third done")
+    stop_first()
+    total = groups * per_group
+    rejected = sum(1 for g in range(groups) for n in range(per_group) if (g * 3 + n) % 11 == 0)
+    until(lambda: deleted(q, total - rejected) and q.stats().dead == rejected, timeout=60, what="all done")
+    assert rec.overlaps == []
+    for g in range(groups):
+        assert finished[g] == [("rejected", n) if (g * 3 + n) % 11 == 0 else n for n in range(per_group)], g
+
+
+def test_one_consumer_of_a_fifo_queue_a_standard_queue_and_a_dead_letter_queue(h: Harness) -> None:
+    """Only the FIFO queue's messages wait for their group; its dead letters keep their group
+    (for redrive) but the dead-letter queue is not FIFO: they run as any message does."""
+    f = h.client.create_queue("fifo", fifo=True, visibility_timeout=30)
+    p = h.client.create_queue("plain", visibility_timeout=30)
+    f.send_batch([f"a{i}" for i in range(5)], group="A")
+    p.send_batch([f"p{i}" for i in range(5)])
+    dead = f.receive(10)
+    f.send_batch([f"a{i}" for i in range(5, 10)], group="A")
+    assert f.reject_batch([m.receipt for m in dead], "to the dead-letter queue") == [True] * 5
+    barrier = threading.Barrier(2, timeout=30)
+    seen: list[tuple[str, str | None]] = []
+    lock = threading.Lock()
+
+    def handler(m: rqueue.Message) -> None:
+        if m.body in ("a0", "a1"):  # two dead letters of one group, side by side
+            barrier.wait()
+        with lock:
+            seen.append((m.body, m.group))
+
+    h.consume(["fifo", "plain", f.dead_letter_queue.name], handler, concurrency=4, batch_size=10, blocking=True)
+    until(lambda: len(seen) == 15, what="15 messages")
+    assert [b for b, g in seen if b[0] == "a" and int(b[1:]) >= 5] == [f"a{i}" for i in range(5, 10)]
+    assert sorted(b for b, g in seen if g is None) == [f"p{i}" for i in range(5)]
+    assert sorted(b for b, g in seen if b[0] == "a" and int(b[1:]) < 5) == [f"a{i}" for i in range(5)]
 
 
 # ---------------------------------------------------------------- routers and typed handlers
