@@ -29,7 +29,9 @@ ARGV[1..2n] id, token pairs taken from the receipts
 
 Only a message still in flight by that receipt goes back: once its lease
 ended and a receive put it back (or it was given back already), the receipt
-is stale.
+is stale. Afterwards the receipt is stale for change_visibility; delete by it
+still works while the message waits, as after a lease that ended, unless the
+receive given back was its first (its header no longer names the token).
 Reply: one integer per receipt: 1 given back, 0 stale or unknown receipt.
 Errors: RQ_NOQUEUE; RQ_BADARG (also: not a FIFO queue).
 ]]

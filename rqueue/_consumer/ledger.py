@@ -119,10 +119,10 @@ class Ledger:
         """Record a handler's outcome; free its slot; queue the ack, retry or dead letter."""
         self.jobs.pop((job.queue, job.message.receipt), None)
         after: Job | None = None
-        if isinstance(job, GroupJob):
-            after = self._group_goes_on(job, error is None)
-        else:
+        if self.groups is None or not isinstance(job, GroupJob):
             self.free += 1
+        else:
+            after = self._group_goes_on(job, error is None)
         outcome: Outcome
         if error is None:
             self.pending.deletes.setdefault(job.queue, []).append((job.message.receipt, reply))
