@@ -227,8 +227,9 @@ class Control:
         book.unreserve(n - used)
         if used < n and len(self.keys) > 1:
             self.wakes.slots()  # slots this receiver did not fill
-        if stale:  # held FIFO messages whose group came again: not to be run
-            self.work = collections.deque(j for j in self.work if j not in stale)
+        for j in stale:  # held FIFO messages whose group came again: not to be run
+            if j in self.work:
+                self.work.remove(j)
         self.work.extend(jobs)
         self.wakes.jobs()
         soon = book.heartbeat_in(now) or 0.0  # jobs are held: never None
