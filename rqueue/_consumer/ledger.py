@@ -116,7 +116,8 @@ class Ledger:
     # -- outcomes
 
     def finish(self, job: Job, reply: Any, error: BaseException | None, now: float) -> Decision:
-        """Record a handler's outcome; free its slot; queue the ack, retry or dead letter."""
+        """Record a handler's outcome; free its slot (FIFO: its group's, when its line ends); queue the
+        ack, retry or dead letter."""
         self.jobs.pop((job.queue, job.message.receipt), None)
         after: Job | None = None
         if self.groups is None or not isinstance(job, GroupJob):
