@@ -11,7 +11,6 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,23 +24,10 @@ from rqueue._consumer.groups import HeldGroups
 from rqueue._consumer.jobs import GroupJob
 from rqueue._consumer.ledger import Ledger
 from rqueue._consumer.lifecycle import Cause, Lifecycle, Outage
-from rqueue._protocol.keys import QueueKeys, prefix_pattern
+from rqueue._protocol.keys import QueueKeys
 
-from .conftest import raw_client
-from .test_consumer import Harness, until
-
-
-@pytest.fixture(params=["sync", "async"])
-def h(request: pytest.FixtureRequest, backend_url: str, prefix: str) -> Iterator[Harness]:
-    """A harness on every backend (standalone, Cluster, Sentinel) x sync/asyncio."""
-    loop = request.getfixturevalue("loop_thread") if request.param == "async" else None
-    harness = Harness(request.param, backend_url, prefix, loop)
-    yield harness
-    harness.close()
-    r = raw_client(backend_url)
-    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
-        r.unlink(key)
-    r.close()
+from .conftest import Harness
+from .test_consumer import until
 
 
 class Recorder:
