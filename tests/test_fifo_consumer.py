@@ -647,3 +647,19 @@ def test_the_decisions_keep_slots_lines_and_order_under_random_receives_finishes
         _check(ctl, concurrency)
     for g, ids in done.items():
         assert ids == sorted(ids), f"group {g} finished out of order: {ids}"
+
+
+def test_prometheus_counts_released_messages_without_a_processing_time() -> None:
+    import prometheus_client
+
+    registry = prometheus_client.CollectorRegistry()
+    hook = rqueue.PrometheusHook(registry)
+    hook(rqueue.HandlerResult("q", "mod.handler", "retried", 0.25, "1", ValueError("x")))
+    hook(rqueue.HandlerResult("q", "", "released", 0.0, "2", None))
+    samples = {
+        (s.name, s.labels.get("outcome"), s.labels["handler"]): s.value for m in registry.collect() for s in m.samples
+    }
+    assert samples["rqueue_messages_total", "released", ""] == 1
+    assert samples["rqueue_messages_total", "retried", "mod.handler"] == 1
+    assert samples["rqueue_processing_seconds_count", None, "mod.handler"] == 1
+    assert ("rqueue_processing_seconds_count", None, "") not in samples
