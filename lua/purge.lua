@@ -16,4 +16,5 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local n = redis.call('HLEN', KEYS[2])
 redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+redis.call('HDEL', KEYS[1], 'fdl') -- a FIFO queue's last delayed message (send.lua) is gone too
 return n

@@ -22,7 +22,10 @@ Every size is checked against max_size before anything is written.
 Reply: {last, sent_at}; the batch's ids are id_of(last-n+1) .. id_of(last)
 (see _prelude.lua).
 A FIFO queue's message waits in gm behind the earlier ones of its group (or
-in vis while its delay runs; receive.lua moves it to gm then).
+in vis while its delay runs; receive.lua moves it to gm then). No FIFO message
+becomes visible before one sent earlier: after the queue's delay was lowered,
+one sent under the longer delay may still wait, so a send waits at least until
+the last delayed message is due (meta 'fdl', kept while one may be delayed).
 Errors: RQ_NOQUEUE; RQ_NOTFIFO ('g' on a standard queue); RQ_NEEDGROUP (no 'g'
         on a FIFO queue); RQ_TOOLARGE <index> <size> <max_size> (index from 0);
         RQ_BADDELAY <delay> <retention> when the delay exceeds the retention;
@@ -41,7 +44,7 @@ if n < 1 or n % 1 ~= 0 then
   return bad_arg('bodies', fifo and '1 or more group, message pairs' or '1 or more messages')
 end
 
-local cfg = redis.call('HMGET', meta_key, 'max_size', 'delay', 'retention', 'fifo')
+local cfg = redis.call('HMGET', meta_key, 'max_size', 'delay', 'retention', 'fifo', 'fdl')
 if not cfg[1] then
   return redis.error_reply('RQ_NOQUEUE')
 end
@@ -79,14 +82,23 @@ end
 local last = redis.call('INCRBY', seq_key, n)
 if fifo then
   local gm_key, gr_key, gf_key = KEYS[6], KEYS[7], KEYS[8]
-  local state = delay > 0 and string.format('D%d', visible_at) or 'G'
+  -- nothing overtakes a message still waiting for a longer delay (see above)
+  local floor = tonumber(cfg[5] or '')
+  if floor and floor > visible_at then visible_at = floor end
+  local delayed = visible_at > now
+  if delayed then
+    redis.call('HSET', meta_key, 'fdl', visible_at)
+  elseif floor then
+    redis.call('HDEL', meta_key, 'fdl')
+  end
+  local state = delayed and string.format('D%d', visible_at) or 'G'
   local stamp = string.format('%013d', now) .. flag
   local h, z, heads = {}, {}, {}
   for i = 1, n do
     local id, g = id_of(last - n + i), ARGV[1 + 2 * i]
     h[2 * i - 1] = id
     h[2 * i] = state .. fifo_tail(g) .. stamp .. ARGV[2 + 2 * i]
-    if delay > 0 then
+    if delayed then
       z[2 * i - 1] = visible_at
       z[2 * i] = id
     else
@@ -96,7 +108,7 @@ if fifo then
     end
   end
   redis.call('HSET', msgs_key, unpack(h))
-  redis.call('ZADD', delay > 0 and vis_key or gm_key, unpack(z))
+  redis.call('ZADD', delayed and vis_key or gm_key, unpack(z))
   -- A group with nothing in flight is ready; one already ready keeps its
   -- (older) head.
   for g, number in pairs(heads) do

@@ -89,6 +89,22 @@ def test_unreceive_refuses_a_queue_that_is_not_fifo(client: Any) -> None:
     assert q.stats().in_flight == 1
 
 
+def test_lowering_the_delay_never_lets_a_later_message_overtake_a_delayed_one_of_its_group(client: Any) -> None:
+    """Found while building the FIFO consumer: with the queue's delay lowered, a2 (sent after)
+    went straight to its group's line while a1 still waited for the old delay, and was handed
+    out first. Now a send waits until the last delayed message is due (every group: the queue
+    does not know which groups have one)."""
+    q = client.create_queue("f", fifo=True, delay=0.3)
+    q.send("a1", group="A")
+    q.set_attributes(delay=0)
+    q.send_batch(["a2", "b1"], group=["A", "B"])
+    assert q.receive(10) == []
+    assert q.stats().delayed == 3
+    assert [(m.body, m.receive_count) for m in q.receive(10, wait_time=5)] == [("a1", 1), ("a2", 1), ("b1", 1)]
+    q.send("a3", group="A")  # the old delay has passed: nothing waits any more
+    assert q.stats().delayed == 0
+
+
 # ---------------------------------------------------------------- the model
 
 

@@ -356,6 +356,8 @@ def _check_meta(key: str, h: dict[bytes, bytes]) -> None:
             assert h[f] == b"1", f"{key} paused = {h[f]!r}"
         elif f == b"v":  # the storage layout
             assert h[f] == b"2", f"{key} v = {h[f]!r}"
+        elif f == b"fdl":  # a FIFO queue: when its last delayed message is due (send.lua)
+            num(f, 0, 10**14)
         elif f == b"tok":  # receipt tokens: from the clock in microseconds at creation, up
             assert re.fullmatch(rb"[1-9][0-9]{0,17}", h[f]), f"{key} tok = {h[f]!r}"
         elif f in (b"dw", b"fifo", b"cbd", b"rl", b"mif"):  # attributes of SPEC 10, absent when off
