@@ -1,11 +1,14 @@
 """Consumer benchmark: drain throughput of a no-op handler, and send -> handler latency.
 
     python benchmarks/consumer_bench.py [--n 50000] [--url redis://...]   # default: a throwaway embedded server
+    python benchmarks/consumer_bench.py --fifo-groups 100                 # also drain a FIFO queue
 
 One process. Drain: pre-fill a queue with N ~240-byte JSON bodies (``payload(i)``
 of ../shared/bench-limit/minimal_lua.py), then time a consumer (threads, then
-asyncio) from start until every message is acknowledged. Latency: an idle
-consumer; send one message at a time and measure send -> handler start.
+asyncio) from start until every message is acknowledged. With ``--fifo-groups G``
+the same again on a FIFO queue whose messages go round-robin to G groups.
+Latency: an idle consumer; send one message at a time and measure send ->
+handler start.
 """
 
 from __future__ import annotations
@@ -24,16 +27,17 @@ import rqueue.asyncio as rqa
 from rqueue._transport.embedded import ServerProcess
 
 
-def fill(q: rqueue.Queue, n: int) -> None:
+def fill(q: rqueue.Queue, n: int, groups: int = 0) -> None:
     for i in range(0, n, 1000):
-        q.send_batch([payload(j) for j in range(i, min(n, i + 1000))])
+        js = range(i, min(n, i + 1000))
+        q.send_batch([payload(j) for j in js], group=[f"g{j % groups}" for j in js] if groups else None)
 
 
-def drain_sync(url: str, n: int, concurrency: int, batch: int) -> float:
+def drain_sync(url: str, n: int, concurrency: int, batch: int, groups: int = 0) -> float:
     with rqueue.connect(url, prefix="bench") as c:
-        q = c.create_queue("drain", visibility_timeout=60)
+        q = c.create_queue("drain" + "-fifo" * bool(groups), visibility_timeout=60, fifo=bool(groups))
         q.purge()
-        fill(q, n)
+        fill(q, n, groups)
         count = [0]
         done = threading.Event()
         lock = threading.Lock()
@@ -51,15 +55,15 @@ def drain_sync(url: str, n: int, concurrency: int, batch: int) -> float:
         consumer.stop()
         elapsed = time.perf_counter() - t0
         assert q.stats().deleted_total >= n
-        c.delete_queue("drain")
+        c.delete_queue(q.name)
         return n / elapsed
 
 
-async def drain_async(url: str, n: int, concurrency: int, batch: int) -> float:
+async def drain_async(url: str, n: int, concurrency: int, batch: int, groups: int = 0) -> float:
     sync = rqueue.connect(url, prefix="bench")
-    q = sync.create_queue("adrain", visibility_timeout=60)
+    q = sync.create_queue("adrain" + "-fifo" * bool(groups), visibility_timeout=60, fifo=bool(groups))
     q.purge()
-    fill(q, n)
+    fill(q, n, groups)
     client = await rqa.connect(url, prefix="bench")
     count = 0
     done = asyncio.Event()
@@ -70,14 +74,14 @@ async def drain_async(url: str, n: int, concurrency: int, batch: int) -> float:
         if count == n:
             done.set()
 
-    consumer = rqa.Consumer(client.queue("adrain"), handler, concurrency=concurrency, batch_size=batch)
+    consumer = rqa.Consumer(client.queue(q.name), handler, concurrency=concurrency, batch_size=batch)
     t0 = time.perf_counter()
     await consumer.start()
     await done.wait()
     await consumer.stop()
     elapsed = time.perf_counter() - t0
     assert q.stats().deleted_total >= n
-    sync.delete_queue("adrain")
+    sync.delete_queue(q.name)
     sync.close()
     await client.aclose()
     return n / elapsed
@@ -147,6 +151,7 @@ def main() -> None:
     # concurrency >= 2 x batch_size lets a receiver fetch the next batch while the last one runs.
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--fifo-groups", type=int, default=0, help="also drain a FIFO queue with this many groups")
     a = p.parse_args()
     server = None if a.url else ServerProcess().start()
     url = a.url or server.url  # type: ignore[union-attr]
@@ -155,6 +160,10 @@ def main() -> None:
             t = drain_sync(url, a.n, a.concurrency, a.batch_size)
             at = asyncio.run(drain_async(url, a.n, a.concurrency, a.batch_size))
             print(f"rep {rep + 1}: drain threads {t:,.0f} msgs/s   asyncio {at:,.0f} msgs/s", flush=True)
+            if a.fifo_groups:
+                ft = drain_sync(url, a.n, a.concurrency, a.batch_size, a.fifo_groups)
+                fat = asyncio.run(drain_async(url, a.n, a.concurrency, a.batch_size, a.fifo_groups))
+                print(f"       FIFO, {a.fifo_groups} groups: threads {ft:,.0f} msgs/s   asyncio {fat:,.0f} msgs/s")
         if a.latency:
             p50, p99 = latency_sync(url, a.latency)
             print(f"latency threads: p50 {p50:.2f} ms  p99 {p99:.2f} ms")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -186,3 +187,86 @@ def server_ms(r: Any) -> int:
     """The server's clock in ms, as the scripts read it."""
     t = r.time()
     return int(t[0]) * 1000 + int(t[1]) // 1000
+
+
+# ---------------------------------------------------------------- consumers
+
+
+def as_async(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The same handler as a coroutine function (same annotations), run on the loop."""
+
+    @functools.wraps(fn)
+    async def wrapper(arg: Any) -> Any:
+        return fn(arg)
+
+    return wrapper
+
+
+class Harness:
+    """Start a sync or asyncio consumer in the background; stop it; inspect with a sync client."""
+
+    def __init__(self, mode: str, url: str, prefix: str, loop: LoopThread | None) -> None:
+        self.mode, self.url, self.prefix, self.loop = mode, url, prefix, loop
+        self.client = rqueue.connect(url, prefix=prefix)
+        self._stops: list[Callable[[], None]] = []
+
+    def consume(self, names: str | list[str], handler: Any, *, blocking: bool = False, **opts: Any) -> Any:
+        names = [names] if isinstance(names, str) else names
+        if self.mode == "sync":
+            c = rqueue.Consumer([self.client.queue(n) for n in names], handler, **opts)
+            c.start()
+            self._stops.append(c.stop)
+            return c
+        assert self.loop is not None
+        loop = self.loop
+        if isinstance(handler, rqueue.Router):
+            ahandler: Any = rqueue.Router(
+                {k: as_async(h.fn) for k, h in handler._routes.items()}, attribute=handler.attribute
+            )
+        elif blocking:
+
+            @functools.wraps(handler)
+            async def ahandler(arg: Any) -> Any:
+                import asyncio
+
+                return await asyncio.to_thread(handler, arg)
+        else:
+            ahandler = as_async(handler)
+
+        async def make() -> Any:
+            ac = await rqa.connect(self.url, prefix=self.prefix)
+            c = rqa.Consumer([ac.queue(n) for n in names], ahandler, **opts)
+            await c.start()
+            return ac, c
+
+        ac, c = loop.run(make())
+
+        def stop() -> None:
+            async def go() -> None:
+                await c.stop()
+                await ac.aclose()
+
+            loop.run(go())
+
+        self._stops.append(stop)
+        return c
+
+    def stop_all(self) -> None:
+        while self._stops:
+            self._stops.pop()()
+
+    def close(self) -> None:
+        self.stop_all()
+        self.client.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def h(request: pytest.FixtureRequest, backend_url: str, prefix: str) -> Iterator[Harness]:
+    """A harness on every backend (standalone, Cluster, Sentinel) x sync/asyncio."""
+    loop = request.getfixturevalue("loop_thread") if request.param == "async" else None
+    harness = Harness(request.param, backend_url, prefix, loop)
+    yield harness
+    harness.close()
+    r = raw_client(backend_url)
+    drop_keys(r, prefix)
+    r.close()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pydantic
@@ -20,7 +19,7 @@ from rqueue._consumer.ledger import Ledger
 from rqueue._protocol.keys import prefix_pattern
 
 from .bridge import LoopThread
-from .conftest import names_on_every_node, raw_client
+from .conftest import Harness, as_async, names_on_every_node, raw_client
 
 
 def until(cond: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
@@ -30,87 +29,6 @@ def until(cond: Callable[[], bool], timeout: float = 30, what: str = "condition"
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
-
-
-def as_async(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The same handler as a coroutine function (same annotations), run on the loop."""
-
-    @functools.wraps(fn)
-    async def wrapper(arg: Any) -> Any:
-        return fn(arg)
-
-    return wrapper
-
-
-class Harness:
-    """Start a sync or asyncio consumer in the background; stop it; inspect with a sync client."""
-
-    def __init__(self, mode: str, url: str, prefix: str, loop: LoopThread | None) -> None:
-        self.mode, self.url, self.prefix, self.loop = mode, url, prefix, loop
-        self.client = rqueue.connect(url, prefix=prefix)
-        self._stops: list[Callable[[], None]] = []
-
-    def consume(self, names: str | list[str], handler: Any, *, blocking: bool = False, **opts: Any) -> Any:
-        names = [names] if isinstance(names, str) else names
-        if self.mode == "sync":
-            c = rqueue.Consumer([self.client.queue(n) for n in names], handler, **opts)
-            c.start()
-            self._stops.append(c.stop)
-            return c
-        assert self.loop is not None
-        loop = self.loop
-        if isinstance(handler, rqueue.Router):
-            ahandler: Any = rqueue.Router(
-                {k: as_async(h.fn) for k, h in handler._routes.items()}, attribute=handler.attribute
-            )
-        elif blocking:
-
-            @functools.wraps(handler)
-            async def ahandler(arg: Any) -> Any:
-                import asyncio
-
-                return await asyncio.to_thread(handler, arg)
-        else:
-            ahandler = as_async(handler)
-
-        async def make() -> Any:
-            ac = await rqa.connect(self.url, prefix=self.prefix)
-            c = rqa.Consumer([ac.queue(n) for n in names], ahandler, **opts)
-            await c.start()
-            return ac, c
-
-        ac, c = loop.run(make())
-
-        def stop() -> None:
-            async def go() -> None:
-                await c.stop()
-                await ac.aclose()
-
-            loop.run(go())
-
-        self._stops.append(stop)
-        return c
-
-    def stop_all(self) -> None:
-        while self._stops:
-            self._stops.pop()()
-
-    def close(self) -> None:
-        self.stop_all()
-        self.client.close()
-
-
-@pytest.fixture(params=["sync", "async"])
-def h(request: pytest.FixtureRequest, backend_url: str, prefix: str) -> Iterator[Harness]:
-    """A harness on every backend (standalone, Cluster, Sentinel) x sync/asyncio."""
-    loop = request.getfixturevalue("loop_thread") if request.param == "async" else None
-    harness = Harness(request.param, backend_url, prefix, loop)
-    yield harness
-    harness.close()
-    r = raw_client(backend_url)
-    for key in list(r.scan_iter(match=prefix_pattern(prefix), count=1000)):
-        r.unlink(key)
-    r.close()
 
 
 def empty(q: rqueue.Queue) -> bool:
@@ -469,7 +387,7 @@ def _msg(i: int, rc: int = 1) -> rqueue.Message:
 def test_tracker_slots_flush_by_count_and_unstarted_release() -> None:
     t = Ledger(_settings(), [30.0], [None])
     assert t.reserve() == 3 and t.free == 1
-    jobs = t.received(0, [_msg(1), _msg(2)], 0.0)
+    jobs = t.received(0, [_msg(1), _msg(2)], 0.0)[0]
     t.unreserve(1)
     assert t.free == 2
     jobs[0].started = True
@@ -479,7 +397,7 @@ def test_tracker_slots_flush_by_count_and_unstarted_release() -> None:
     assert release.releases == {0: ["2.2"]} and t.free == 4 and not t.jobs
     flush = t.take()
     assert flush.deletes == {0: [("1.1", "r")]} and t.flush_in(0.0) is None
-    more = t.received(0, [_msg(i) for i in range(3, 6)], 0.0)
+    more = t.received(0, [_msg(i) for i in range(3, 6)], 0.0)[0]
     decisions = [t.finish(j, None, None, 0.0)[1] for j in more]
     assert decisions == [True, False, True]  # the third reaches batch_size
     assert t.flush_in(0.0) == 0.0
@@ -487,7 +405,7 @@ def test_tracker_slots_flush_by_count_and_unstarted_release() -> None:
 
 def test_tracker_heartbeat_extends_leases_at_half_the_timeout() -> None:
     t = Ledger(_settings(), [10.0], [None])
-    (job,) = t.received(0, [_msg(1)], 100.0)
+    (job,) = t.received(0, [_msg(1)], 100.0)[0]
     assert t.heartbeat_in(100.0) == pytest.approx(5.0)
     assert t.heartbeat(104.0) == []
     assert t.heartbeat(105.0) == [(0, ["1.1"])]

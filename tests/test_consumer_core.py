@@ -228,7 +228,7 @@ def test_a_receiver_gathers_free_slots_for_a_batch_then_goes() -> None:
 
 def test_a_receiver_with_a_batch_of_acks_waiting_goes_without_gathering() -> None:
     ctl, _ = _control(concurrency=4, batch_size=2)
-    jobs = ctl.ledger.received(0, [_msg(1), _msg(2)], 0.0)
+    jobs = ctl.ledger.received(0, [_msg(1), _msg(2)], 0.0)[0]
     ctl.ledger.free = 2  # 2 busy (the jobs)
     ctl.ledger.want = 6  # more than can ever be free: only the acks can make it go
     assert ctl.admit(0, False, 0.0, None)[0] is Gate.GATHER
@@ -306,7 +306,7 @@ def test_a_failed_receive_backs_off_and_logs_once_per_outage(caplog: pytest.LogC
 def test_a_finished_handler_wakes_receivers_only_when_they_can_act() -> None:
     ctl, woken = _control(concurrency=4, batch_size=4)  # want = 2
     ctl.go(0)
-    jobs = ctl.ledger.received(0, [_msg(i) for i in range(4)], 0.0)
+    jobs = ctl.ledger.received(0, [_msg(i) for i in range(4)], 0.0)[0]
     ctl.ledger.receiving = 0
     ctl.maint_wake_at = float("inf")
     outcomes = []
@@ -324,7 +324,7 @@ def test_a_finished_handler_wakes_receivers_only_when_they_can_act() -> None:
 def test_a_failing_handler_is_retried_then_dead_lettered() -> None:
     ctl, _ = _control(mrc=2)
     ctl.go(0)
-    first, last = ctl.ledger.received(0, [_msg(1, rc=1), _msg(2, rc=2)], 0.0)
+    first, last = ctl.ledger.received(0, [_msg(1, rc=1), _msg(2, rc=2)], 0.0)[0]
     assert ctl.finished(first, None, ValueError("x"), 0.0) == "retried"
     assert ctl.finished(last, None, ValueError("x"), 0.0) == "dead_lettered"
     flush = ctl.ledger.take()
@@ -356,7 +356,7 @@ def test_the_maintainer_flushes_when_due_and_extends_leases_at_half_time() -> No
     ctl, woken = _control(stall=0.005)
     assert ctl.chores(0.0) is None and ctl.maint_wake_at == float("inf")
     ctl.go(0)
-    (job,) = ctl.ledger.received(0, [_msg(1)], 0.0)
+    (job,) = ctl.ledger.received(0, [_msg(1)], 0.0)[0]
     assert ctl.chores(0.0) == 15.0
     woken.stall = True
     assert ctl.chores(0.0) == 0.005 and ctl.maint_wake_at == 0.005  # jobs wait for a worker
@@ -391,7 +391,7 @@ def test_the_shutdown_waits_for_running_jobs_until_done_aborted_or_late(caplog: 
 def test_the_receive_program_carries_acks_with_the_receive_then_waits_for_slots() -> None:
     ctl, _ = _control(concurrency=2, batch_size=2)
     ctl.go(0)
-    (job,) = ctl.ledger.received(0, [_msg(9)], 0.0)
+    (job,) = ctl.ledger.received(0, [_msg(9)], 0.0)[0]
     ctl.ledger.receiving = 0
     ctl.ledger.unreserve(1)
     ctl.finished(job, "reply", None, 0.0)
@@ -424,7 +424,7 @@ def test_the_receive_program_backs_off_when_the_server_is_gone_and_long_polls_an
 def test_the_shutdown_program_releases_waits_joins_and_sends_the_rest_in_order() -> None:
     ctl, woken = _control()
     ctl.go(0)
-    running, unstarted = ctl.ledger.received(0, [_msg(1), _msg(2)], 0.0)
+    running, unstarted = ctl.ledger.received(0, [_msg(1), _msg(2)], 0.0)[0]
     ctl.ledger.receiving = 0
     ctl.work.extend([unstarted])
     running.started = True

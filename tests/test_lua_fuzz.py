@@ -184,6 +184,10 @@ def v_change_visibility(argv: Argv, keys: Sequence[str]) -> list[str]:
     return [] if _int(argv[0], 0, MS_12H) else ["seconds"]
 
 
+def v_unreceive(argv: Argv, keys: Sequence[str]) -> list[str]:
+    return [] if len(argv) >= 2 and len(argv) % 2 == 0 else ["arity"]
+
+
 def v_delete(argv: Argv, keys: Sequence[str]) -> list[str]:
     if len(argv) < 4:
         return ["arity"]
@@ -293,6 +297,7 @@ CONTRACT: dict[str, Callable[[Argv, Sequence[str]], list[str]]] = {
     "send": v_send,
     "receive": v_receive,
     "change_visibility": v_change_visibility,
+    "unreceive": v_unreceive,
     "delete": v_delete,
     "notify": v_notify,
     "peek": v_count,
@@ -323,6 +328,8 @@ def receipts_in(script: str, argv: Argv) -> int | None:
         return (len(argv) - 1) // 2
     if script == "reject":
         return (len(argv) - 3) // 3
+    if script == "unreceive":
+        return len(argv) // 2
     return None
 
 
@@ -359,6 +366,8 @@ def _check_meta(key: str, h: dict[bytes, bytes]) -> None:
             assert h[f] == b"1", f"{key} paused = {h[f]!r}"
         elif f == b"v":  # the storage layout
             assert h[f] == b"2", f"{key} v = {h[f]!r}"
+        elif f == b"fdl":  # a FIFO queue: when its last delayed message is due (send.lua)
+            num(f, 0, 10**14)
         elif f == b"tok":  # receipt tokens: from the clock in microseconds at creation, up
             assert re.fullmatch(rb"[1-9][0-9]{0,17}", h[f]), f"{key} tok = {h[f]!r}"
         elif f in (b"dw", b"fifo", b"cbd", b"rl", b"mif"):  # attributes of SPEC 10, absent when off
@@ -666,6 +675,7 @@ class World:
             Case("receive:fifo", _core.receive(fk, 10, None)),
             Case("delete:fifo", _core.delete(fk, [a1.receipt, b1.receipt, fifo_stale])),
             Case("change_visibility:fifo", _core.change_visibility(fk, [a1.receipt, b1.receipt], 0)),
+            Case("unreceive:fifo", _core.unreceive(fk, [a1.receipt, b1.receipt, fifo_stale])),
             Case("reject:fifo", _core.reject(fk, [b1.receipt, fifo_stale], "no")),
             Case("redrive:fifo", _core.redrive(fk)),
             Case("withdraw:fifo", _core.withdraw(fk, fifo_req, 1.0)),
@@ -1027,6 +1037,7 @@ CASES = [
     "receive:fifo",
     "delete:fifo",
     "change_visibility:fifo",
+    "unreceive:fifo",
     "reject:fifo",
     "redrive:fifo",
     "withdraw:fifo",

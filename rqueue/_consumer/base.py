@@ -13,7 +13,7 @@ from typing import Any
 
 from rqueue._consumer.control import Control, Wakes, open_control
 from rqueue._consumer.core import Settings, Setup
-from rqueue._consumer.ledger import Job
+from rqueue._consumer.jobs import Job
 from rqueue._consumer.lifecycle import Lifecycle, Outage, Then
 from rqueue._consumer.metrics import Outcome
 from rqueue._protocol.errors import InvalidParameter

@@ -21,7 +21,8 @@ from typing import Any
 
 from rqueue._consumer.core import Settings, Setup
 from rqueue._consumer.flush import Flush, flush_problems
-from rqueue._consumer.ledger import Job, Ledger
+from rqueue._consumer.jobs import GroupJob, Job
+from rqueue._consumer.ledger import Ledger
 from rqueue._consumer.lifecycle import Cause, Lifecycle, Outage
 from rqueue._consumer.metrics import HandlerResult, Hook, Outcome, emit
 from rqueue._protocol import operations as _core
@@ -97,6 +98,7 @@ def open_control(
         [vt if vt is not None else a.visibility_timeout for a in attrs],
         [a.max_receive_count for a in attrs],
         [k.is_dlq for k in setup.keys],
+        [a.fifo for a in attrs],
     )
     life.to(Cause.START)
     log.info("consuming %s with up to %d %s", ", ".join(setup.names), setup.settings.concurrency, what)
@@ -215,13 +217,20 @@ class Control:
         if self.errors[qi].ok() is not None:
             log.warning("queue %r: receiving again", self.names[qi])
         messages, next_ms, notify = result
-        book.unreserve(n - len(messages))
-        if len(messages) < n and len(self.keys) > 1:
-            self.wakes.slots()  # slots this receiver did not fill
         if not messages:
+            book.unreserve(n)
+            if len(self.keys) > 1:
+                self.wakes.slots()  # slots this receiver did not fill
             wait = None if next_ms == 0 else _core.WAIT_CHUNK if next_ms < 0 else min(next_ms / 1000, _core.WAIT_CHUNK)
             return Arrival(notify, wait=wait)
-        self.work.extend(book.received(qi, messages, now))
+        jobs, used, stale = book.received(qi, messages, now)
+        book.unreserve(n - used)
+        if used < n and len(self.keys) > 1:
+            self.wakes.slots()  # slots this receiver did not fill
+        for j in stale:  # held FIFO messages whose group came again: not to be run
+            if j in self.work:
+                self.work.remove(j)
+        self.work.extend(jobs)
         self.wakes.jobs()
         soon = book.heartbeat_in(now) or 0.0  # jobs are held: never None
         if self.stall is not None:
@@ -281,9 +290,13 @@ class Control:
     def finished(self, job: Job, reply: Any, error: BaseException | None, now: float) -> Outcome:
         """A handler returned ``reply`` or raised ``error``: record it and wake whoever must look."""
         book = self.ledger
-        outcome, flush_now = book.finish(job, reply, error, now)
-        free = book.free
-        if free == 1 or free == book.want or self.life.halted or book.full:
+        outcome, flush_now, after = book.finish(job, reply, error, now)
+        if after is not None:
+            # FIFO: its group goes on in the same slot; the worker that finished takes it next
+            self.work.appendleft(after)
+            if self.life.halted or book.full:
+                self.wakes.slots()
+        elif (free := book.free) == 1 or free == book.want or self.life.halted or book.full:
             self.wakes.slots()  # a receiver may go (or start gathering); the shutdown may finish
         if flush_now:
             due = book.flush_in(now)
@@ -314,6 +327,22 @@ class Control:
             )
         if self.hooks:
             emit(self.hooks, HandlerResult(job.message.queue, handler, outcome, seconds, job.message.id, error))
+        if isinstance(job, GroupJob) and job.released:
+            self._released(job, job.released)
+
+    def _released(self, failed: GroupJob, released: Sequence[GroupJob]) -> None:
+        """FIFO: the held messages behind a failed one of their group were given back unrun: logged,
+        and each is a ``released`` result for the hooks (no handler ran: handler '', 0 s)."""
+        log.info(
+            "gave back %d later message(s) of group %r of %r unrun, after message %s; they come after it",
+            len(released),
+            failed.message.group,
+            failed.message.queue,
+            failed.message.id,
+        )
+        if self.hooks:
+            for j in released:
+                emit(self.hooks, HandlerResult(j.message.queue, "", "released", 0.0, j.message.id, None))
 
     # ------------------------------------------------------------ maintainer
 

@@ -1,9 +1,11 @@
 """A consumer's options and texts, without I/O: what both runners check and derive alike.
 
 The consumer's I/O-free parts: ``core`` (options, validation, reasons),
-``flush`` (work for the queue and its calls), ``ledger`` (held messages,
-slots, leases, outcomes), ``lifecycle`` (the one state machine and its
-transition table), ``control`` (every decision of a running consumer),
+``flush`` (work for the queue and its calls), ``jobs`` (what is held per
+message), ``ledger`` (held messages, slots, leases, outcomes), ``groups``
+(FIFO queues: a line and a slot per held group), ``lifecycle`` (the one
+state machine and its transition table), ``control`` (every decision of a
+running consumer),
 ``programs`` (what receivers, maintainer and shutdown do, in order) and
 ``base`` (what both consumer classes share). The runners (``threads``,
 ``tasks``) only run threads or tasks, do the I/O and wait.

@@ -1,4 +1,4 @@
-"""Work for the queue, without I/O: acks (with replies), retries, dead letters, releases.
+"""Work for the queue, without I/O: acks (with replies), retries, dead letters, releases, unreceives.
 
 ``Flush`` collects what a consumer's finished and released messages mean for
 the queue and builds the script calls that carry it out (one pipeline);
@@ -24,17 +24,20 @@ log = logging.getLogger("rqueue.consumer")
 
 @dataclass(slots=True)
 class Flush:
-    """Work for the queue: acks (with the handlers' replies), retries, dead letters, releases."""
+    """Work for the queue: acks (with the handlers' replies), retries, dead letters, releases
+    (stopping: unstarted messages visible at once) and unreceives (FIFO: the held messages
+    behind a failed one of their group, given back unrun, their receive not counted)."""
 
     deletes: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)
     retries: list[tuple[int, str, float]] = field(default_factory=list)
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
     releases: dict[int, list[str]] = field(default_factory=dict)
+    unreceives: dict[int, list[str]] = field(default_factory=dict)
     #: What each call of the last ``calls()`` carries, in order: (label, queue index).
     plan: list[tuple[str, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.deletes or self.retries or self.rejects or self.releases)
+        return bool(self.deletes or self.retries or self.rejects or self.releases or self.unreceives)
 
     def calls(self, keys: Sequence[QueueKeys]) -> list[Call[Any]]:
         """The script calls that carry this flush out (one pipeline). Never raises.
@@ -67,6 +70,10 @@ class Flush:
             kept = _batches(out, plan, "release", qi, receipts, functools.partial(_release, keys[qi]))
             if kept is not receipts:
                 self._keep(self.releases, qi, kept)
+        for qi, receipts in list(self.unreceives.items()):
+            kept = _batches(out, plan, "unreceive", qi, receipts, functools.partial(_core.unreceive, keys[qi]))
+            if kept is not receipts:
+                self._keep(self.unreceives, qi, kept)
         return out
 
     @staticmethod
@@ -84,6 +91,8 @@ class Flush:
         self.rejects[:0] = other.rejects
         for qi, receipts in other.releases.items():
             self.releases[qi] = receipts + self.releases.get(qi, [])
+        for qi, receipts in other.unreceives.items():
+            self.unreceives[qi] = receipts + self.unreceives.get(qi, [])
 
 
 def _delete(keys: QueueKeys, acks: list[tuple[str, Any]]) -> Call[Any]:
@@ -105,7 +114,15 @@ def _reject(keys: Sequence[QueueKeys], item: tuple[int, str, str]) -> Call[Any]:
     return _core.reject(keys[qi], [receipt], reason)
 
 
-_VERB = {"acknowledging": "acknowledge", "retry": "retry", "dead-letter": "dead-letter", "release": "release"}
+_VERB = {
+    "acknowledging": "acknowledge",
+    "retry": "retry",
+    "dead-letter": "dead-letter",
+    "release": "release",
+    "unreceive": "give back",
+}
+#: Calls whose False replies are no news: a message whose lease ended came back by itself.
+_QUIET = frozenset({"release", "unreceive"})
 
 
 def _one(
@@ -177,7 +194,7 @@ def flush_problems(flush: Flush, results: Sequence[Any], names: Sequence[str]) -
     for (label, qi), r in zip(flush.plan, results, strict=True):
         if isinstance(r, Exception):
             out.append(f"queue {names[qi]!r}: {label} failed: {r}")
-        elif label != "release":
+        elif label not in _QUIET:
             late += r.count(False)
     if late:
         out.append(

@@ -2,42 +2,37 @@
 
 ``Ledger`` owns slots (backpressure), leases (heartbeat), finished work
 waiting to be acknowledged (ack batching) and what each outcome means for the
-queue (delete, retry after a backoff, dead-letter). Not thread-safe: the
-thread runner calls it under its lock, the asyncio runner on its loop.
+queue (delete, retry after a backoff, dead-letter), and, on FIFO queues, the
+held groups (``groups``: one line and one slot per group). Not thread-safe:
+the thread runner calls it under its lock, the asyncio runner on its loop.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rqueue._consumer.core import HEARTBEAT_SHARE, LEASE_FLOOR, Settings, clean, failure_reason, reject_reason
 from rqueue._consumer.flush import Flush
+from rqueue._consumer.groups import HeldGroups
 from rqueue._consumer.handlers import Reject
+from rqueue._consumer.jobs import GroupJob, Job
 from rqueue._consumer.metrics import Outcome
 from rqueue._protocol import operations as _core
 from rqueue._protocol.keys import QueueKeys
 from rqueue._protocol.models import Message
 from rqueue._protocol.operations import Call
 
+__all__ = ["Decision", "Job", "Ledger"]
+
 log = logging.getLogger("rqueue.consumer")
 
 
-@dataclass(slots=True)
-class Job:
-    """A message the consumer holds: queued for a slot, then running."""
-
-    message: Message
-    queue: int
-    lease_end: float
-    started: bool = False
-
-
-#: What one handler outcome does: (its outcome, whether pending work must be flushed now).
+#: What one handler outcome does: (its outcome, whether pending work must be flushed now, the job
+#: to start next: on a FIFO queue the next held message of its group, after an ok).
 #: A plain tuple: one is made per message, and a frozen dataclass costs ~1 us to build.
-Decision = tuple[Outcome, bool]
+Decision = tuple[Outcome, bool, Job | None]
 
 
 class Ledger:
@@ -49,6 +44,7 @@ class Ledger:
         vts: Sequence[float],
         mrcs: Sequence[int | None],
         dlqs: Sequence[bool] = (),
+        fifo: Sequence[bool] = (),
     ) -> None:
         self.settings = settings
         #: Per queue: the lease taken on receive and on each extension (seconds).
@@ -56,6 +52,8 @@ class Ledger:
         self.mrcs = list(mrcs)
         #: Per queue: is it a dead-letter queue (whose messages cannot be dead-lettered again)?
         self.dlqs = list(dlqs) or [False] * len(self.leases)
+        #: The lines of held FIFO groups; None when no queue is FIFO.
+        self.groups = HeldGroups(fifo) if any(fifo) else None
         self.free = settings.concurrency
         #: A busy receiver waits (briefly) for this many free slots, so a round trip carries a batch.
         self.want = max(1, min(settings.batch_size, settings.concurrency) // 2)
@@ -81,14 +79,35 @@ class Ledger:
     def unreserve(self, n: int) -> None:
         self.free += n
 
-    def received(self, qi: int, messages: Sequence[Message], now: float) -> list[Job]:
-        """Hold freshly received messages (their slots were reserved)."""
+    def received(self, qi: int, messages: Sequence[Message], now: float) -> tuple[list[Job], int, list[Job]]:
+        """Hold freshly received messages (their slots were reserved): the jobs that may start now,
+        the slots they take and held jobs dropped as stale (FIFO: ``HeldGroups.join``)."""
         lease_end = now + self.leases[qi]
+        groups = self.groups
+        if groups is not None and groups.fifo[qi]:
+            return self._received_groups(groups, [GroupJob(m, qi, lease_end) for m in messages])
         jobs = [Job(m, qi, lease_end) for m in messages]
         self.jobs.update(((qi, j.message.receipt), j) for j in jobs)
         if jobs:
             self.next_due = min(self.next_due, self._due(jobs[0]))
-        return jobs
+        return jobs, len(jobs), []
+
+    def _received_groups(self, groups: HeldGroups, jobs: list[GroupJob]) -> tuple[list[Job], int, list[Job]]:
+        """FIFO: every job is held (its lease extended), only the first of each line starts."""
+        self.jobs.update(((j.queue, j.message.receipt), j) for j in jobs)
+        if jobs:
+            self.next_due = min(self.next_due, self._due(jobs[0]))
+        start, slots, stale = groups.join(jobs)
+        for j in stale:
+            del self.jobs[j.queue, j.message.receipt]
+        if stale:
+            log.warning(
+                "%d held message(s) of FIFO queue %r lost their lease before they ran (heartbeat failed?); "
+                "their group came again and runs from its first message",
+                len(stale),
+                stale[0].message.queue,
+            )
+        return list(start), slots, list(stale)
 
     @property
     def running(self) -> int:
@@ -97,9 +116,14 @@ class Ledger:
     # -- outcomes
 
     def finish(self, job: Job, reply: Any, error: BaseException | None, now: float) -> Decision:
-        """Record a handler's outcome; free its slot; queue the ack, retry or dead letter."""
+        """Record a handler's outcome; free its slot (FIFO: its group's, when its line ends); queue the
+        ack, retry or dead letter."""
         self.jobs.pop((job.queue, job.message.receipt), None)
-        self.free += 1
+        after: Job | None = None
+        if self.groups is None or not isinstance(job, GroupJob):
+            self.free += 1
+        else:
+            after = self._group_goes_on(job, error is None)
         outcome: Outcome
         if error is None:
             self.pending.deletes.setdefault(job.queue, []).append((job.message.receipt, reply))
@@ -109,12 +133,30 @@ class Ledger:
         self.pending_count += 1
         if self.pending_since is None:
             self.pending_since = now
-            return outcome, True
-        return outcome, self.full
+            return outcome, True, after
+        return outcome, self.full, after
+
+    def _group_goes_on(self, job: GroupJob, ok: bool) -> GroupJob | None:
+        """FIFO: after ``job`` its group's next held job starts (ok), or the held ones behind it are
+        given back unrun (failed: ``job.released``); the line's slot frees when it ends."""
+        assert self.groups is not None
+        after, rest, ended = self.groups.finished(job, ok)
+        if ended:
+            self.free += 1
+        if rest:
+            job.released = rest
+            receipts = self.pending.unreceives.setdefault(job.queue, [])
+            for j in rest:
+                del self.jobs[j.queue, j.message.receipt]
+                receipts.append(j.message.receipt)
+            self.pending_count += len(rest)
+        return after
 
     def forget(self, job: Job) -> None:
         """Drop a job whose worker crashed (its message comes back after its lease)."""
-        if self.jobs.pop((job.queue, job.message.receipt), None) is not None:
+        if self.jobs.pop((job.queue, job.message.receipt), None) is None:
+            return
+        if not isinstance(job, GroupJob) or (self.groups is not None and self.groups.forget(job)):
             self.free += 1
 
     def _failed(self, qi: int, m: Message, error: BaseException) -> Outcome:
@@ -170,6 +212,7 @@ class Ledger:
             + len(flush.retries)
             + len(flush.rejects)
             + sum(len(v) for v in flush.releases.values())
+            + sum(len(v) for v in flush.unreceives.values())
         )
         self.pending_since = self.pending_since or now
 
@@ -229,6 +272,9 @@ class Ledger:
         for key, j in list(self.jobs.items()):
             if not j.started:
                 del self.jobs[key]
-                self.free += 1
+                if not isinstance(j, GroupJob):
+                    self.free += 1
                 out.releases.setdefault(j.queue, []).append(key[1])
+        if self.groups is not None:
+            self.free += self.groups.keep_started()  # a FIFO group's slot frees with its line
         return out

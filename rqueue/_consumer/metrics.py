@@ -16,8 +16,8 @@ from rqueue._protocol.errors import RQueueError
 
 log = logging.getLogger("rqueue.consumer")
 
-Outcome = Literal["ok", "retried", "dead_lettered", "rejected"]
-OUTCOMES: tuple[Outcome, ...] = ("ok", "retried", "dead_lettered", "rejected")
+Outcome = Literal["ok", "retried", "dead_lettered", "rejected", "released"]
+OUTCOMES: tuple[Outcome, ...] = ("ok", "retried", "dead_lettered", "rejected", "released")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,10 @@ class HandlerResult:
 
     outcome: ``ok`` (deleted), ``retried`` (visible again after a backoff),
     ``dead_lettered`` (failed on its last allowed receive), ``rejected``
-    (``Reject`` raised, or the body did not fit the handler's type).
+    (``Reject`` raised, or the body did not fit the handler's type), ``released``
+    (FIFO queues: held behind a message of its group that failed, so given back
+    without running; it comes again after that one. Not a failure: no handler
+    ran, so ``handler`` is '' and ``seconds`` 0).
     seconds: time spent in the handler.
     """
 
@@ -72,7 +75,8 @@ class PrometheusHook:
 
     def __call__(self, result: HandlerResult) -> None:
         self.messages.labels(result.queue, result.handler, result.outcome).inc()
-        self.seconds.labels(result.queue, result.handler).observe(result.seconds)
+        if result.outcome != "released":  # no handler ran: no processing time to observe
+            self.seconds.labels(result.queue, result.handler).observe(result.seconds)
 
 
 def start_exporter(port: int, addr: str = "0.0.0.0") -> None:

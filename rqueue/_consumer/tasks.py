@@ -23,7 +23,7 @@ from rqueue._consumer.base import ConsumerBase
 from rqueue._consumer.control import RECEIVE_BACKOFF, Wakes
 from rqueue._consumer.core import setup
 from rqueue._consumer.handlers import Router
-from rqueue._consumer.ledger import Job
+from rqueue._consumer.jobs import Job
 from rqueue._consumer.lifecycle import Outage, Then
 from rqueue._consumer.metrics import Hook
 from rqueue._consumer.programs import (

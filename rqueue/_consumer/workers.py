@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from rqueue._consumer.control import Control
-from rqueue._consumer.ledger import Job
+from rqueue._consumer.jobs import Job
 
 #: The pool whose handler runs in this thread or task (and in tasks a handler starts; a thread
 #: starts with an empty context, so a thread a handler starts is not inside).

@@ -111,6 +111,7 @@ __all__ = [
     "set_attributes",
     "set_paused",
     "stats",
+    "unreceive",
     "upgrade_flow",
     "withdraw",
 ]
@@ -288,6 +289,18 @@ def change_visibility(keys: QueueKeys, receipts: Iterable[str], seconds: float) 
         script("change_visibility"),
         [keys.meta, keys.msgs, keys.vis, keys.wake],
         [ms, *receipt_args(receipts)],
+        flags,
+        keys.name,
+    )
+
+
+def unreceive(keys: QueueKeys, receipts: Iterable[str]) -> Call[list[bool]]:
+    """FIFO queues: give received messages back unprocessed, visible at once in their place in
+    their group, their last receive not counted (lua/unreceive.lua); False for a stale receipt."""
+    return Call(
+        script("unreceive"),
+        [keys.meta, keys.msgs, keys.vis, keys.wake, *keys.fifo()],
+        receipt_args(receipts),
         flags,
         keys.name,
     )
